@@ -1,0 +1,69 @@
+"""The API process: a Starlette app serving GraphQL over HTTP POST and WebSocket on ``/graphql``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+
+from graphql_api.context import Context, bearer_token
+from graphql_api.schema import schema
+from webhooks.core import Core, open_core
+from webhooks.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class GraphQLView(GraphQL[Context, None]):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            schema,
+            graphql_ide="graphiql" if settings.graphiql else None,
+            allow_queries_via_get=False,
+            keep_alive=True,
+            keep_alive_interval=15,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
+            allowed_origins=settings.allowed_origins,
+        )
+        self.core: Core | None = None
+
+    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
+        assert self.core is not None, "the app lifespan has not started"
+        return Context(request=request, response=response, core=self.core)
+
+    async def on_ws_connect(self, context: Context) -> Any:
+        token = bearer_token(
+            context.connection_params.get("Authorization") or context.connection_params.get("authorization")
+        )
+        who = await context.core.api_keys.authenticate(token) if token else None
+        if who is None:
+            raise ConnectionRejectionError()
+        context._principal, context._resolved = who, True
+        return None
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+    view = GraphQLView(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_core(settings) as core:
+            view.core = core
+            app.state.core = core
+            yield
+
+    return Starlette(
+        routes=[Route("/graphql", view, methods=["GET", "POST"]), WebSocketRoute("/graphql", view)],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,67 @@
+"""Per-request context: the wired core and the authenticated caller (resolved once, lazily)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import GraphQLError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+from strawberry.types import Info as _Info
+
+from webhooks.core import Core
+from webhooks.models import Principal, Scope
+
+UNAUTHENTICATED = "UNAUTHENTICATED"
+FORBIDDEN = "FORBIDDEN"
+
+
+def auth_error(code: str, message: str) -> GraphQLError:
+    return GraphQLError(message, extensions={"code": code})
+
+
+def bearer_token(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+@dataclass
+class Context:
+    request: Request | WebSocket
+    response: Response | WebSocket | None
+    core: Core
+    connection_params: dict[str, Any] = field(default_factory=dict)
+    _principal: Principal | None = None
+    _resolved: bool = False
+
+    def _authorization(self) -> object:
+        if self.connection_params:
+            return self.connection_params.get("Authorization") or self.connection_params.get("authorization")
+        return self.request.headers.get("authorization")
+
+    async def principal(self) -> Principal | None:
+        if not self._resolved:
+            token = bearer_token(self._authorization())
+            self._principal = await self.core.api_keys.authenticate(token) if token else None
+            self._resolved = True
+        return self._principal
+
+    async def require(self, scope: Scope) -> Principal:
+        """The caller, if authenticated and allowed ``scope``; else a top-level GraphQL error."""
+        who = await self.principal()
+        if who is None:
+            raise auth_error(
+                UNAUTHENTICATED, "A valid API key is required: send 'Authorization: Bearer <key>'"
+            )
+        if scope not in who.scopes:
+            raise auth_error(FORBIDDEN, f"This API key lacks the '{scope.value}' scope")
+        return who
+
+
+Info = _Info[Context, None]

@@ -1,0 +1,83 @@
+"""Webhook management mutations. Errors are data; nothing is written when ``errors`` is non-empty."""
+
+from __future__ import annotations
+
+import strawberry
+
+from graphql_api.context import Info
+from graphql_api.types import UserError, Webhook, WebhookEvent, user_errors
+from webhooks.errors import UserErrors
+from webhooks.models import Scope
+
+
+@strawberry.input
+class CreateWebhookInput:
+    name: str
+    url: str
+    events: list[WebhookEvent]
+
+
+@strawberry.input
+class UpdateWebhookInput:
+    name: str | None = None
+    url: str | None = None
+    events: list[WebhookEvent] | None = None
+    enabled: bool | None = None
+
+
+@strawberry.type
+class CreateWebhookPayload:
+    webhook: Webhook | None = None
+    secret: str | None = strawberry.field(
+        default=None, description="The signing secret, shown in full only here and on rotation."
+    )
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class UpdateWebhookPayload:
+    webhook: Webhook | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class DeleteWebhookPayload:
+    deleted_id: strawberry.ID | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+async def create_webhook(info: Info, input: CreateWebhookInput) -> CreateWebhookPayload:
+    ctx = info.context
+    who = await ctx.require(Scope.MANAGE_WEBHOOKS)
+    try:
+        created = await ctx.core.webhooks.create(who, input.name, input.url, list(input.events))
+    except UserErrors as exc:
+        return CreateWebhookPayload(errors=user_errors(exc))
+    return CreateWebhookPayload(webhook=Webhook.from_record(created.webhook), secret=created.secret)
+
+
+async def update_webhook(info: Info, id: strawberry.ID, input: UpdateWebhookInput) -> UpdateWebhookPayload:
+    ctx = info.context
+    who = await ctx.require(Scope.MANAGE_WEBHOOKS)
+    try:
+        webhook = await ctx.core.webhooks.update(
+            who,
+            str(id),
+            name=input.name,
+            url=input.url,
+            events=list(input.events) if input.events is not None else None,
+            enabled=input.enabled,
+        )
+    except UserErrors as exc:
+        return UpdateWebhookPayload(errors=user_errors(exc))
+    return UpdateWebhookPayload(webhook=Webhook.from_record(webhook))
+
+
+async def delete_webhook(info: Info, id: strawberry.ID) -> DeleteWebhookPayload:
+    ctx = info.context
+    who = await ctx.require(Scope.MANAGE_WEBHOOKS)
+    try:
+        deleted = await ctx.core.webhooks.delete(who, str(id))
+    except UserErrors as exc:
+        return DeleteWebhookPayload(errors=user_errors(exc))
+    return DeleteWebhookPayload(deleted_id=strawberry.ID(str(deleted)))

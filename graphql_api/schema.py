@@ -1,0 +1,70 @@
+"""The GraphQL schema: queries, mutations and subscriptions wired to thin resolvers."""
+
+from __future__ import annotations
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import MaskErrors
+
+from graphql_api.context import Info
+from graphql_api.mutations import webhooks as webhook_mutations
+from graphql_api.types import EventType, Webhook, WebhookConnection
+from webhooks.errors import UserErrors
+from webhooks.models import Scope
+
+
+def bad_input(exc: UserErrors) -> GraphQLError:
+    return GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"})
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The catalog of subscribable events, with an example payload each.")
+    async def event_types(self, info: Info) -> list[EventType]:
+        await info.context.require(Scope.MANAGE_WEBHOOKS)
+        return EventType.all()
+
+    @strawberry.field(description="The account's webhooks, newest first.")
+    async def webhooks(self, info: Info, first: int = 20, after: str | None = None) -> WebhookConnection:
+        who = await info.context.require(Scope.MANAGE_WEBHOOKS)
+        try:
+            page = await info.context.core.webhooks.page(who, first, after)
+        except UserErrors as exc:
+            raise bad_input(exc) from exc
+        return WebhookConnection.from_page(page)
+
+    @strawberry.field(description="One webhook of the account; null when there is none with this id.")
+    async def webhook(self, info: Info, id: strawberry.ID) -> Webhook | None:
+        who = await info.context.require(Scope.MANAGE_WEBHOOKS)
+        try:
+            record = await info.context.core.webhooks.get(who, str(id))
+        except UserErrors as exc:
+            if exc.errors[0].code.value == "INVALID_ID":
+                raise bad_input(exc) from exc
+            return None
+        return Webhook.from_record(record)
+
+
+@strawberry.type
+class Mutation:
+    create_webhook = strawberry.mutation(resolver=webhook_mutations.create_webhook)
+    update_webhook = strawberry.mutation(resolver=webhook_mutations.update_webhook)
+    delete_webhook = strawberry.mutation(resolver=webhook_mutations.delete_webhook)
+
+
+def _should_mask(error: GraphQLError) -> bool:
+    """Mask unexpected errors; keep auth, input and validation errors readable."""
+    if error.original_error is None:
+        return False  # parse/validation errors from graphql-core itself
+    return not isinstance(error.original_error, GraphQLError)
+
+
+def build_schema() -> strawberry.Schema:
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        extensions=[lambda: MaskErrors(should_mask_error=_should_mask)],
+    )
+
+
+schema = build_schema()

@@ -1,0 +1,277 @@
+"""Webhook management over GraphQL, through real HTTP, against a real SecantusDB server."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from tests.conftest import new_account
+from tests.support import Account, GraphQLClient
+from webhooks.core import Core
+from webhooks.models import Scope
+
+WEBHOOK_FIELDS = "id name url events enabled disabledReason disabledAt createdAt updatedAt"
+CREATE = f"""
+mutation($input: CreateWebhookInput!) {{
+  createWebhook(input: $input) {{ webhook {{ {WEBHOOK_FIELDS} }} secret errors {{ field code message }} }}
+}}"""
+UPDATE = f"""
+mutation($id: ID!, $input: UpdateWebhookInput!) {{
+  updateWebhook(id: $id, input: $input) {{ webhook {{ {WEBHOOK_FIELDS} }} errors {{ field code message }} }}
+}}"""
+DELETE = "mutation($id: ID!) { deleteWebhook(id: $id) { deletedId errors { field code message } } }"
+GET = f"query($id: ID!) {{ webhook(id: $id) {{ {WEBHOOK_FIELDS} }} }}"
+LIST = f"""
+query($first: Int, $after: String) {{
+  webhooks(first: $first, after: $after) {{
+    edges {{ cursor node {{ {WEBHOOK_FIELDS} }} }} pageInfo {{ hasNextPage endCursor }}
+  }}
+}}"""
+
+
+def webhook_input(**overrides: Any) -> dict[str, Any]:
+    return {"name": "Slack bridge", "url": "https://hooks.example.com/hatchbeacon",
+            "events": ["JOB_APPLICATION_CREATED", "CANDIDATE_HIRED"], **overrides}
+
+
+async def create(gql: GraphQLClient, **overrides: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = (await gql.execute(CREATE, {"input": webhook_input(**overrides)}))["createWebhook"]
+    return payload
+
+
+async def create_ok(gql: GraphQLClient, **overrides: Any) -> dict[str, Any]:
+    payload = await create(gql, **overrides)
+    assert payload["errors"] == []
+    webhook: dict[str, Any] = payload["webhook"]
+    return webhook
+
+
+async def error_codes(gql: GraphQLClient, **overrides: Any) -> list[tuple[str | None, str]]:
+    payload = await create(gql, **overrides)
+    assert payload["webhook"] is None and payload["secret"] is None
+    return [(e["field"], e["code"]) for e in payload["errors"]]
+
+
+async def test_create_returns_the_webhook_and_its_signing_secret_once(account: Account) -> None:
+    # when
+    payload = await create(account.gql)
+    # then
+    assert payload["errors"] == []
+    webhook = payload["webhook"]
+    assert re.fullmatch(r"[0-9a-f]{24}", webhook["id"])
+    assert webhook["name"] == "Slack bridge"
+    assert webhook["url"] == "https://hooks.example.com/hatchbeacon"
+    assert webhook["events"] == ["JOB_APPLICATION_CREATED", "CANDIDATE_HIRED"]
+    assert webhook["enabled"] is True and webhook["disabledReason"] is None
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{43}=", payload["secret"])
+    # and the secret is never readable again
+    fetched = await account.gql.raw("query($id: ID!) { webhook(id: $id) { secret } }", {"id": webhook["id"]})
+    assert fetched["errors"] and "secret" in fetched["errors"][0]["message"]
+
+
+async def test_the_secret_is_encrypted_at_rest(account: Account, core: Core) -> None:
+    payload = await create(account.gql)
+    doc = await core.cols.webhooks.find_one({"_id": ObjectId(payload["webhook"]["id"])})
+    assert doc is not None
+    assert payload["secret"] not in str(doc)
+    assert core.box.decrypt(doc["secret_enc"]) == payload["secret"]
+
+
+async def test_duplicate_events_are_removed_and_the_name_trimmed(account: Account) -> None:
+    webhook = await create_ok(account.gql, name="  Padded  ", events=["OFFER_SENT", "OFFER_SENT", "JOB_CLOSED"])
+    assert webhook["name"] == "Padded"
+    assert webhook["events"] == ["OFFER_SENT", "JOB_CLOSED"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"name": "   "}, [("name", "REQUIRED")]),
+        ({"name": "x" * 101}, [("name", "TOO_LONG")]),
+        ({"url": ""}, [("url", "REQUIRED")]),
+        ({"url": "hooks.example.com/x"}, [("url", "INVALID_URL")]),
+        ({"url": "ftp://hooks.example.com/x"}, [("url", "HTTPS_REQUIRED")]),
+        ({"url": "https://user:pw@hooks.example.com/x"}, [("url", "INVALID_URL")]),
+        ({"url": "https://hooks.example.com/x#frag"}, [("url", "INVALID_URL")]),
+        ({"url": "https://hooks.example.com/" + "a" * 2048}, [("url", "TOO_LONG")]),
+        ({"url": "https://hooks.example.com:99999/x"}, [("url", "INVALID_URL")]),
+        ({"events": []}, [("events", "REQUIRED")]),
+        ({"name": "", "url": "nope", "events": []},
+         [("name", "REQUIRED"), ("url", "INVALID_URL"), ("events", "REQUIRED")]),
+    ],
+)
+async def test_invalid_input_is_refused_with_specific_errors_and_nothing_stored(
+    account: Account, overrides: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    # when
+    codes = await error_codes(account.gql, **overrides)
+    # then
+    assert codes == expected
+    listed = await account.gql.execute(LIST)
+    assert listed["webhooks"]["edges"] == []
+
+
+async def test_unknown_event_names_are_refused_by_the_schema(account: Account) -> None:
+    body = await account.gql.raw(CREATE, {"input": webhook_input(events=["job_application_created"])})
+    assert body["errors"] and "WebhookEvent" in body["errors"][0]["message"]
+
+
+async def test_plain_http_is_refused_unless_allowed(core: Core, http: Any, settings: Any) -> None:
+    # given a service with the production default WEBHOOKS_ALLOW_HTTP=false
+    from webhooks.services.webhooks import WebhookService
+    from webhooks.errors import UserErrors
+
+    strict = WebhookService(core.webhook_repo, core.box, settings.model_copy(update={"allow_http": False}))
+    account = await new_account(core, http)
+    who = await core.api_keys.authenticate(account.api_key)
+    assert who is not None
+    # when / then
+    with pytest.raises(UserErrors) as refused:
+        await strict.create(who, "n", "http://hooks.example.com/x", [])
+    assert [(e.field, e.code.value) for e in refused.value.errors] == [
+        ("url", "HTTPS_REQUIRED"), ("events", "REQUIRED")]
+
+
+async def test_the_per_account_webhook_limit(core: Core, http: Any, settings: Any) -> None:
+    from webhooks.errors import UserErrors
+    from webhooks.services.webhooks import WebhookService
+    from webhooks.events import EventName
+
+    limited = WebhookService(core.webhook_repo, core.box, settings.model_copy(update={"max_webhooks_per_account": 2}))
+    account = await new_account(core, http)
+    who = await core.api_keys.authenticate(account.api_key)
+    assert who is not None
+    for i in range(2):
+        await limited.create(who, f"w{i}", "https://hooks.example.com/x", [EventName.JOB_CREATED])
+    with pytest.raises(UserErrors) as refused:
+        await limited.create(who, "one too many", "https://hooks.example.com/x", [EventName.JOB_CREATED])
+    assert refused.value.errors[0].code.value == "LIMIT_EXCEEDED"
+    assert await core.webhook_repo.count(who.account_id) == 2
+
+
+async def test_list_is_newest_first_with_cursor_pagination(account: Account) -> None:
+    ids = [(await create_ok(account.gql, name=f"hook {i}"))["id"] for i in range(5)]
+    # when
+    first = (await account.gql.execute(LIST, {"first": 2}))["webhooks"]
+    second = (await account.gql.execute(LIST, {"first": 2, "after": first["pageInfo"]["endCursor"]}))["webhooks"]
+    third = (await account.gql.execute(LIST, {"first": 2, "after": second["pageInfo"]["endCursor"]}))["webhooks"]
+    # then
+    seen = [e["node"]["id"] for page in (first, second, third) for e in page["edges"]]
+    assert seen == list(reversed(ids))
+    assert [p["pageInfo"]["hasNextPage"] for p in (first, second, third)] == [True, True, False]
+
+
+async def test_list_refuses_bad_page_arguments(account: Account) -> None:
+    too_many = await account.gql.raw(LIST, {"first": 101})
+    assert too_many["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "first" in too_many["errors"][0]["message"]
+    bad_cursor = await account.gql.raw(LIST, {"after": "garbage"})
+    assert "cursor" in bad_cursor["errors"][0]["message"]
+
+
+async def test_read_update_and_delete(account: Account) -> None:
+    webhook = await create_ok(account.gql)
+    # read
+    assert (await account.gql.execute(GET, {"id": webhook["id"]}))["webhook"] == webhook
+    # update
+    updated = (await account.gql.execute(UPDATE, {"id": webhook["id"], "input": {
+        "name": "Renamed", "url": "https://other.example.com/in", "events": ["USER_CREATED"], "enabled": False}}))
+    assert updated["updateWebhook"]["errors"] == []
+    after = updated["updateWebhook"]["webhook"]
+    assert (after["name"], after["url"], after["events"], after["enabled"]) == (
+        "Renamed", "https://other.example.com/in", ["USER_CREATED"], False)
+    assert after["disabledReason"] == "Disabled by a user" and after["disabledAt"]
+    assert after["updatedAt"] >= webhook["updatedAt"]
+    # re-enable clears the reason
+    enabled = (await account.gql.execute(UPDATE, {"id": webhook["id"], "input": {"enabled": True}}))
+    assert enabled["updateWebhook"]["webhook"]["enabled"] is True
+    assert enabled["updateWebhook"]["webhook"]["disabledReason"] is None
+    # delete
+    deleted = (await account.gql.execute(DELETE, {"id": webhook["id"]}))["deleteWebhook"]
+    assert deleted == {"deletedId": webhook["id"], "errors": []}
+    assert (await account.gql.execute(GET, {"id": webhook["id"]}))["webhook"] is None
+
+
+async def test_update_validates_like_create_and_writes_nothing_on_error(account: Account) -> None:
+    webhook = await create_ok(account.gql)
+    payload = (await account.gql.execute(UPDATE, {"id": webhook["id"], "input": {
+        "name": "Fine", "url": "ftp://nope"}}))["updateWebhook"]
+    assert payload["webhook"] is None
+    assert [(e["field"], e["code"]) for e in payload["errors"]] == [("url", "HTTPS_REQUIRED")]
+    assert (await account.gql.execute(GET, {"id": webhook["id"]}))["webhook"]["name"] == "Slack bridge"
+
+
+async def test_malformed_ids_get_a_clear_error(account: Account) -> None:
+    body = await account.gql.raw(GET, {"id": "not-an-id"})
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "24-character" in body["errors"][0]["message"]
+    for mutation, variables in ((UPDATE, {"id": "zz", "input": {"name": "x"}}), (DELETE, {"id": "zz"})):
+        data = await account.gql.execute(mutation, variables)
+        (payload,) = data.values()
+        assert [(e["field"], e["code"]) for e in payload["errors"]] == [("id", "INVALID_ID")]
+
+
+async def test_another_account_gets_exactly_the_unknown_id_answer(account: Account, other_account: Account) -> None:
+    # given a webhook of account A, and an id that exists nowhere
+    mine = await create_ok(account.gql)
+    unknown = str(ObjectId())
+    # when account B tries every operation that takes an id, then B sees what an unknown id gets
+    for mutation, variables in (
+        (GET, {}),
+        (UPDATE, {"input": {"name": "hijacked", "enabled": False}}),
+        (DELETE, {}),
+    ):
+        theirs = await other_account.gql.raw(mutation, {"id": mine["id"], **variables})
+        nothing = await other_account.gql.raw(mutation, {"id": unknown, **variables})
+        assert _without_ids(theirs, mine["id"]) == _without_ids(nothing, unknown)
+    # and B's list does not include it
+    assert (await other_account.gql.execute(LIST))["webhooks"]["edges"] == []
+    # and A's webhook is untouched
+    assert (await account.gql.execute(GET, {"id": mine["id"]}))["webhook"] == mine
+
+
+def _without_ids(body: dict[str, Any], raw_id: str) -> str:
+    return str(body).replace(raw_id, "<id>")
+
+
+async def test_event_catalog_lists_the_16_spec_events_with_examples(account: Account) -> None:
+    data = await account.gql.execute("{ eventTypes { value name description example } }")
+    names = [t["name"] for t in data["eventTypes"]]
+    assert len(names) == 16 and "job_application_created" in names and "user_updated" in names
+    for entry in data["eventTypes"]:
+        assert entry["value"] == entry["name"].upper()
+        assert entry["description"]
+        example = entry["example"]
+        assert example["event"] == entry["name"]
+        assert set(example) == {"event", "timestamp", "data"}
+        assert set(example["data"]["log"]) == {
+            "action", "resourceType", "resourceId", "userId", "userName", "userEmail", "timestamp"}
+        assert {"method", "path"} <= set(example["data"]["details"])
+
+
+@pytest.mark.parametrize("header", [None, "Bearer nope", "Basic abc", "Bearer"])
+async def test_missing_or_unknown_keys_are_unauthenticated(http: Any, header: str | None) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+    response = await http.post("/graphql", json={"query": "{ webhooks { edges { cursor } } }"}, headers=headers)
+    body = response.json()
+    assert body["data"] is None
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_a_revoked_key_is_unauthenticated(core: Core, http: Any) -> None:
+    account = await new_account(core, http)
+    who = await core.api_keys.authenticate(account.api_key)
+    assert who is not None
+    await core.api_keys.revoke(who.account_id, who.key_id)
+    body = await account.gql.raw("{ webhooks { edges { cursor } } }")
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_a_key_without_the_scope_is_forbidden(core: Core, http: Any) -> None:
+    publisher = await new_account(core, http, frozenset({Scope.PUBLISH_EVENTS}))
+    body = await publisher.gql.raw(CREATE, {"input": webhook_input()})
+    assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    assert "webhooks:manage" in body["errors"][0]["message"]

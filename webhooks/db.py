@@ -1,0 +1,89 @@
+"""MongoDB access: the client, the collections and their indexes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from webhooks.settings import Settings
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Collections:
+    accounts: AsyncCollection[Doc]
+    api_keys: AsyncCollection[Doc]
+    webhooks: AsyncCollection[Doc]
+    events: AsyncCollection[Doc]
+    deliveries: AsyncCollection[Doc]
+    attempts: AsyncCollection[Doc]
+
+    @classmethod
+    def of(cls, db: AsyncDatabase[Doc]) -> Collections:
+        return cls(
+            accounts=db["accounts"],
+            api_keys=db["api_keys"],
+            webhooks=db["webhooks"],
+            events=db["events"],
+            deliveries=db["deliveries"],
+            attempts=db["attempts"],
+        )
+
+
+def connect(settings: Settings) -> AsyncMongoClient[Doc]:
+    """Create the client (lazy: no I/O until the first command). Call from a lifespan, never at import."""
+    if not settings.mongodb_url:
+        raise RuntimeError(
+            "WEBHOOKS_MONGODB_URL is not set: use `webhooks dev` for the embedded default, "
+            "or point it at a MongoDB server"
+        )
+    return AsyncMongoClient(
+        settings.mongodb_url, tz_aware=True, connect=False, serverSelectionTimeoutMS=10_000
+    )
+
+
+def collections(client: AsyncMongoClient[Doc], settings: Settings) -> Collections:
+    return Collections.of(client[settings.mongodb_database])
+
+
+# Every query the service issues is served by one of these (equality fields first, then the sort key).
+INDEXES: dict[str, list[IndexModel]] = {
+    "api_keys": [IndexModel([("key_hash", ASCENDING)], unique=True, name="key_hash_unique")],
+    "webhooks": [
+        IndexModel([("account_id", ASCENDING), ("_id", DESCENDING)], name="account_newest"),
+        IndexModel([("account_id", ASCENDING), ("events", ASCENDING)], name="account_event_fanout"),
+    ],
+    "events": [
+        IndexModel(
+            [("account_id", ASCENDING), ("idempotency_key", ASCENDING)],
+            unique=True,
+            partialFilterExpression={"idempotency_key": {"$type": "string"}},
+            name="account_idempotency_key",
+        ),
+        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
+    ],
+    "deliveries": [
+        IndexModel(
+            [("account_id", ASCENDING), ("webhook_id", ASCENDING), ("_id", DESCENDING)],
+            name="account_webhook_newest",
+        ),
+        IndexModel([("account_id", ASCENDING), ("_id", DESCENDING)], name="account_newest"),
+        IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="sweeper_due"),
+        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
+    ],
+    "attempts": [
+        IndexModel([("delivery_id", ASCENDING), ("number", ASCENDING)], name="delivery_attempts"),
+        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
+    ],
+}
+
+
+async def ensure_indexes(cols: Collections) -> None:
+    """Create every index (idempotent: safe at each start-up of any process)."""
+    for name, models in INDEXES.items():
+        await getattr(cols, name).create_indexes(models)

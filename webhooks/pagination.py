@@ -1,0 +1,45 @@
+"""Opaque cursors for newest-first lists keyed by ObjectId."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from bson import ObjectId
+
+from webhooks.errors import ErrorCode, UserErrors
+from webhooks.ids import is_object_id
+
+T = TypeVar("T")
+MAX_PAGE_SIZE = 100
+
+
+def encode_cursor(oid: ObjectId) -> str:
+    return base64.urlsafe_b64encode(f"v1:{oid}".encode()).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> ObjectId | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    version, _, hex_id = raw.partition(":")
+    if version != "v1" or not is_object_id(hex_id):
+        raise UserErrors.one("after", ErrorCode.INVALID, "after is not a cursor returned by this API")
+    return ObjectId(hex_id)
+
+
+def check_page_size(first: int) -> int:
+    if not 1 <= first <= MAX_PAGE_SIZE:
+        raise UserErrors.one("first", ErrorCode.INVALID, f"first must be between 1 and {MAX_PAGE_SIZE}")
+    return first
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_next_page: bool

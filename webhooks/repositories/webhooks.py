@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from typing import Any
+
+from bson import ObjectId
+from pymongo import DESCENDING, ReturnDocument
+
+from webhooks.db import Collections, Doc
+from webhooks.models import Webhook
+from webhooks.pagination import Page
+from webhooks.timeutil import utcnow
+
+
+class WebhookRepository:
+    def __init__(self, cols: Collections) -> None:
+        self._col = cols.webhooks
+
+    async def insert(
+        self, account_id: ObjectId, name: str, url: str, events: list[str], secret_enc: str
+    ) -> Webhook:
+        now = utcnow()
+        doc: Doc = {
+            "account_id": account_id,
+            "name": name,
+            "url": url,
+            "events": events,
+            "enabled": True,
+            "secret_enc": secret_enc,
+            "previous_secrets": [],
+            "consecutive_failures": 0,
+            "disabled_reason": None,
+            "disabled_at": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        result = await self._col.insert_one(doc)
+        doc["_id"] = result.inserted_id
+        return Webhook.from_doc(doc)
+
+    async def get(self, account_id: ObjectId, webhook_id: ObjectId) -> Webhook | None:
+        doc = await self._col.find_one({"_id": webhook_id, "account_id": account_id})
+        return Webhook.from_doc(doc) if doc else None
+
+    async def get_doc_by_id(self, webhook_id: ObjectId) -> Doc | None:
+        """Unscoped read for the worker, which acts on ids it was given by a scoped write."""
+        return await self._col.find_one({"_id": webhook_id})
+
+    async def get_many(self, ids: list[ObjectId]) -> dict[ObjectId, Webhook]:
+        return {d["_id"]: Webhook.from_doc(d) async for d in self._col.find({"_id": {"$in": ids}})}
+
+    async def count(self, account_id: ObjectId) -> int:
+        return await self._col.count_documents({"account_id": account_id})
+
+    async def page(self, account_id: ObjectId, first: int, after: ObjectId | None) -> Page[Webhook]:
+        query: Doc = {"account_id": account_id}
+        if after is not None:
+            query["_id"] = {"$lt": after}
+        docs = await self._col.find(query).sort("_id", DESCENDING).limit(first + 1).to_list()
+        return Page([Webhook.from_doc(d) for d in docs[:first]], has_next_page=len(docs) > first)
+
+    async def subscribed(self, account_id: ObjectId, event: str) -> list[Webhook]:
+        """Every webhook of the account subscribed to ``event``, enabled or not."""
+        docs = await self._col.find({"account_id": account_id, "events": event}).to_list()
+        return [Webhook.from_doc(d) for d in docs]
+
+    async def update(
+        self, account_id: ObjectId, webhook_id: ObjectId, changes: dict[str, Any]
+    ) -> Webhook | None:
+        doc = await self._col.find_one_and_update(
+            {"_id": webhook_id, "account_id": account_id},
+            {"$set": {**changes, "updated_at": utcnow()}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return Webhook.from_doc(doc) if doc else None
+
+    async def delete(self, account_id: ObjectId, webhook_id: ObjectId) -> bool:
+        result = await self._col.delete_one({"_id": webhook_id, "account_id": account_id})
+        return result.deleted_count == 1
+
+    # -- delivery outcomes (worker side) -------------------------------------------------------------
+
+    async def record_failures(self, webhook_id: ObjectId, count: int, threshold: int) -> Webhook | None:
+        """Add ``count`` failed deliveries; disable exactly once when the threshold is crossed.
+
+        Returns the webhook if *this* call disabled it.
+        """
+        doc = await self._col.find_one_and_update(
+            {"_id": webhook_id},
+            {"$inc": {"consecutive_failures": count}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None or doc["consecutive_failures"] < threshold:
+            return None
+        now = utcnow()
+        disabled = await self._col.find_one_and_update(
+            {"_id": webhook_id, "enabled": True, "consecutive_failures": {"$gte": threshold}},
+            {
+                "$set": {
+                    "enabled": False,
+                    "disabled_reason": f"Disabled automatically after {threshold} consecutive failed deliveries",
+                    "disabled_at": now,
+                    "updated_at": now,
+                }
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        return Webhook.from_doc(disabled) if disabled else None
+
+    async def reset_failures(self, webhook_ids: list[ObjectId]) -> None:
+        if webhook_ids:
+            await self._col.update_many(
+                {"_id": {"$in": webhook_ids}, "consecutive_failures": {"$ne": 0}},
+                {"$set": {"consecutive_failures": 0}},
+            )

@@ -1,0 +1,1 @@
+"""Use cases: validation and orchestration between the API/worker and the repositories."""

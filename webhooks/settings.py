@@ -1,0 +1,83 @@
+"""Service settings, read from the environment (prefix ``WEBHOOKS_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_RETRY_SCHEDULE = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WEBHOOKS_", extra="ignore")
+
+    # Connections. Both unset: `webhooks dev` starts the embedded default.
+    mongodb_url: str | None = None
+    mongodb_database: str = "webhooks"
+    redis_url: str | None = None
+
+    # Destinations.
+    allow_http: bool = False
+    allow_private_destinations: bool = False
+
+    # Delivery.
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    delivery_timeout: float = Field(default=10.0, gt=0)
+    disable_after_failures: int = Field(default=10, ge=1)
+    retry_after_cap: float = Field(default=60.0, ge=0)
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
+    idempotency_window_hours: int = Field(default=24, ge=1)
+    delivery_retention_days: int = Field(default=30, ge=1)
+    sweep_interval: float = Field(default=5.0, gt=0)
+    sweep_grace: float = Field(default=5.0, ge=0)
+    worker_poll_delay: float = Field(default=0.05, gt=0)
+    worker_max_jobs: int = Field(default=50, ge=1)
+    user_agent: str = "HatchBeacon-Webhooks/1.0"
+
+    # Accounts.
+    max_webhooks_per_account: int = Field(default=100, ge=1)
+
+    # Secrets at rest: Fernet keys, newest first. Empty: the embedded default writes one to its data dir.
+    secret_keys: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # API surface.
+    graphiql: bool = True
+    introspection: bool = True
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+
+    data_dir: Path = Path(".webhooks")
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        value = _split_csv(value)
+        if isinstance(value, list | tuple):
+            try:
+                delays = tuple(float(v) for v in value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError("retry schedule must be comma-separated seconds, e.g. 0,1,2,4,8,16") from exc
+            if not delays or any(d < 0 for d in delays):
+                raise ValueError("retry schedule needs at least one delay and no negative delays")
+            return delays
+        return value
+
+    @field_validator("secret_keys", "allowed_origins", mode="before")
+    @classmethod
+    def _parse_csv(cls, value: object) -> object:
+        value = _split_csv(value)
+        return tuple(value) if isinstance(value, list) else value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
