@@ -92,7 +92,9 @@ def build_assets(root: Path) -> bool:
     if proc.returncode != 0:
         log.error(
             "cannot build GraphiQL assets: `npm %s` exited with %d:\n%s",
-            " ".join(cmd[1:]), proc.returncode, (proc.stderr or proc.stdout).strip()[-4000:],
+            " ".join(cmd[1:]),
+            proc.returncode,
+            (proc.stderr or proc.stdout).strip()[-4000:],
         )
         return False
     return copy_assets(frontend / "node_modules", vendor)
@@ -178,17 +180,19 @@ def graphiql_routes(enabled: bool, vendor: Path | None = None) -> list[BaseRoute
 def _csp(nonce: str, host: str) -> str:
     # 'self' covers same-origin ws:/wss: in CSP3 browsers; spell the socket origins out for the rest.
     sockets = f" ws://{host} wss://{host}" if _HOST_RE.match(host) else ""
-    return "; ".join((
-        "default-src 'none'",
-        f"script-src 'self' 'nonce-{nonce}'",
-        "style-src 'self' 'unsafe-inline'",
-        "font-src 'self' data:",
-        "img-src 'self' data:",
-        f"connect-src 'self'{sockets}",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
-    ))
+    return "; ".join(
+        (
+            "default-src 'none'",
+            f"script-src 'self' 'nonce-{nonce}'",
+            "style-src 'self' 'unsafe-inline'",
+            "font-src 'self' data:",
+            "img-src 'self' data:",
+            f"connect-src 'self'{sockets}",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
+    )
 
 
 @functools.cache

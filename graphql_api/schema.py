@@ -7,9 +7,10 @@ from graphql import GraphQLError
 from strawberry.extensions import MaskErrors
 
 from graphql_api.context import Info
+from graphql_api.mutations import deliveries as delivery_mutations
 from graphql_api.mutations import webhooks as webhook_mutations
-from graphql_api.types import EventType, Webhook, WebhookConnection
-from webhooks.errors import UserErrors
+from graphql_api.types import Delivery, DeliveryConnection, DeliveryStatusEnum, EventType, Webhook, WebhookConnection
+from webhooks.errors import ErrorCode, UserErrors
 from webhooks.models import Scope
 
 
@@ -39,10 +40,39 @@ class Query:
         try:
             record = await info.context.core.webhooks.get(who, str(id))
         except UserErrors as exc:
-            if exc.errors[0].code.value == "INVALID_ID":
+            if exc.errors[0].code is ErrorCode.INVALID_ID:
                 raise bad_input(exc) from exc
             return None
         return Webhook.from_record(record)
+
+    @strawberry.field(description="The delivery log, newest first; filter by webhook, status or event.")
+    async def deliveries(
+        self,
+        info: Info,
+        webhook_id: strawberry.ID | None = None,
+        status: DeliveryStatusEnum | None = None,
+        event: str | None = None,
+        first: int = 20,
+        after: str | None = None,
+    ) -> DeliveryConnection:
+        who = await info.context.require(Scope.MANAGE_WEBHOOKS)
+        try:
+            page = await info.context.core.deliveries.page(
+                who, webhook_id=str(webhook_id) if webhook_id is not None else None, status=status,
+                event=event, first=first, after=after,
+            )
+        except UserErrors as exc:
+            raise bad_input(exc) from exc
+        return DeliveryConnection.from_page(page)
+
+    @strawberry.field(description="One delivery of the account, with its attempts; null when there is none.")
+    async def delivery(self, info: Info, id: strawberry.ID) -> Delivery | None:
+        who = await info.context.require(Scope.MANAGE_WEBHOOKS)
+        try:
+            record = await info.context.core.deliveries.get(who, str(id))
+        except UserErrors as exc:
+            raise bad_input(exc) from exc
+        return Delivery.from_record(record) if record else None
 
 
 @strawberry.type
@@ -50,6 +80,10 @@ class Mutation:
     create_webhook = strawberry.mutation(resolver=webhook_mutations.create_webhook)
     update_webhook = strawberry.mutation(resolver=webhook_mutations.update_webhook)
     delete_webhook = strawberry.mutation(resolver=webhook_mutations.delete_webhook)
+    test_webhook = strawberry.mutation(resolver=delivery_mutations.test_webhook)
+    publish_event = strawberry.mutation(resolver=delivery_mutations.publish_event)
+    retry_delivery = strawberry.mutation(resolver=delivery_mutations.retry_delivery)
+    recover_deliveries = strawberry.mutation(resolver=delivery_mutations.recover_deliveries)
 
 
 def _should_mask(error: GraphQLError) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
 from typing import Generic, TypeVar
 
 import strawberry
@@ -11,6 +10,9 @@ from strawberry.scalars import JSON
 
 from webhooks import errors as core_errors
 from webhooks.events import CATALOG, EventName
+from webhooks.models import Attempt as AttemptRecord
+from webhooks.models import AttemptTrigger, DeliveryStatus
+from webhooks.models import Delivery as DeliveryRecord
 from webhooks.models import Webhook as WebhookRecord
 from webhooks.pagination import Page, encode_cursor
 
@@ -108,5 +110,90 @@ class WebhookConnection:
         )
 
 
-def enum_value(value: Enum) -> str:
-    return str(value.value)
+DeliveryStatusEnum = strawberry.enum(DeliveryStatus, name="DeliveryStatus")
+AttemptTriggerEnum = strawberry.enum(AttemptTrigger, name="AttemptTrigger")
+
+
+@strawberry.type
+class DeliveryAttempt:
+    id: strawberry.ID
+    delivery_id: strawberry.ID
+    webhook_id: strawberry.ID
+    event: str
+    number: int
+    trigger: AttemptTriggerEnum
+    started_at: datetime
+    duration_ms: int | None
+    status_code: int | None
+    response_headers: JSON | None
+    response_body: str | None = strawberry.field(description="The first 4 KiB of the response body.")
+    error_class: str | None
+    error: str | None
+    delivery_status: DeliveryStatusEnum
+    next_attempt_at: datetime | None
+
+    @classmethod
+    def from_record(cls, a: AttemptRecord) -> DeliveryAttempt:
+        return cls(
+            id=strawberry.ID(str(a.id)),
+            delivery_id=strawberry.ID(str(a.delivery_id)),
+            webhook_id=strawberry.ID(str(a.webhook_id)),
+            event=a.event,
+            number=a.number,
+            trigger=a.trigger,
+            started_at=a.started_at,
+            duration_ms=a.duration_ms,
+            status_code=a.status_code,
+            response_headers=a.response_headers,
+            response_body=a.response_body,
+            error_class=a.error_class,
+            error=a.error,
+            delivery_status=a.delivery_status,
+            next_attempt_at=a.next_attempt_at,
+        )
+
+
+@strawberry.type
+class Delivery:
+    id: strawberry.ID
+    webhook_id: strawberry.ID
+    event_id: strawberry.ID
+    event: str
+    status: DeliveryStatusEnum
+    created_at: datetime
+    next_attempt_at: datetime | None
+    attempt_count: int
+    record: strawberry.Private[DeliveryRecord]
+
+    @strawberry.field(description="Every attempt, oldest first.")
+    async def attempts(self, info: strawberry.Info) -> list[DeliveryAttempt]:
+        records = await info.context.core.deliveries.attempts(self.record)
+        return [DeliveryAttempt.from_record(a) for a in records]
+
+    @classmethod
+    def from_record(cls, d: DeliveryRecord) -> Delivery:
+        return cls(
+            id=strawberry.ID(str(d.id)),
+            webhook_id=strawberry.ID(str(d.webhook_id)),
+            event_id=strawberry.ID(str(d.event_id)),
+            event=d.event,
+            status=d.status,
+            created_at=d.created_at,
+            next_attempt_at=d.next_attempt_at,
+            attempt_count=d.attempt_count,
+            record=d,
+        )
+
+
+@strawberry.type
+class DeliveryConnection:
+    edges: list[Edge[Delivery]]
+    page_info: PageInfo
+
+    @classmethod
+    def from_page(cls, page: Page[DeliveryRecord]) -> DeliveryConnection:
+        edges = [Edge(cursor=encode_cursor(d.id), node=Delivery.from_record(d)) for d in page.items]
+        return cls(
+            edges=edges,
+            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=edges[-1].cursor if edges else None),
+        )

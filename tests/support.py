@@ -59,3 +59,48 @@ async def serve_asgi(app: ASGIApp, port: int | None = None) -> AsyncIterator[str
     finally:
         server.should_exit = True
         await task
+
+
+@dataclass
+class Stack:
+    """A running API (real HTTP) and an in-process arq worker, sharing one settings object."""
+
+    settings: Any
+    core: Any
+    http: httpx.AsyncClient
+
+    async def account(self, scopes: Any = None) -> Account:
+        from webhooks.models import Scope
+
+        account_id = await self.core.accounts.create("acct")
+        key = await self.core.api_keys.issue(account_id, scopes or frozenset(Scope))
+        return Account(id=str(account_id), api_key=key, gql=GraphQLClient(self.http, key))
+
+
+@contextlib.asynccontextmanager
+async def run_worker(settings: Any, *, sweeper: bool = True) -> AsyncIterator[Any]:
+    from workers.settings import build_worker
+
+    worker = build_worker(settings, sweeper=sweeper, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        await worker.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def run_stack(settings: Any, *, worker: bool = True) -> AsyncIterator[Stack]:
+    from graphql_api.app import create_app
+    from webhooks.core import open_core
+
+    async with contextlib.AsyncExitStack() as stack:
+        core = await stack.enter_async_context(open_core(settings))
+        url = await stack.enter_async_context(serve_asgi(create_app(settings)))
+        http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=30))
+        if worker:
+            await stack.enter_async_context(run_worker(settings))
+        yield Stack(settings=settings, core=core, http=http)

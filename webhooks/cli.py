@@ -20,12 +20,13 @@ log = logging.getLogger("webhooks")
 
 
 async def _create_account(settings: Settings, name: str) -> dict[str, str]:
-    from webhooks.core import open_core
+    from webhooks.core import open_store
     from webhooks.models import Scope
+    from webhooks.repositories.accounts import AccountRepository, ApiKeyRepository
 
-    async with open_core(settings) as core:
-        account_id = await core.accounts.create(name)
-        key = await core.api_keys.issue(account_id, frozenset(Scope))
+    async with open_store(settings) as cols:
+        account_id = await AccountRepository(cols).create(name)
+        key = await ApiKeyRepository(cols).issue(account_id, frozenset(Scope))
     return {"accountId": str(account_id), "apiKey": key}
 
 

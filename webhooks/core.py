@@ -10,8 +10,13 @@ from pymongo import AsyncMongoClient
 
 from webhooks.crypto import SecretBox, load_secret_box
 from webhooks.db import Collections, Doc, collections, connect, ensure_indexes
+from webhooks.pubsub import Publisher
+from webhooks.queue import DeliveryQueue
 from webhooks.repositories.accounts import AccountRepository, ApiKeyRepository
+from webhooks.repositories.deliveries import DeliveryRepository
+from webhooks.repositories.events import EventRepository
 from webhooks.repositories.webhooks import WebhookRepository
+from webhooks.services.deliveries import DeliveryService
 from webhooks.services.webhooks import WebhookService
 from webhooks.settings import Settings
 
@@ -22,25 +27,37 @@ class Core:
     client: AsyncMongoClient[Doc]
     cols: Collections
     box: SecretBox
+    queue: DeliveryQueue
+    publisher: Publisher
     accounts: AccountRepository
     api_keys: ApiKeyRepository
     webhook_repo: WebhookRepository
+    event_repo: EventRepository
+    delivery_repo: DeliveryRepository
     webhooks: WebhookService
+    deliveries: DeliveryService
 
     @classmethod
-    def build(cls, settings: Settings, client: AsyncMongoClient[Doc]) -> Core:
+    def build(cls, settings: Settings, client: AsyncMongoClient[Doc], queue: DeliveryQueue) -> Core:
         cols = collections(client, settings)
         box = load_secret_box(settings)
         webhook_repo = WebhookRepository(cols)
+        event_repo = EventRepository(cols)
+        delivery_repo = DeliveryRepository(cols)
         return cls(
             settings=settings,
             client=client,
             cols=cols,
             box=box,
+            queue=queue,
+            publisher=Publisher(queue.pool),
             accounts=AccountRepository(cols),
             api_keys=ApiKeyRepository(cols),
             webhook_repo=webhook_repo,
+            event_repo=event_repo,
+            delivery_repo=delivery_repo,
             webhooks=WebhookService(webhook_repo, box, settings),
+            deliveries=DeliveryService(settings, webhook_repo, event_repo, delivery_repo, queue),
         )
 
 
@@ -48,8 +65,24 @@ class Core:
 async def open_core(settings: Settings) -> AsyncIterator[Core]:
     client = connect(settings)
     try:
-        core = Core.build(settings, client)
-        await ensure_indexes(core.cols)
-        yield core
+        queue = await DeliveryQueue.connect(settings)
+        try:
+            core = Core.build(settings, client, queue)
+            await ensure_indexes(core.cols)
+            yield core
+        finally:
+            await queue.close()
+    finally:
+        await client.close()
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Collections]:
+    """MongoDB only (for commands that need no queue, such as ``create-account``)."""
+    client = connect(settings)
+    try:
+        cols = collections(client, settings)
+        await ensure_indexes(cols)
+        yield cols
     finally:
         await client.close()

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     worker_poll_delay: float = Field(default=0.05, gt=0)
     worker_max_jobs: int = Field(default=50, ge=1)
     user_agent: str = "HatchBeacon-Webhooks/1.0"
+    queue_name: str = "webhooks:deliveries"
 
     # Accounts.
     max_webhooks_per_account: int = Field(default=100, ge=1)

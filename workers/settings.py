@@ -2,50 +2,69 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from webhooks.core import open_core
+from webhooks.queue import DELIVER_JOB, redis_settings
 from webhooks.settings import Settings
+from workers.engine import DeliveryEngine
+from workers.jobs import deliver, sweeper_loop
+from workers.sender import Sender
 
 log = logging.getLogger(__name__)
 
 
-async def ping(ctx: dict[str, Any]) -> str:
-    """A no-op job, useful to check that a worker is consuming."""
-    return "pong"
-
-
-def redis_settings(settings: Settings) -> RedisSettings:
-    if not settings.redis_url:
-        raise RuntimeError("WEBHOOKS_REDIS_URL is not set: use `webhooks dev` for the embedded default")
-    return RedisSettings.from_dsn(settings.redis_url)
-
-
-def build_worker(settings: Settings) -> Worker:
+def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bool = True) -> Worker:
     async def startup(ctx: dict[str, Any]) -> None:
-        cm = open_core(settings)
-        ctx["core_cm"] = cm
-        ctx["core"] = await cm.__aenter__()
+        stack = contextlib.AsyncExitStack()
+        core = await stack.enter_async_context(open_core(settings))
+        sender = Sender(timeout=settings.delivery_timeout, allow_private=settings.allow_private_destinations)
+        stack.push_async_callback(sender.close)
+        ctx["stack"] = stack
+        ctx["core"] = core
+        ctx["engine"] = DeliveryEngine(
+            settings=settings,
+            deliveries=core.delivery_repo,
+            events=core.event_repo,
+            webhooks=core.webhook_repo,
+            box=core.box,
+            queue=core.queue,
+            publisher=core.publisher,
+            sender=sender,
+        )
+        if sweeper:
+            task = asyncio.create_task(sweeper_loop(core))
+            ctx["sweeper"] = task
         log.info("worker started")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        cm = ctx.get("core_cm")
-        if cm is not None:
-            await cm.__aexit__(None, None, None)
+        task = ctx.get("sweeper")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        stack = ctx.get("stack")
+        if stack is not None:
+            await stack.aclose()
         log.info("worker stopped")
 
     return Worker(
-        functions=[func(ping, name="ping")],
+        functions=[func(deliver, name=DELIVER_JOB)],
+        queue_name=settings.queue_name,
         redis_settings=redis_settings(settings),
         on_startup=startup,
         on_shutdown=shutdown,
         poll_delay=settings.worker_poll_delay,
         max_jobs=settings.worker_max_jobs,
-        handle_signals=True,
+        job_timeout=settings.delivery_timeout + 30,
+        keep_result=0,
+        max_tries=1000,
+        handle_signals=handle_signals,
     )
 
 

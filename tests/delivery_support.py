@@ -1,0 +1,81 @@
+"""Helpers shared by the delivery tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.support import GraphQLClient
+
+PUBLISH = """
+mutation($input: PublishEventInput!) {
+  publishEvent(input: $input) {
+    event { id event replayed deliveries { id webhookId status } }
+    errors { field code message }
+  }
+}"""
+
+DELIVERY = """
+query($id: ID!) {
+  delivery(id: $id) {
+    id webhookId eventId event status nextAttemptAt attemptCount
+    attempts { id number trigger startedAt durationMs statusCode responseHeaders responseBody errorClass error
+               deliveryStatus nextAttemptAt }
+  }
+}"""
+
+CREATE = """
+mutation($input: CreateWebhookInput!) {
+  createWebhook(input: $input) { webhook { id name enabled } secret errors { field code message } }
+}"""
+
+
+def audit_log(**overrides: Any) -> dict[str, Any]:
+    return {
+        "action": "create_application",
+        "resourceType": "job_application",
+        "resourceId": "507f1f77bcf86cd799439011",
+        "userId": "507f191e810c19729de860ea",
+        "userName": "John Doe",
+        "userEmail": "john@example.com",
+        **overrides,
+    }
+
+
+def publish_input(event: str = "JOB_APPLICATION_CREATED", **overrides: Any) -> dict[str, Any]:
+    return {
+        "event": event,
+        "log": audit_log(),
+        "details": {"method": "POST", "path": "/job-applications", "candidateName": "Jane Smith",
+                    "jobTitle": "Senior Developer"},
+        **overrides,
+    }
+
+
+async def create_webhook(gql: GraphQLClient, url: str, events: list[str] | None = None,
+                         name: str = "Receiver") -> tuple[str, str]:
+    payload = (await gql.execute(CREATE, {"input": {"name": name, "url": url,
+                                                    "events": events or ["JOB_APPLICATION_CREATED"]}}))
+    created = payload["createWebhook"]
+    assert created["errors"] == [], created["errors"]
+    return created["webhook"]["id"], created["secret"]
+
+
+async def publish(gql: GraphQLClient, **overrides: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = (await gql.execute(PUBLISH, {"input": publish_input(**overrides)}))["publishEvent"]
+    return payload
+
+
+async def delivery(gql: GraphQLClient, delivery_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = (await gql.execute(DELIVERY, {"id": delivery_id}))["delivery"]
+    return found
+
+
+async def wait_for_status(gql: GraphQLClient, delivery_id: str, *statuses: str,
+                          timeout: float = 20.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            found = await delivery(gql, delivery_id)
+            if found["status"] in statuses:
+                return found
+            await asyncio.sleep(0.05)

@@ -1,0 +1,281 @@
+"""The delivery engine end to end: GraphQL publish → worker → real receivers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from standardwebhooks import Webhook as StandardWebhook
+
+from tests.conftest import make_settings
+from tests.delivery_support import (
+    create_webhook,
+    delivery,
+    publish,
+    publish_input,
+    wait_for_status,
+    PUBLISH,
+)
+from tests.receiver import Receiver, run_receiver, sequence, status
+from tests.support import Stack, run_stack
+
+SCHEDULE = (0.0, 0.2, 0.4)
+
+
+@pytest.fixture(scope="module")
+async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    settings = make_settings(mongodb_url, tmp_path_factory.mktemp("delivery"), retry_schedule=SCHEDULE,
+                             queue_name=f"test:{uuid.uuid4().hex[:6]}")
+    async with run_stack(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[Receiver]:
+    async with run_receiver() as running:
+        yield running
+
+
+def path() -> str:
+    return f"/hook/{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_published_event_reaches_the_receiver_in_the_spec_shape_and_signed(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a webhook subscribed to job_application_created
+    account = await stack.account()
+    p = path()
+    webhook_id, secret = await create_webhook(account.gql, receiver.url(p))
+    # when the backend publishes the event
+    published = await publish(account.gql)
+    # then one delivery is created, and the receiver gets the spec's payload, signed
+    assert published["errors"] == []
+    (created,) = published["event"]["deliveries"]
+    assert created["webhookId"] == webhook_id
+    (got,) = await receiver.wait_for(p, 1)
+    body = got.json()
+    assert list(body) == ["event", "timestamp", "data"]
+    assert body["event"] == "job_application_created"
+    assert list(body["data"]) == ["log", "details"]  # type: ignore[call-overload]
+    assert body["data"]["log"] == {  # type: ignore[index]
+        "action": "create_application", "resourceType": "job_application",
+        "resourceId": "507f1f77bcf86cd799439011", "userId": "507f191e810c19729de860ea",
+        "userName": "John Doe", "userEmail": "john@example.com",
+        "timestamp": body["timestamp"],
+    }
+    assert body["data"]["details"]["candidateName"] == "Jane Smith"  # type: ignore[index]
+    assert got.body == json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    assert got.spec_signature_valid(secret)
+    StandardWebhook(secret).verify(got.body, got.headers)  # raises if invalid
+    assert got.headers["Content-Type"] == "application/json"
+    assert got.headers["X-Webhook-Event"] == "job_application_created"
+    assert got.headers["X-Webhook-Delivery"] == created["id"]
+    assert got.headers["webhook-id"] == created["id"]
+    # and the delivery log shows one successful automatic attempt
+    done = await wait_for_status(account.gql, created["id"], "SUCCEEDED")
+    (attempt,) = done["attempts"]
+    assert (attempt["number"], attempt["trigger"], attempt["statusCode"]) == (1, "AUTOMATIC", 200)
+    assert attempt["responseBody"] == "OK" and attempt["deliveryStatus"] == "SUCCEEDED"
+    assert attempt["durationMs"] is not None and attempt["nextAttemptAt"] is None
+
+
+async def test_fan_out_goes_only_to_subscribed_webhooks_of_the_publishing_account(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given two subscribed webhooks, one subscribed to another event, and another account's webhook
+    account, other = await stack.account(), await stack.account()
+    a, b, c, d = path(), path(), path(), path()
+    await create_webhook(account.gql, receiver.url(a))
+    await create_webhook(account.gql, receiver.url(b), ["JOB_APPLICATION_CREATED", "OFFER_SENT"])
+    await create_webhook(account.gql, receiver.url(c), ["OFFER_SENT"])
+    await create_webhook(other.gql, receiver.url(d))
+    # when
+    published = await publish(account.gql)
+    # then
+    assert len(published["event"]["deliveries"]) == 2
+    await receiver.wait_for(a, 1)
+    await receiver.wait_for(b, 1)
+    await asyncio.sleep(0.3)
+    assert len(receiver.received[c]) == 0 and len(receiver.received[d]) == 0
+
+
+async def test_bad_input_is_refused_and_nothing_is_stored_or_sent(stack: Stack, receiver: Receiver) -> None:
+    account = await stack.account()
+    p = path()
+    await create_webhook(account.gql, receiver.url(p))
+    bad = publish_input()
+    bad["log"]["resourceId"] = "nope"
+    bad["log"]["userEmail"] = ""
+    bad["details"] = {"big": 2**60}
+    payload = (await account.gql.execute(PUBLISH, {"input": bad}))["publishEvent"]
+    assert payload["event"] is None
+    fields = {e["field"]: e["code"] for e in payload["errors"]}
+    assert fields["log.resourceId"] == "INVALID_ID"
+    assert fields["log.userEmail"] == "REQUIRED"
+    assert fields["details.big"] == "UNSAFE_NUMBER"
+    too_big = publish_input(details={"blob": "x" * (300 * 1024)})
+    payload = (await account.gql.execute(PUBLISH, {"input": too_big}))["publishEvent"]
+    assert [e["code"] for e in payload["errors"]] == ["PAYLOAD_TOO_LARGE"]
+    assert await stack.core.cols.events.count_documents({"account_id": ObjectId(account.id)}) == 0
+    await asyncio.sleep(0.2)
+    assert receiver.received[p] == []
+
+
+async def test_the_same_idempotency_key_returns_the_first_event_and_delivers_nothing_new(
+    stack: Stack, receiver: Receiver
+) -> None:
+    account = await stack.account()
+    p = path()
+    await create_webhook(account.gql, receiver.url(p))
+    first = await publish(account.gql, idempotencyKey="order-42")
+    again = await publish(account.gql, idempotencyKey="order-42")
+    assert again["event"]["id"] == first["event"]["id"]
+    assert again["event"]["replayed"] is True and first["event"]["replayed"] is False
+    assert [d["id"] for d in again["event"]["deliveries"]] == [d["id"] for d in first["event"]["deliveries"]]
+    await receiver.wait_for(p, 1)
+    await asyncio.sleep(0.3)
+    assert len(receiver.received[p]) == 1
+    # and a different key is a different event
+    other = await publish(account.gql, idempotencyKey="order-43")
+    assert other["event"]["id"] != first["event"]["id"]
+
+
+async def test_a_failing_receiver_gets_every_scheduled_attempt_then_the_delivery_fails(
+    stack: Stack, receiver: Receiver
+) -> None:
+    account = await stack.account()
+    p = path()
+    await create_webhook(account.gql, receiver.url(p, status(500)))
+    published = await publish(account.gql)
+    delivery_id = published["event"]["deliveries"][0]["id"]
+    done = await wait_for_status(account.gql, delivery_id, "FAILED")
+    got = await receiver.wait_for(p, len(SCHEDULE))
+    assert len(got) == len(SCHEDULE)
+    assert [a["number"] for a in done["attempts"]] == [1, 2, 3]
+    assert [a["deliveryStatus"] for a in done["attempts"]] == ["PENDING", "PENDING", "FAILED"]
+    assert all(a["statusCode"] == 500 and a["errorClass"] == "http_status" for a in done["attempts"])
+    # the same bytes, the same delivery id, each attempt with its own timestamp
+    assert len({r.body for r in got}) == 1
+    assert len({r.headers["webhook-id"] for r in got}) == 1
+    gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
+    for gap, expected in zip(gaps, SCHEDULE[1:], strict=True):
+        assert expected - 0.02 <= gap <= expected + 0.15, gaps
+
+
+async def test_a_flapping_receiver_succeeds_on_a_retry(stack: Stack, receiver: Receiver) -> None:
+    account = await stack.account()
+    p = path()
+    await create_webhook(account.gql, receiver.url(p, sequence(status(503), status(502))))
+    receiver.behaviours[p] = sequence(status(503), status(200))
+    published = await publish(account.gql)
+    done = await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
+    assert [(a["statusCode"], a["deliveryStatus"]) for a in done["attempts"]] == [
+        (503, "PENDING"), (200, "SUCCEEDED")]
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+async def test_redirects_are_failures_and_never_followed(stack: Stack, receiver: Receiver, code: int) -> None:
+    account = await stack.account()
+    p, target = path(), path()
+    receiver.url(target)
+    await create_webhook(account.gql, receiver.url(p, status(code, {"Location": receiver.base_url + target})))
+    published = await publish(account.gql)
+    done = await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "FAILED")
+    assert all(a["errorClass"] == "redirect" and a["statusCode"] == code for a in done["attempts"])
+    assert receiver.received[target] == []
+
+
+async def test_a_refused_connection_is_a_failed_attempt(stack: Stack) -> None:
+    from webhooks.embedded import free_port
+
+    account = await stack.account()
+    await create_webhook(account.gql, f"http://127.0.0.1:{free_port()}/nobody-listens")
+    published = await publish(account.gql)
+    done = await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "FAILED")
+    assert all(a["errorClass"] == "connection_error" and a["statusCode"] is None for a in done["attempts"])
+
+
+async def test_retry_after_lengthens_the_wait_up_to_the_cap(stack: Stack, receiver: Receiver) -> None:
+    account = await stack.account()
+    p = path()
+    await create_webhook(account.gql, receiver.url(p, sequence(status(429, {"Retry-After": "1"}), status(200))))
+    published = await publish(account.gql)
+    await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
+    first, second = receiver.received[p]
+    assert 0.95 <= second.at - first.at <= 1.3
+
+
+async def test_the_response_is_recorded_with_at_most_4_kib_of_body(stack: Stack, receiver: Receiver) -> None:
+    from aiohttp import web
+
+    async def big(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(text="é" * 10_000, headers={"X-Receiver": "yes"})
+
+    account = await stack.account()
+    p = path()
+    await create_webhook(account.gql, receiver.url(p, big))
+    published = await publish(account.gql)
+    done = await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
+    attempt = done["attempts"][0]
+    assert len(attempt["responseBody"].encode("utf-8")) <= 4096
+    assert attempt["responseBody"].startswith("éé")
+    assert attempt["responseHeaders"]["X-Receiver"] == "yes"
+
+
+async def test_delivery_log_filters_and_paginates_newest_first(stack: Stack, receiver: Receiver) -> None:
+    account = await stack.account()
+    good, bad = path(), path()
+    good_id, _ = await create_webhook(account.gql, receiver.url(good), ["JOB_CREATED", "JOB_CLOSED"])
+    bad_id, _ = await create_webhook(account.gql, receiver.url(bad, status(500)), ["JOB_CREATED"])
+    ids = []
+    for event in ("JOB_CREATED", "JOB_CLOSED", "JOB_CREATED"):
+        ids.append([d["id"] for d in (await publish(account.gql, event=event))["event"]["deliveries"]])
+    for group in ids:
+        for delivery_id in group:
+            await wait_for_status(account.gql, delivery_id, "SUCCEEDED", "FAILED")
+    query = """query($w: ID, $s: DeliveryStatus, $e: String, $first: Int, $after: String) {
+      deliveries(webhookId: $w, status: $s, event: $e, first: $first, after: $after) {
+        edges { node { id webhookId event status } } pageInfo { hasNextPage endCursor } } }"""
+
+    async def listed(**variables: Any) -> list[dict[str, Any]]:
+        nodes: list[dict[str, Any]] = []
+        after = None
+        while True:
+            page = (await account.gql.execute(query, {**variables, "first": 2, "after": after}))["deliveries"]
+            nodes += [e["node"] for e in page["edges"]]
+            if not page["pageInfo"]["hasNextPage"]:
+                return nodes
+            after = page["pageInfo"]["endCursor"]
+
+    everything = await listed()
+    assert [n["id"] for n in everything] == sorted((i for g in ids for i in g), reverse=True)
+    assert {n["webhookId"] for n in await listed(w=good_id)} == {good_id}
+    assert len(await listed(w=good_id)) == 3
+    assert {n["status"] for n in await listed(s="FAILED")} == {"FAILED"}
+    assert len(await listed(w=bad_id, s="FAILED")) == 2
+    assert {n["event"] for n in await listed(e="job_closed")} == {"job_closed"}
+
+
+async def test_the_delivery_log_of_another_account_is_invisible(stack: Stack, receiver: Receiver) -> None:
+    account, other = await stack.account(), await stack.account()
+    await create_webhook(account.gql, receiver.url(path()))
+    published = await publish(account.gql)
+    delivery_id = published["event"]["deliveries"][0]["id"]
+    assert await delivery(other.gql, delivery_id) is None
+    assert await delivery(other.gql, str(ObjectId())) is None
+    listed = await other.gql.execute("{ deliveries { edges { node { id } } } }")
+    assert listed["deliveries"]["edges"] == []
+
+
+async def test_publishing_needs_the_publish_scope(stack: Stack) -> None:
+    from webhooks.models import Scope
+
+    manager = await stack.account(frozenset({Scope.MANAGE_WEBHOOKS}))
+    body = await manager.gql.raw(PUBLISH, {"input": publish_input()})
+    assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"

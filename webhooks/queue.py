@@ -1,0 +1,62 @@
+"""The queue seam: arq jobs on Redis that carry ids only. MongoDB stays the source of truth."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import job_key_prefix
+from bson import ObjectId
+
+from webhooks.settings import Settings
+
+DELIVER_JOB = "deliver"
+
+# One item = one attempt to run: (delivery id, attempt number).
+Item = tuple[str, int]
+
+
+def batch_job_id(event_id: ObjectId) -> str:
+    """First attempts of every delivery of one event travel in one job."""
+    return f"event:{event_id}:1"
+
+
+def attempt_job_id(delivery_id: ObjectId | str, number: int) -> str:
+    return f"{delivery_id}:{number}"
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    if not settings.redis_url:
+        raise RuntimeError("WEBHOOKS_REDIS_URL is not set: use `webhooks dev` for the embedded default")
+    return RedisSettings.from_dsn(settings.redis_url)
+
+
+class DeliveryQueue:
+    def __init__(self, pool: ArqRedis, queue_name: str) -> None:
+        self.pool = pool
+        self.queue_name = queue_name
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> DeliveryQueue:
+        pool = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
+        return cls(pool, settings.queue_name)
+
+    async def close(self) -> None:
+        await self.pool.aclose()
+
+    async def enqueue(self, job_id: str, items: list[Item], at: datetime | None = None) -> bool:
+        """Queue one job; False if a job with this id is already queued or running (idempotent)."""
+        job = await self.pool.enqueue_job(DELIVER_JOB, items, _job_id=job_id, _defer_until=at,
+                                           _queue_name=self.queue_name)
+        return job is not None
+
+    async def enqueue_first_attempts(self, event_id: ObjectId, delivery_ids: list[ObjectId]) -> bool:
+        if not delivery_ids:
+            return False
+        return await self.enqueue(batch_job_id(event_id), [(str(d), 1) for d in delivery_ids])
+
+    async def enqueue_attempt(self, delivery_id: ObjectId, number: int, at: datetime | None = None) -> bool:
+        return await self.enqueue(attempt_job_id(delivery_id, number), [(str(delivery_id), number)], at)
+
+    async def job_exists(self, job_id: str) -> bool:
+        return bool(await self.pool.exists(job_key_prefix + job_id))

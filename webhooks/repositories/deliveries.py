@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import DESCENDING, UpdateMany, UpdateOne
+from pymongo.errors import BulkWriteError
+
+from webhooks.db import Collections, Doc
+from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus
+from webhooks.pagination import Page
+
+# The list query looks at a bounded window of ids (ObjectIds start with their creation time) and widens it
+# only while it finds too few: on SecantusDB a sort+limit reads every match, so the window keeps it flat.
+FIRST_WINDOW = timedelta(hours=1)
+WINDOW_GROWTH = 8
+
+
+def delivery_doc(
+    *,
+    delivery_id: ObjectId,
+    account_id: ObjectId,
+    webhook_id: ObjectId,
+    event_id: ObjectId,
+    event: str,
+    now: datetime,
+    retention: timedelta,
+    held: bool = False,
+    test: bool = False,
+) -> Doc:
+    return {
+        "_id": delivery_id,
+        "account_id": account_id,
+        "webhook_id": webhook_id,
+        "event_id": event_id,
+        "event": event,
+        "status": (DeliveryStatus.HELD if held else DeliveryStatus.PENDING).value,
+        "test": test,
+        "attempt_count": 0,
+        "run_start": 1,
+        "run_trigger": (AttemptTrigger.TEST if test else AttemptTrigger.AUTOMATIC).value,
+        "next_attempt_at": None if held else now,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": now + retention,
+    }
+
+
+class DeliveryRepository:
+    def __init__(self, cols: Collections) -> None:
+        self._col = cols.deliveries
+        self._attempts = cols.attempts
+
+    async def insert_many(self, docs: list[Doc]) -> None:
+        """Insert; ids already present are left as they are (a replayed publish is idempotent)."""
+        if not docs:
+            return
+        try:
+            await self._col.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+
+    async def get(self, account_id: ObjectId, delivery_id: ObjectId) -> Delivery | None:
+        doc = await self._col.find_one({"_id": delivery_id, "account_id": account_id})
+        return Delivery.from_doc(doc) if doc else None
+
+    async def docs_by_ids(self, ids: list[ObjectId]) -> list[Doc]:
+        return await self._col.find({"_id": {"$in": ids}}).to_list()
+
+    async def page(
+        self,
+        account_id: ObjectId,
+        *,
+        webhook_id: ObjectId | None,
+        status: DeliveryStatus | None,
+        event: str | None,
+        first: int,
+        after: ObjectId | None,
+        oldest: datetime,
+    ) -> Page[Delivery]:
+        """Newest first. Served by (account_id[, webhook_id], _id desc), scanning an adaptive id window."""
+        base: Doc = {"account_id": account_id}
+        if webhook_id is not None:
+            base["webhook_id"] = webhook_id
+        if status is not None:
+            base["status"] = status.value
+        if event is not None:
+            base["event"] = event
+        upper = after or ObjectId.from_datetime(datetime.now(tz=oldest.tzinfo) + timedelta(days=1))
+        floor = ObjectId.from_datetime(oldest)
+        window = FIRST_WINDOW
+        found: list[Doc] = []
+        while True:
+            lower = ObjectId.from_datetime(upper.generation_time - window)
+            lower = max(lower, floor)
+            query = {**base, "_id": {"$lt": upper, "$gte": lower}}
+            found += await self._col.find(query).sort("_id", DESCENDING).limit(first + 1 - len(found)).to_list()
+            if len(found) > first or lower <= floor:
+                break
+            upper, window = lower, window * WINDOW_GROWTH
+        return Page([Delivery.from_doc(d) for d in found[:first]], has_next_page=len(found) > first)
+
+    async def attempts_of(self, delivery_id: ObjectId) -> list[Attempt]:
+        docs = await self._attempts.find({"delivery_id": delivery_id}).sort("number", 1).to_list()
+        return [Attempt.from_doc(d) for d in docs]
+
+    async def overdue(self, before: datetime, limit: int) -> list[Doc]:
+        """Pending deliveries whose next attempt is overdue (the sweeper's scan, bounded)."""
+        cursor = self._col.find(
+            {"status": DeliveryStatus.PENDING.value, "next_attempt_at": {"$lt": before}},
+            {"_id": 1, "event_id": 1, "attempt_count": 1, "next_attempt_at": 1},
+        ).limit(limit)
+        return await cursor.to_list()
+
+    async def record_attempts(self, attempt_docs: list[Doc], updates: list[UpdateOne | UpdateMany]) -> None:
+        """Append the attempt log and move the deliveries on, in two batched writes."""
+        if attempt_docs:
+            try:
+                await self._attempts.insert_many(attempt_docs, ordered=False)
+            except BulkWriteError as exc:  # a re-run job may record an attempt number again: keep the first
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+        if updates:
+            await self._col.bulk_write(updates, ordered=False)
+
+    async def restart(
+        self, account_id: ObjectId, ids: list[ObjectId], statuses: list[DeliveryStatus], now: datetime
+    ) -> list[Doc]:
+        """Start a new manual run for deliveries currently in ``statuses``; return them as they were."""
+        query: Doc = {"_id": {"$in": ids}, "account_id": account_id, "status": {"$in": [s.value for s in statuses]}}
+        docs = await self._col.find(query).to_list()
+        updates: list[UpdateOne] = []
+        for doc in docs:
+            updates.append(
+                UpdateOne(
+                    {"_id": doc["_id"], "status": doc["status"], "attempt_count": doc["attempt_count"]},
+                    {"$set": {
+                        "status": DeliveryStatus.PENDING.value,
+                        "run_start": doc["attempt_count"] + 1,
+                        "run_trigger": AttemptTrigger.MANUAL.value,
+                        "next_attempt_at": now,
+                        "updated_at": now,
+                    }},
+                )
+            )
+        if updates:
+            await self._col.bulk_write(updates, ordered=False)
+        return docs
+
+    async def ids_in_window(
+        self,
+        account_id: ObjectId,
+        webhook_id: ObjectId,
+        statuses: list[DeliveryStatus],
+        since: datetime,
+        until: datetime,
+        limit: int,
+    ) -> list[ObjectId]:
+        query: dict[str, Any] = {
+            "account_id": account_id,
+            "webhook_id": webhook_id,
+            "_id": {"$gte": ObjectId.from_datetime(since), "$lt": ObjectId.from_datetime(until)},
+            "status": {"$in": [s.value for s in statuses]},
+        }
+        docs = await self._col.find(query, {"_id": 1}).sort("_id", DESCENDING).limit(limit).to_list()
+        return [d["_id"] for d in docs]

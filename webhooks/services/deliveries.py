@@ -1,0 +1,199 @@
+"""Publishing events and working with deliveries: publish, test, retry, recover, the delivery log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from bson import ObjectId
+
+from webhooks.db import Doc
+from webhooks.errors import ErrorCode, UserErrors
+from webhooks.events import TEST_EVENT, EventName
+from webhooks.ids import parse_id
+from webhooks.models import Attempt, Delivery, DeliveryStatus, Principal
+from webhooks.pagination import Page, check_page_size, decode_cursor
+from webhooks.payloads import AuditLog, build_event_body, build_test_body
+from webhooks.queue import DeliveryQueue
+from webhooks.repositories.deliveries import DeliveryRepository, delivery_doc
+from webhooks.repositories.events import EventRepository
+from webhooks.repositories.webhooks import WebhookRepository
+from webhooks.services.webhooks import not_found
+from webhooks.settings import Settings
+from webhooks.timeutil import utcnow
+
+MAX_IDEMPOTENCY_KEY = 200
+MAX_RECOVER = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    event_id: ObjectId
+    delivery_ids: list[ObjectId]
+    replayed: bool
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        settings: Settings,
+        webhooks: WebhookRepository,
+        events: EventRepository,
+        deliveries: DeliveryRepository,
+        queue: DeliveryQueue,
+    ) -> None:
+        self._settings = settings
+        self._webhooks = webhooks
+        self._events = events
+        self._deliveries = deliveries
+        self._queue = queue
+
+    @property
+    def _retention(self) -> timedelta:
+        return timedelta(days=self._settings.delivery_retention_days)
+
+    # -- publishing --------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        who: Principal,
+        event: EventName,
+        log: AuditLog,
+        details: object,
+        idempotency_key: str | None = None,
+    ) -> Published:
+        """Store the event once, one delivery per subscribed webhook, then queue the first attempts."""
+        if idempotency_key is not None:
+            idempotency_key = idempotency_key.strip()
+            if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+                raise UserErrors.one("idempotencyKey", ErrorCode.INVALID,
+                                     f"idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        now = utcnow()
+        body = build_event_body(event.value, log, details, now=now, max_bytes=self._settings.max_payload_bytes)
+        if idempotency_key is not None:
+            window_start = now - timedelta(hours=self._settings.idempotency_window_hours)
+            earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, window_start)
+            if earlier is not None:
+                return await self._replay(earlier)
+            await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
+        targets = await self._webhooks.subscribed(who.account_id, event.value)
+        event_id = ObjectId()
+        planned = [(ObjectId(), w.id, not w.enabled) for w in targets]
+        stored = await self._events.insert(
+            event_id=event_id, account_id=who.account_id, event=event.value, body=body, now=now,
+            retention=self._retention, idempotency_key=idempotency_key, planned=planned,
+        )
+        if stored is None:  # lost a race for the same idempotency key: answer with the winner
+            assert idempotency_key is not None
+            earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, now - timedelta(days=1))
+            if earlier is None:
+                raise UserErrors.one("idempotencyKey", ErrorCode.CONFLICT, "idempotencyKey is in use, try again")
+            return await self._replay(earlier)
+        return await self._fan_out(stored, replayed=False)
+
+    async def _replay(self, event_doc: Doc) -> Published:
+        """A repeated idempotency key: make sure the first publish finished its fan-out, deliver nothing new."""
+        return await self._fan_out(event_doc, replayed=True)
+
+    async def _fan_out(self, event_doc: Doc, *, replayed: bool) -> Published:
+        now = event_doc["created_at"]
+        docs = [
+            delivery_doc(delivery_id=p["delivery_id"], account_id=event_doc["account_id"], webhook_id=p["webhook_id"],
+                         event_id=event_doc["_id"], event=event_doc["event"], now=now, retention=self._retention,
+                         held=p["held"])
+            for p in event_doc["planned"]
+        ]
+        await self._deliveries.insert_many(docs)
+        pending = [d["_id"] for d in docs if d["status"] == DeliveryStatus.PENDING.value]
+        if not replayed:
+            await self._queue.enqueue_first_attempts(event_doc["_id"], pending)
+        return Published(event_doc["_id"], [d["_id"] for d in docs], replayed)
+
+    # -- test, retry, recover ----------------------------------------------------------------------
+
+    async def test(self, who: Principal, webhook_id: str) -> Delivery:
+        """Send ``webhook.test`` once, through the same signing path; also to a disabled webhook."""
+        oid = parse_id(webhook_id)
+        webhook = await self._webhooks.get(who.account_id, oid)
+        if webhook is None:
+            raise not_found("webhook", webhook_id)
+        now = utcnow()
+        body = build_test_body(str(webhook.id), webhook.name, now=now)
+        event_id, delivery_id = ObjectId(), ObjectId()
+        await self._events.insert(
+            event_id=event_id, account_id=who.account_id, event=TEST_EVENT, body=body, now=now,
+            retention=self._retention, idempotency_key=None, planned=[(delivery_id, webhook.id, False)],
+        )
+        doc = delivery_doc(delivery_id=delivery_id, account_id=who.account_id, webhook_id=webhook.id,
+                           event_id=event_id, event=TEST_EVENT, now=now, retention=self._retention, test=True)
+        await self._deliveries.insert_many([doc])
+        await self._queue.enqueue_attempt(delivery_id, 1)
+        return Delivery.from_doc(doc)
+
+    async def retry(self, who: Principal, delivery_id: str) -> Delivery:
+        """A fresh manual attempt of one delivery that is not already pending."""
+        oid = parse_id(delivery_id)
+        delivery = await self._deliveries.get(who.account_id, oid)
+        if delivery is None:
+            raise not_found("delivery", delivery_id)
+        if delivery.status is DeliveryStatus.PENDING:
+            raise UserErrors.one("id", ErrorCode.CONFLICT, "this delivery is already pending; wait for it to finish")
+        restarted = await self._restart(who, [oid], [delivery.status])
+        if not restarted:
+            raise UserErrors.one("id", ErrorCode.CONFLICT, "this delivery changed meanwhile; try again")
+        refreshed = await self._deliveries.get(who.account_id, oid)
+        assert refreshed is not None
+        return refreshed
+
+    async def recover(
+        self, who: Principal, webhook_id: str, since: datetime, until: datetime | None, dry_run: bool
+    ) -> int:
+        """Re-send every failed or held delivery of one webhook created in ``[since, until)``."""
+        oid = parse_id(webhook_id, "webhookId")
+        if await self._webhooks.get(who.account_id, oid) is None:
+            raise not_found("webhook", webhook_id, "webhookId")
+        until = until or utcnow()
+        if since >= until:
+            raise UserErrors.one("since", ErrorCode.INVALID, "since must be earlier than until")
+        statuses = [DeliveryStatus.FAILED, DeliveryStatus.HELD]
+        ids = await self._deliveries.ids_in_window(who.account_id, oid, statuses, since, until, MAX_RECOVER)
+        if dry_run:
+            return len(ids)
+        return len(await self._restart(who, ids, statuses))
+
+    async def _restart(self, who: Principal, ids: list[ObjectId], statuses: list[DeliveryStatus]) -> list[Doc]:
+        docs = await self._deliveries.restart(who.account_id, ids, statuses, utcnow())
+        for doc in docs:
+            await self._queue.enqueue_attempt(doc["_id"], doc["attempt_count"] + 1)
+        return docs
+
+    # -- the delivery log --------------------------------------------------------------------------
+
+    async def page(
+        self,
+        who: Principal,
+        *,
+        webhook_id: str | None,
+        status: DeliveryStatus | None,
+        event: str | None,
+        first: int,
+        after: str | None,
+    ) -> Page[Delivery]:
+        oid = parse_id(webhook_id, "webhookId") if webhook_id is not None else None
+        oldest = utcnow() - self._retention - timedelta(days=1)
+        return await self._deliveries.page(
+            who.account_id, webhook_id=oid, status=status, event=event, first=check_page_size(first),
+            after=decode_cursor(after), oldest=oldest,
+        )
+
+    async def get(self, who: Principal, delivery_id: str) -> Delivery | None:
+        oid = parse_id(delivery_id)
+        return await self._deliveries.get(who.account_id, oid)
+
+    async def by_ids(self, ids: list[ObjectId]) -> list[Delivery]:
+        """Deliveries the caller was just handed (by ``publish``), newest state."""
+        docs = {d["_id"]: d for d in await self._deliveries.docs_by_ids(ids)}
+        return [Delivery.from_doc(docs[i]) for i in ids if i in docs]
+
+    async def attempts(self, delivery: Delivery) -> list[Attempt]:
+        return await self._deliveries.attempts_of(delivery.id)

@@ -1,0 +1,213 @@
+"""The delivery engine: run a batch of attempts, record them in bulk, schedule retries, disable webhooks.
+
+Flow for one batch of ``(delivery id, attempt number)`` items:
+load (deliveries, webhooks, event bodies) → sign and POST concurrently → one ``insert_many`` of attempts and
+one ``bulk_write`` of delivery states → failure counters / auto-disable → retries queued → live feed.
+An item whose delivery has moved on (another run already made that attempt) is skipped, so duplicate jobs
+are harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from bson import ObjectId
+from pymongo import UpdateOne
+
+from webhooks.db import Doc
+from webhooks.models import Attempt, AttemptTrigger, DeliveryStatus, Webhook
+from webhooks.pubsub import Publisher
+from webhooks.queue import DeliveryQueue, Item
+from webhooks.repositories.deliveries import DeliveryRepository
+from webhooks.repositories.events import EventRepository
+from webhooks.repositories.webhooks import WebhookRepository
+from webhooks.crypto import SecretBox
+from webhooks.settings import Settings
+from webhooks.timeutil import utcnow
+from workers.policy import count_failures, next_delay, parse_retry_after
+from workers.sender import Sender, SendResult
+from workers.signing import signature_headers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One attempt about to be made."""
+
+    doc: Doc
+    number: int
+    webhook: Webhook
+    body: bytes
+
+    @property
+    def delivery_id(self) -> ObjectId:
+        oid: ObjectId = self.doc["_id"]
+        return oid
+
+    @property
+    def is_test(self) -> bool:
+        return bool(self.doc.get("test"))
+
+    @property
+    def trigger(self) -> AttemptTrigger:
+        if self.is_test:
+            return AttemptTrigger.TEST
+        if self.number == self.doc.get("run_start", 1) and self.doc.get("run_trigger") == AttemptTrigger.MANUAL.value:
+            return AttemptTrigger.MANUAL
+        return AttemptTrigger.AUTOMATIC
+
+    @property
+    def attempt_in_run(self) -> int:
+        return self.number - int(self.doc.get("run_start", 1)) + 1
+
+
+class DeliveryEngine:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        deliveries: DeliveryRepository,
+        events: EventRepository,
+        webhooks: WebhookRepository,
+        box: SecretBox,
+        queue: DeliveryQueue,
+        publisher: Publisher,
+        sender: Sender,
+    ) -> None:
+        self._settings = settings
+        self._deliveries = deliveries
+        self._events = events
+        self._webhooks = webhooks
+        self._box = box
+        self._queue = queue
+        self._publisher = publisher
+        self._sender = sender
+
+    async def run(self, items: list[Item]) -> int:
+        """Make every due attempt among ``items``; return how many were made."""
+        wanted = {ObjectId(d): n for d, n in items}
+        docs = await self._deliveries.docs_by_ids(list(wanted))
+        current = [d for d in docs if d["status"] == DeliveryStatus.PENDING.value
+                   and d["attempt_count"] == wanted[d["_id"]] - 1]
+        if not current:
+            return 0
+        webhooks = await self._webhooks.get_many(list({d["webhook_id"] for d in current}))
+        bodies = await self._events.get_many(list({d["event_id"] for d in current}))
+        now = utcnow()
+        planned: list[Planned] = []
+        stopped: list[UpdateOne] = []
+        for doc in current:
+            webhook = webhooks.get(doc["webhook_id"])
+            event = bodies.get(doc["event_id"])
+            if webhook is None or event is None:
+                stopped.append(_finish(doc, DeliveryStatus.FAILED, now))  # webhook deleted or event expired
+            elif not webhook.enabled and not doc.get("test"):
+                stopped.append(_finish(doc, DeliveryStatus.HELD, now))  # recoverable after re-enabling
+            else:
+                planned.append(Planned(doc, wanted[doc["_id"]], webhook, event.body))
+        if stopped:
+            await self._deliveries.record_attempts([], stopped)
+        if not planned:
+            return 0
+        results = await asyncio.gather(*(self._attempt(p) for p in planned))
+        await self._record(planned, results)
+        return len(planned)
+
+    async def _attempt(self, p: Planned) -> tuple[datetime, SendResult]:
+        started = utcnow()
+        secrets = [self._box.decrypt(p.webhook.secret_enc)]
+        headers = signature_headers(
+            secrets,
+            msg_id=str(p.delivery_id),
+            timestamp=int(time.time()),
+            body=p.body,
+            event=p.doc["event"],
+            user_agent=self._settings.user_agent,
+        )
+        return started, await self._sender.send(p.webhook.url, p.body, headers)
+
+    async def _record(self, planned: list[Planned], results: list[tuple[datetime, SendResult]]) -> None:
+        now = utcnow()
+        schedule = self._settings.retry_schedule
+        attempts: list[Attempt] = []
+        updates: list[UpdateOne] = []
+        retries: list[tuple[ObjectId, int, datetime]] = []
+        finals: dict[ObjectId, list[bool]] = defaultdict(list)
+        for p, (started, result) in zip(planned, results, strict=True):
+            delay = None
+            if not result.ok and not p.is_test:
+                delay = next_delay(
+                    schedule,
+                    p.attempt_in_run,
+                    status=result.status_code,
+                    retry_after=parse_retry_after(result.response_headers.get("Retry-After")),
+                    retry_after_cap=self._settings.retry_after_cap,
+                )
+            if result.ok:
+                status, next_at = DeliveryStatus.SUCCEEDED, None
+            elif delay is None:
+                status, next_at = DeliveryStatus.FAILED, None
+            else:
+                status, next_at = DeliveryStatus.PENDING, now + timedelta(seconds=delay)
+                retries.append((p.delivery_id, p.number + 1, next_at))
+            if status is not DeliveryStatus.PENDING and not p.is_test:
+                finals[p.webhook.id].append(status is DeliveryStatus.SUCCEEDED)
+            attempts.append(
+                Attempt(
+                    id=ObjectId(),
+                    delivery_id=p.delivery_id,
+                    account_id=p.doc["account_id"],
+                    webhook_id=p.webhook.id,
+                    event=p.doc["event"],
+                    number=p.number,
+                    trigger=p.trigger,
+                    started_at=started,
+                    duration_ms=result.duration_ms,
+                    status_code=result.status_code,
+                    response_headers=result.response_headers,
+                    response_body=result.response_body,
+                    error_class=None if result.ok else result.outcome.value,
+                    error=result.error,
+                    delivery_status=status,
+                    next_attempt_at=next_at,
+                )
+            )
+            updates.append(
+                UpdateOne(
+                    {"_id": p.delivery_id, "attempt_count": p.number - 1},
+                    {"$set": {"status": status.value, "attempt_count": p.number, "next_attempt_at": next_at,
+                              "updated_at": now}},
+                )
+            )
+        retention = timedelta(days=self._settings.delivery_retention_days)
+        docs = [{**a.to_doc(), "expires_at": now + retention} for a in attempts]
+        await self._deliveries.record_attempts(docs, updates)
+        for delivery_id, number, at in retries:
+            await self._queue.enqueue_attempt(delivery_id, number, at)
+        await self._publisher.attempts(attempts)
+        await self._count(finals)
+
+    async def _count(self, finals: dict[ObjectId, list[bool]]) -> None:
+        threshold = self._settings.disable_after_failures
+        resets = [w for w, outcomes in finals.items() if count_failures(outcomes).reset]
+        await self._webhooks.reset_failures(resets)
+        for webhook_id, outcomes in finals.items():
+            change = count_failures(outcomes)
+            if change.add:
+                disabled = await self._webhooks.record_failures(webhook_id, change.add, threshold)
+                if disabled is not None:
+                    log.warning("webhook %s disabled after %d consecutive failed deliveries", webhook_id, threshold)
+                    await self._publisher.webhook_status(disabled)
+
+
+def _finish(doc: Doc, status: DeliveryStatus, now: datetime) -> UpdateOne:
+    return UpdateOne(
+        {"_id": doc["_id"], "attempt_count": doc["attempt_count"], "status": DeliveryStatus.PENDING.value},
+        {"$set": {"status": status.value, "next_attempt_at": None, "updated_at": now}},
+    )

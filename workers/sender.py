@@ -1,0 +1,133 @@
+"""One HTTP attempt with aiohttp: a wall-clock deadline, no redirects, the first 4 KiB of the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from webhooks.ssrf import BlockedDestination, GuardedResolver, SystemResolver, parse_host_ip, resolve_checked
+from workers.policy import OutcomeClass, classify_status
+
+E = TypeVar("E", bound=BaseException)
+MAX_RESPONSE_BODY = 4096
+MAX_RESPONSE_HEADERS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    outcome: OutcomeClass
+    duration_ms: int
+    status_code: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is OutcomeClass.SUCCESS
+
+
+class Sender:
+    """Owns the worker's single aiohttp session (connection pooling, guarded DNS resolution)."""
+
+    def __init__(self, *, timeout: float, allow_private: bool, max_connections: int = 500) -> None:
+        self._timeout = timeout
+        self._allow_private = allow_private
+        self._resolver = SystemResolver()
+        connector = aiohttp.TCPConnector(
+            limit=max_connections,
+            resolver=GuardedResolver(self._resolver, allow_private=allow_private),
+            ttl_dns_cache=10,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout),
+            auto_decompress=False,
+            trust_env=False,
+            skip_auto_headers=("Accept-Encoding",),
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _check_literal_host(self, url: str) -> None:
+        """aiohttp skips the resolver for IP literals, so check those here."""
+        if self._allow_private:
+            return
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parse_host_ip(host) is not None:
+            await resolve_checked(host, parts.port or 443, self._resolver)
+
+    async def send(self, url: str, body: bytes, headers: dict[str, str]) -> SendResult:
+        started = time.perf_counter()
+
+        def elapsed() -> int:
+            return int((time.perf_counter() - started) * 1000)
+
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._check_literal_host(url)
+                async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                    chunk = await _read_prefix(resp.content, MAX_RESPONSE_BODY)
+                    return SendResult(
+                        outcome=classify_status(resp.status),
+                        duration_ms=elapsed(),
+                        status_code=resp.status,
+                        response_headers=dict(list(resp.headers.items())[:MAX_RESPONSE_HEADERS]),
+                        response_body=chunk.decode("utf-8", errors="replace"),
+                        error=None if 200 <= resp.status < 300 else _status_error(resp.status),
+                    )
+        except TimeoutError:
+            return SendResult(OutcomeClass.TIMEOUT, elapsed(),
+                              error=f"no complete answer within {self._timeout:g} s")
+        except Exception as exc:  # every transport failure is an outcome, recorded, never raised
+            return _failure(exc, elapsed())
+
+
+def _status_error(status: int) -> str:
+    if 300 <= status < 400:
+        return f"HTTP {status}: redirects are not followed"
+    return f"HTTP {status}"
+
+
+def _failure(exc: BaseException, duration_ms: int) -> SendResult:
+    blocked = _find_cause(exc, BlockedDestination)
+    if blocked is not None:
+        return SendResult(OutcomeClass.BLOCKED_DESTINATION, duration_ms, error=f"blocked destination: {blocked}")
+    if _find_cause(exc, ssl.SSLError) is not None or isinstance(exc, aiohttp.ClientSSLError):
+        return SendResult(OutcomeClass.TLS_ERROR, duration_ms, error=f"TLS error: {exc}")
+    return SendResult(OutcomeClass.CONNECTION_ERROR, duration_ms, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _find_cause(exc: BaseException, kind: type[E]) -> E | None:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, kind):
+            return seen
+        os_error = getattr(seen, "os_error", None)
+        if isinstance(os_error, kind):
+            return os_error
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body; the rest is never read (the connection is dropped instead)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
