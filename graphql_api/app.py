@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from graphql_api.context import Context, bearer_token
+from graphql_api.graphiql import graphiql_routes, render_graphiql
 from graphql_api.schema import schema
 from webhooks.core import Core, open_core
 from webhooks.settings import Settings, get_settings
@@ -41,10 +43,12 @@ class GraphQLView(GraphQL[Context, None]):
         assert self.core is not None, "the app lifespan has not started"
         return Context(request=request, response=response, core=self.core)
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return render_graphiql(request)
+
     async def on_ws_connect(self, context: Context) -> Any:
-        token = bearer_token(
-            context.connection_params.get("Authorization") or context.connection_params.get("authorization")
-        )
+        token = bearer_token(context.connection_params.get("Authorization")
+                             or context.connection_params.get("authorization"))
         who = await context.core.api_keys.authenticate(token) if token else None
         if who is None:
             raise ConnectionRejectionError()
@@ -52,18 +56,28 @@ class GraphQLView(GraphQL[Context, None]):
         return None
 
 
+def routes(settings: Settings, view: GraphQLView) -> list[BaseRoute]:
+    return [
+        Route("/graphql", view, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", view),
+        *graphiql_routes(settings.graphiql),
+    ]
+
+
+def middleware(settings: Settings) -> list[Middleware]:
+    return []
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     view = GraphQLView(settings)
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_core(settings) as core:
+        async with contextlib.AsyncExitStack() as stack:
+            core = await stack.enter_async_context(open_core(settings))
             view.core = core
             app.state.core = core
             yield
 
-    return Starlette(
-        routes=[Route("/graphql", view, methods=["GET", "POST"]), WebSocketRoute("/graphql", view)],
-        lifespan=lifespan,
-    )
+    return Starlette(routes=routes(settings, view), middleware=middleware(settings), lifespan=lifespan)

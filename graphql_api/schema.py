@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors
 
 from graphql_api.context import Info
+from graphql_api.extensions import schema_extensions
 from graphql_api.mutations import deliveries as delivery_mutations
 from graphql_api.mutations import webhooks as webhook_mutations
 from graphql_api.types import Delivery, DeliveryConnection, DeliveryStatusEnum, EventType, Webhook, WebhookConnection
@@ -86,19 +86,8 @@ class Mutation:
     recover_deliveries = strawberry.mutation(resolver=delivery_mutations.recover_deliveries)
 
 
-def _should_mask(error: GraphQLError) -> bool:
-    """Mask unexpected errors; keep auth, input and validation errors readable."""
-    if error.original_error is None:
-        return False  # parse/validation errors from graphql-core itself
-    return not isinstance(error.original_error, GraphQLError)
-
-
 def build_schema() -> strawberry.Schema:
-    return strawberry.Schema(
-        query=Query,
-        mutation=Mutation,
-        extensions=[lambda: MaskErrors(should_mask_error=_should_mask)],
-    )
+    return strawberry.Schema(query=Query, mutation=Mutation, extensions=schema_extensions())
 
 
 schema = build_schema()
