@@ -9,7 +9,14 @@ from graphql_api.context import Info
 from graphql_api.extensions import schema_extensions
 from graphql_api.mutations import deliveries as delivery_mutations
 from graphql_api.mutations import webhooks as webhook_mutations
-from graphql_api.types import Delivery, DeliveryConnection, DeliveryStatusEnum, EventType, Webhook, WebhookConnection
+from graphql_api.types import (
+    Delivery,
+    DeliveryConnection,
+    DeliveryStatusEnum,
+    EventType,
+    Webhook,
+    WebhookConnection,
+)
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.models import Scope
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -16,10 +16,15 @@ from webhooks.models import Delivery as DeliveryRecord
 from webhooks.models import Webhook as WebhookRecord
 from webhooks.pagination import Page, encode_cursor
 
-WebhookEvent = strawberry.enum(
-    EventName, name="WebhookEvent", description="Subscribable events (wire names)."
-)
-UserErrorCode = strawberry.enum(core_errors.ErrorCode, name="UserErrorCode")
+# The domain enums, registered with their GraphQL names (strawberry.enum returns the same class).
+strawberry.enum(EventName, name="WebhookEvent", description="Subscribable events (wire names).")
+strawberry.enum(core_errors.ErrorCode, name="UserErrorCode")
+strawberry.enum(DeliveryStatus, name="DeliveryStatus")
+strawberry.enum(AttemptTrigger, name="AttemptTrigger")
+WebhookEvent = EventName
+UserErrorCode = core_errors.ErrorCode
+DeliveryStatusEnum = DeliveryStatus
+AttemptTriggerEnum = AttemptTrigger
 
 
 @strawberry.type
@@ -47,7 +52,7 @@ class EventType:
     @classmethod
     def all(cls) -> list[EventType]:
         return [
-            cls(value=s.name, name=s.name.value, description=s.description, example=s.example())
+            cls(value=s.name, name=s.name.value, description=s.description, example=cast(JSON, s.example()))
             for s in CATALOG.values()
         ]
 
@@ -110,10 +115,6 @@ class WebhookConnection:
         )
 
 
-DeliveryStatusEnum = strawberry.enum(DeliveryStatus, name="DeliveryStatus")
-AttemptTriggerEnum = strawberry.enum(AttemptTrigger, name="AttemptTrigger")
-
-
 @strawberry.type
 class DeliveryAttempt:
     id: strawberry.ID
@@ -125,7 +126,7 @@ class DeliveryAttempt:
     started_at: datetime
     duration_ms: int | None
     status_code: int | None
-    response_headers: JSON | None
+    response_headers: JSON | None = strawberry.field(description="The response headers (up to 50).")
     response_body: str | None = strawberry.field(description="The first 4 KiB of the response body.")
     error_class: str | None
     error: str | None
@@ -144,7 +145,7 @@ class DeliveryAttempt:
             started_at=a.started_at,
             duration_ms=a.duration_ms,
             status_code=a.status_code,
-            response_headers=a.response_headers,
+            response_headers=cast(JSON, dict(a.response_headers)),
             response_body=a.response_body,
             error_class=a.error_class,
             error=a.error,
@@ -195,5 +196,7 @@ class DeliveryConnection:
         edges = [Edge(cursor=encode_cursor(d.id), node=Delivery.from_record(d)) for d in page.items]
         return cls(
             edges=edges,
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=edges[-1].cursor if edges else None),
+            page_info=PageInfo(
+                has_next_page=page.has_next_page, end_cursor=edges[-1].cursor if edges else None
+            ),
         )

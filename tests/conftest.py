@@ -29,8 +29,22 @@ def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     data = tmp_path_factory.mktemp("secantus")
     port = free_port()
-    proc = spawn([sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
-                  "--storage-path", str(data), "--log-level", "WARNING"], quiet=True)
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "secantus",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(data),
+            "--log-level",
+            "WARNING",
+        ],
+        quiet=True,
+    )
     try:
         wait_for_port(port, proc, "SecantusDB")
         yield f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false"
@@ -83,7 +97,9 @@ async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def new_account(core: Core, http: httpx.AsyncClient, scopes: frozenset[Scope] = frozenset(Scope)) -> Account:
+async def new_account(
+    core: Core, http: httpx.AsyncClient, scopes: frozenset[Scope] = frozenset(Scope)
+) -> Account:
     account_id = await core.accounts.create(f"acct-{uuid.uuid4().hex[:6]}")
     key = await core.api_keys.issue(account_id, scopes)
     return Account(id=str(account_id), api_key=key, gql=GraphQLClient(http, key))

@@ -46,23 +46,31 @@ def publish_input(event: str = "JOB_APPLICATION_CREATED", **overrides: Any) -> d
     return {
         "event": event,
         "log": audit_log(),
-        "details": {"method": "POST", "path": "/job-applications", "candidateName": "Jane Smith",
-                    "jobTitle": "Senior Developer"},
+        "details": {
+            "method": "POST",
+            "path": "/job-applications",
+            "candidateName": "Jane Smith",
+            "jobTitle": "Senior Developer",
+        },
         **overrides,
     }
 
 
-async def create_webhook(gql: GraphQLClient, url: str, events: list[str] | None = None,
-                         name: str = "Receiver") -> tuple[str, str]:
-    payload = (await gql.execute(CREATE, {"input": {"name": name, "url": url,
-                                                    "events": events or ["JOB_APPLICATION_CREATED"]}}))
+async def create_webhook(
+    gql: GraphQLClient, url: str, events: list[str] | None = None, name: str = "Receiver"
+) -> tuple[str, str]:
+    payload = await gql.execute(
+        CREATE, {"input": {"name": name, "url": url, "events": events or ["JOB_APPLICATION_CREATED"]}}
+    )
     created = payload["createWebhook"]
     assert created["errors"] == [], created["errors"]
     return created["webhook"]["id"], created["secret"]
 
 
 async def publish(gql: GraphQLClient, **overrides: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = (await gql.execute(PUBLISH, {"input": publish_input(**overrides)}))["publishEvent"]
+    payload: dict[str, Any] = (await gql.execute(PUBLISH, {"input": publish_input(**overrides)}))[
+        "publishEvent"
+    ]
     return payload
 
 
@@ -71,8 +79,9 @@ async def delivery(gql: GraphQLClient, delivery_id: str) -> dict[str, Any]:
     return found
 
 
-async def wait_for_status(gql: GraphQLClient, delivery_id: str, *statuses: str,
-                          timeout: float = 20.0) -> dict[str, Any]:
+async def wait_for_status(
+    gql: GraphQLClient, delivery_id: str, *statuses: str, timeout: float = 20.0
+) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
             found = await delivery(gql, delivery_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -14,12 +15,12 @@ from standardwebhooks import Webhook as StandardWebhook
 
 from tests.conftest import make_settings
 from tests.delivery_support import (
+    PUBLISH,
     create_webhook,
     delivery,
     publish,
     publish_input,
     wait_for_status,
-    PUBLISH,
 )
 from tests.receiver import Receiver, run_receiver, sequence, status
 from tests.support import Stack, run_stack
@@ -29,8 +30,12 @@ SCHEDULE = (0.0, 0.2, 0.4)
 
 @pytest.fixture(scope="module")
 async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    settings = make_settings(mongodb_url, tmp_path_factory.mktemp("delivery"), retry_schedule=SCHEDULE,
-                             queue_name=f"test:{uuid.uuid4().hex[:6]}")
+    settings = make_settings(
+        mongodb_url,
+        tmp_path_factory.mktemp("delivery"),
+        retry_schedule=SCHEDULE,
+        queue_name=f"test:{uuid.uuid4().hex[:6]}",
+    )
     async with run_stack(settings) as running:
         yield running
 
@@ -64,9 +69,12 @@ async def test_a_published_event_reaches_the_receiver_in_the_spec_shape_and_sign
     assert body["event"] == "job_application_created"
     assert list(body["data"]) == ["log", "details"]  # type: ignore[call-overload]
     assert body["data"]["log"] == {  # type: ignore[index]
-        "action": "create_application", "resourceType": "job_application",
-        "resourceId": "507f1f77bcf86cd799439011", "userId": "507f191e810c19729de860ea",
-        "userName": "John Doe", "userEmail": "john@example.com",
+        "action": "create_application",
+        "resourceType": "job_application",
+        "resourceId": "507f1f77bcf86cd799439011",
+        "userId": "507f191e810c19729de860ea",
+        "userName": "John Doe",
+        "userEmail": "john@example.com",
         "timestamp": body["timestamp"],
     }
     assert body["data"]["details"]["candidateName"] == "Jane Smith"  # type: ignore[index]
@@ -163,7 +171,7 @@ async def test_a_failing_receiver_gets_every_scheduled_attempt_then_the_delivery
     # the same bytes, the same delivery id, each attempt with its own timestamp
     assert len({r.body for r in got}) == 1
     assert len({r.headers["webhook-id"] for r in got}) == 1
-    gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
     for gap, expected in zip(gaps, SCHEDULE[1:], strict=True):
         assert expected - 0.02 <= gap <= expected + 0.15, gaps
 
@@ -176,7 +184,9 @@ async def test_a_flapping_receiver_succeeds_on_a_retry(stack: Stack, receiver: R
     published = await publish(account.gql)
     done = await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
     assert [(a["statusCode"], a["deliveryStatus"]) for a in done["attempts"]] == [
-        (503, "PENDING"), (200, "SUCCEEDED")]
+        (503, "PENDING"),
+        (200, "SUCCEEDED"),
+    ]
 
 
 @pytest.mark.parametrize("code", [301, 302, 307, 308])
@@ -204,7 +214,9 @@ async def test_a_refused_connection_is_a_failed_attempt(stack: Stack) -> None:
 async def test_retry_after_lengthens_the_wait_up_to_the_cap(stack: Stack, receiver: Receiver) -> None:
     account = await stack.account()
     p = path()
-    await create_webhook(account.gql, receiver.url(p, sequence(status(429, {"Retry-After": "1"}), status(200))))
+    await create_webhook(
+        account.gql, receiver.url(p, sequence(status(429, {"Retry-After": "1"}), status(200)))
+    )
     published = await publish(account.gql)
     await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
     first, second = receiver.received[p]

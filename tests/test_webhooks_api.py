@@ -33,12 +33,18 @@ query($first: Int, $after: String) {{
 
 
 def webhook_input(**overrides: Any) -> dict[str, Any]:
-    return {"name": "Slack bridge", "url": "https://hooks.example.com/hatchbeacon",
-            "events": ["JOB_APPLICATION_CREATED", "CANDIDATE_HIRED"], **overrides}
+    return {
+        "name": "Slack bridge",
+        "url": "https://hooks.example.com/hatchbeacon",
+        "events": ["JOB_APPLICATION_CREATED", "CANDIDATE_HIRED"],
+        **overrides,
+    }
 
 
 async def create(gql: GraphQLClient, **overrides: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = (await gql.execute(CREATE, {"input": webhook_input(**overrides)}))["createWebhook"]
+    payload: dict[str, Any] = (await gql.execute(CREATE, {"input": webhook_input(**overrides)}))[
+        "createWebhook"
+    ]
     return payload
 
 
@@ -81,7 +87,9 @@ async def test_the_secret_is_encrypted_at_rest(account: Account, core: Core) -> 
 
 
 async def test_duplicate_events_are_removed_and_the_name_trimmed(account: Account) -> None:
-    webhook = await create_ok(account.gql, name="  Padded  ", events=["OFFER_SENT", "OFFER_SENT", "JOB_CLOSED"])
+    webhook = await create_ok(
+        account.gql, name="  Padded  ", events=["OFFER_SENT", "OFFER_SENT", "JOB_CLOSED"]
+    )
     assert webhook["name"] == "Padded"
     assert webhook["events"] == ["OFFER_SENT", "JOB_CLOSED"]
 
@@ -99,8 +107,10 @@ async def test_duplicate_events_are_removed_and_the_name_trimmed(account: Accoun
         ({"url": "https://hooks.example.com/" + "a" * 2048}, [("url", "TOO_LONG")]),
         ({"url": "https://hooks.example.com:99999/x"}, [("url", "INVALID_URL")]),
         ({"events": []}, [("events", "REQUIRED")]),
-        ({"name": "", "url": "nope", "events": []},
-         [("name", "REQUIRED"), ("url", "INVALID_URL"), ("events", "REQUIRED")]),
+        (
+            {"name": "", "url": "nope", "events": []},
+            [("name", "REQUIRED"), ("url", "INVALID_URL"), ("events", "REQUIRED")],
+        ),
     ],
 )
 async def test_invalid_input_is_refused_with_specific_errors_and_nothing_stored(
@@ -121,8 +131,8 @@ async def test_unknown_event_names_are_refused_by_the_schema(account: Account) -
 
 async def test_plain_http_is_refused_unless_allowed(core: Core, http: Any, settings: Any) -> None:
     # given a service with the production default WEBHOOKS_ALLOW_HTTP=false
-    from webhooks.services.webhooks import WebhookService
     from webhooks.errors import UserErrors
+    from webhooks.services.webhooks import WebhookService
 
     strict = WebhookService(core.webhook_repo, core.box, settings.model_copy(update={"allow_http": False}))
     account = await new_account(core, http)
@@ -132,15 +142,19 @@ async def test_plain_http_is_refused_unless_allowed(core: Core, http: Any, setti
     with pytest.raises(UserErrors) as refused:
         await strict.create(who, "n", "http://hooks.example.com/x", [])
     assert [(e.field, e.code.value) for e in refused.value.errors] == [
-        ("url", "HTTPS_REQUIRED"), ("events", "REQUIRED")]
+        ("url", "HTTPS_REQUIRED"),
+        ("events", "REQUIRED"),
+    ]
 
 
 async def test_the_per_account_webhook_limit(core: Core, http: Any, settings: Any) -> None:
     from webhooks.errors import UserErrors
-    from webhooks.services.webhooks import WebhookService
     from webhooks.events import EventName
+    from webhooks.services.webhooks import WebhookService
 
-    limited = WebhookService(core.webhook_repo, core.box, settings.model_copy(update={"max_webhooks_per_account": 2}))
+    limited = WebhookService(
+        core.webhook_repo, core.box, settings.model_copy(update={"max_webhooks_per_account": 2})
+    )
     account = await new_account(core, http)
     who = await core.api_keys.authenticate(account.api_key)
     assert who is not None
@@ -156,8 +170,12 @@ async def test_list_is_newest_first_with_cursor_pagination(account: Account) -> 
     ids = [(await create_ok(account.gql, name=f"hook {i}"))["id"] for i in range(5)]
     # when
     first = (await account.gql.execute(LIST, {"first": 2}))["webhooks"]
-    second = (await account.gql.execute(LIST, {"first": 2, "after": first["pageInfo"]["endCursor"]}))["webhooks"]
-    third = (await account.gql.execute(LIST, {"first": 2, "after": second["pageInfo"]["endCursor"]}))["webhooks"]
+    second = (await account.gql.execute(LIST, {"first": 2, "after": first["pageInfo"]["endCursor"]}))[
+        "webhooks"
+    ]
+    third = (await account.gql.execute(LIST, {"first": 2, "after": second["pageInfo"]["endCursor"]}))[
+        "webhooks"
+    ]
     # then
     seen = [e["node"]["id"] for page in (first, second, third) for e in page["edges"]]
     assert seen == list(reversed(ids))
@@ -177,16 +195,30 @@ async def test_read_update_and_delete(account: Account) -> None:
     # read
     assert (await account.gql.execute(GET, {"id": webhook["id"]}))["webhook"] == webhook
     # update
-    updated = (await account.gql.execute(UPDATE, {"id": webhook["id"], "input": {
-        "name": "Renamed", "url": "https://other.example.com/in", "events": ["USER_CREATED"], "enabled": False}}))
+    updated = await account.gql.execute(
+        UPDATE,
+        {
+            "id": webhook["id"],
+            "input": {
+                "name": "Renamed",
+                "url": "https://other.example.com/in",
+                "events": ["USER_CREATED"],
+                "enabled": False,
+            },
+        },
+    )
     assert updated["updateWebhook"]["errors"] == []
     after = updated["updateWebhook"]["webhook"]
     assert (after["name"], after["url"], after["events"], after["enabled"]) == (
-        "Renamed", "https://other.example.com/in", ["USER_CREATED"], False)
+        "Renamed",
+        "https://other.example.com/in",
+        ["USER_CREATED"],
+        False,
+    )
     assert after["disabledReason"] == "Disabled by a user" and after["disabledAt"]
     assert after["updatedAt"] >= webhook["updatedAt"]
     # re-enable clears the reason
-    enabled = (await account.gql.execute(UPDATE, {"id": webhook["id"], "input": {"enabled": True}}))
+    enabled = await account.gql.execute(UPDATE, {"id": webhook["id"], "input": {"enabled": True}})
     assert enabled["updateWebhook"]["webhook"]["enabled"] is True
     assert enabled["updateWebhook"]["webhook"]["disabledReason"] is None
     # delete
@@ -197,8 +229,11 @@ async def test_read_update_and_delete(account: Account) -> None:
 
 async def test_update_validates_like_create_and_writes_nothing_on_error(account: Account) -> None:
     webhook = await create_ok(account.gql)
-    payload = (await account.gql.execute(UPDATE, {"id": webhook["id"], "input": {
-        "name": "Fine", "url": "ftp://nope"}}))["updateWebhook"]
+    payload = (
+        await account.gql.execute(
+            UPDATE, {"id": webhook["id"], "input": {"name": "Fine", "url": "ftp://nope"}}
+        )
+    )["updateWebhook"]
     assert payload["webhook"] is None
     assert [(e["field"], e["code"]) for e in payload["errors"]] == [("url", "HTTPS_REQUIRED")]
     assert (await account.gql.execute(GET, {"id": webhook["id"]}))["webhook"]["name"] == "Slack bridge"
@@ -214,7 +249,9 @@ async def test_malformed_ids_get_a_clear_error(account: Account) -> None:
         assert [(e["field"], e["code"]) for e in payload["errors"]] == [("id", "INVALID_ID")]
 
 
-async def test_another_account_gets_exactly_the_unknown_id_answer(account: Account, other_account: Account) -> None:
+async def test_another_account_gets_exactly_the_unknown_id_answer(
+    account: Account, other_account: Account
+) -> None:
     # given a webhook of account A, and an id that exists nowhere
     mine = await create_ok(account.gql)
     unknown = str(ObjectId())
@@ -248,14 +285,23 @@ async def test_event_catalog_lists_the_16_spec_events_with_examples(account: Acc
         assert example["event"] == entry["name"]
         assert set(example) == {"event", "timestamp", "data"}
         assert set(example["data"]["log"]) == {
-            "action", "resourceType", "resourceId", "userId", "userName", "userEmail", "timestamp"}
+            "action",
+            "resourceType",
+            "resourceId",
+            "userId",
+            "userName",
+            "userEmail",
+            "timestamp",
+        }
         assert {"method", "path"} <= set(example["data"]["details"])
 
 
 @pytest.mark.parametrize("header", [None, "Bearer nope", "Basic abc", "Bearer"])
 async def test_missing_or_unknown_keys_are_unauthenticated(http: Any, header: str | None) -> None:
     headers = {"Authorization": header} if header is not None else {}
-    response = await http.post("/graphql", json={"query": "{ webhooks { edges { cursor } } }"}, headers=headers)
+    response = await http.post(
+        "/graphql", json={"query": "{ webhooks { edges { cursor } } }"}, headers=headers
+    )
     body = response.json()
     assert body["data"] is None
     assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"

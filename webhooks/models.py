@@ -112,7 +112,7 @@ class Delivery:
             attempt_count=doc.get("attempt_count", 0),
             next_attempt_at=doc.get("next_attempt_at"),
             created_at=doc["created_at"],
-            updated_at=doc.get("updated_at", doc["created_at"]),
+            updated_at=doc.get("updated_at") or doc["created_at"],
         )
 
 

@@ -46,8 +46,9 @@ class DeliveryQueue:
 
     async def enqueue(self, job_id: str, items: list[Item], at: datetime | None = None) -> bool:
         """Queue one job; False if a job with this id is already queued or running (idempotent)."""
-        job = await self.pool.enqueue_job(DELIVER_JOB, items, _job_id=job_id, _defer_until=at,
-                                           _queue_name=self.queue_name)
+        job = await self.pool.enqueue_job(
+            DELIVER_JOB, items, _job_id=job_id, _defer_until=at, _queue_name=self.queue_name
+        )
         return job is not None
 
     async def enqueue_first_attempts(self, event_id: ObjectId, delivery_ids: list[ObjectId]) -> bool:

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # Destinations.
     allow_http: bool = False
     allow_private_destinations: bool = False
+    # Optional HTTP(S) proxy for every delivery (aiohttp ``proxy=``). The proxy must enforce the
+    # destination policy for the addresses it resolves: through a proxy the worker cannot pin them.
+    egress_proxy: str | None = None
 
     # Delivery.
     retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
@@ -55,6 +58,13 @@ class Settings(BaseSettings):
     graphiql: bool = True
     introspection: bool = True
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_query_depth: int = Field(default=10, ge=1)
+    max_aliases: int = Field(default=15, ge=0)
+    max_tokens: int = Field(default=2000, ge=100)
+    # Per-account limits (fixed one-minute windows in Redis).
+    rate_limit_publish_per_minute: int = Field(default=6000, ge=1)
+    rate_limit_test_per_minute: int = Field(default=30, ge=1)
 
     data_dir: Path = Path(".webhooks")
 

@@ -68,7 +68,7 @@ class FailureCount:
 def count_failures(final_outcomes_in_order: Sequence[bool]) -> FailureCount:
     """``True`` = delivery succeeded, ``False`` = delivery failed (its last attempt failed)."""
     last_success = max((i for i, ok in enumerate(final_outcomes_in_order) if ok), default=-1)
-    trailing = sum(1 for ok in final_outcomes_in_order[last_success + 1:] if not ok)
+    trailing = sum(1 for ok in final_outcomes_in_order[last_success + 1 :] if not ok)
     return FailureCount(reset=last_success >= 0, add=trailing)
 
 

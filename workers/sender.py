@@ -85,8 +85,9 @@ class Sender:
                         error=None if 200 <= resp.status < 300 else _status_error(resp.status),
                     )
         except TimeoutError:
-            return SendResult(OutcomeClass.TIMEOUT, elapsed(),
-                              error=f"no complete answer within {self._timeout:g} s")
+            return SendResult(
+                OutcomeClass.TIMEOUT, elapsed(), error=f"no complete answer within {self._timeout:g} s"
+            )
         except Exception as exc:  # every transport failure is an outcome, recorded, never raised
             return _failure(exc, elapsed())
 
@@ -100,7 +101,9 @@ def _status_error(status: int) -> str:
 def _failure(exc: BaseException, duration_ms: int) -> SendResult:
     blocked = _find_cause(exc, BlockedDestination)
     if blocked is not None:
-        return SendResult(OutcomeClass.BLOCKED_DESTINATION, duration_ms, error=f"blocked destination: {blocked}")
+        return SendResult(
+            OutcomeClass.BLOCKED_DESTINATION, duration_ms, error=f"blocked destination: {blocked}"
+        )
     if _find_cause(exc, ssl.SSLError) is not None or isinstance(exc, aiohttp.ClientSSLError):
         return SendResult(OutcomeClass.TLS_ERROR, duration_ms, error=f"TLS error: {exc}")
     return SendResult(OutcomeClass.CONNECTION_ERROR, duration_ms, error=f"{type(exc).__name__}: {exc}"[:500])

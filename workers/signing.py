@@ -26,7 +26,10 @@ def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) ->
 def signature_headers(
     secrets: Sequence[str], *, msg_id: str, timestamp: int, body: bytes, event: str, user_agent: str
 ) -> dict[str, str]:
-    """All headers of one attempt. ``secrets[0]`` is the current secret; more are older ones in a grace period."""
+    """All headers of one attempt.
+
+    ``secrets[0]`` is the current secret; more are older ones still in their grace period.
+    """
     return {
         "Content-Type": "application/json",
         "User-Agent": user_agent,

@@ -14,7 +14,9 @@ from webhooks.models import Scope
 from webhooks.payloads import AuditLog
 
 
-@strawberry.input(description="The audit-log entry of the action that caused the event (the payload's data.log).")
+@strawberry.input(
+    description="The audit-log entry of the action that caused the event (the payload's data.log)."
+)
 class AuditLogInput:
     action: str
     resource_type: str
@@ -31,7 +33,8 @@ class PublishEventInput:
     log: AuditLogInput
     details: JSON | None = None
     idempotency_key: str | None = strawberry.field(
-        default=None, description="The same key within 24 hours returns the first event and delivers nothing new."
+        default=None,
+        description="The same key within 24 hours returns the first event and delivers nothing new.",
     )
 
 
@@ -82,13 +85,19 @@ async def publish_event(info: Info, input: PublishEventInput) -> PublishEventPay
         timestamp=log.timestamp,
     )
     try:
-        published = await ctx.core.deliveries.publish(who, input.event, audit, input.details, input.idempotency_key)
+        published = await ctx.core.deliveries.publish(
+            who, input.event, audit, input.details, input.idempotency_key
+        )
     except UserErrors as exc:
         return PublishEventPayload(errors=user_errors(exc))
     deliveries = [Delivery.from_record(d) for d in await ctx.core.deliveries.by_ids(published.delivery_ids)]
     return PublishEventPayload(
-        event=PublishedEvent(id=strawberry.ID(str(published.event_id)), event=input.event.value,
-                             deliveries=deliveries, replayed=published.replayed)
+        event=PublishedEvent(
+            id=strawberry.ID(str(published.event_id)),
+            event=input.event.value,
+            deliveries=deliveries,
+            replayed=published.replayed,
+        )
     )
 
 
@@ -113,7 +122,11 @@ async def retry_delivery(info: Info, id: strawberry.ID) -> RetryDeliveryPayload:
 
 
 async def recover_deliveries(
-    info: Info, webhook_id: strawberry.ID, since: datetime, until: datetime | None = None, dry_run: bool = False
+    info: Info,
+    webhook_id: strawberry.ID,
+    since: datetime,
+    until: datetime | None = None,
+    dry_run: bool = False,
 ) -> RecoverDeliveriesPayload:
     ctx = info.context
     who = await ctx.require(Scope.MANAGE_WEBHOOKS)

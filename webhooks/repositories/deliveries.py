@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -96,7 +97,9 @@ class DeliveryRepository:
             lower = ObjectId.from_datetime(upper.generation_time - window)
             lower = max(lower, floor)
             query = {**base, "_id": {"$lt": upper, "$gte": lower}}
-            found += await self._col.find(query).sort("_id", DESCENDING).limit(first + 1 - len(found)).to_list()
+            found += (
+                await self._col.find(query).sort("_id", DESCENDING).limit(first + 1 - len(found)).to_list()
+            )
             if len(found) > first or lower <= floor:
                 break
             upper, window = lower, window * WINDOW_GROWTH
@@ -114,7 +117,9 @@ class DeliveryRepository:
         ).limit(limit)
         return await cursor.to_list()
 
-    async def record_attempts(self, attempt_docs: list[Doc], updates: list[UpdateOne | UpdateMany]) -> None:
+    async def record_attempts(
+        self, attempt_docs: list[Doc], updates: Sequence[UpdateOne | UpdateMany]
+    ) -> None:
         """Append the attempt log and move the deliveries on, in two batched writes."""
         if attempt_docs:
             try:
@@ -123,26 +128,32 @@ class DeliveryRepository:
                 if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                     raise
         if updates:
-            await self._col.bulk_write(updates, ordered=False)
+            await self._col.bulk_write(list(updates), ordered=False)
 
     async def restart(
         self, account_id: ObjectId, ids: list[ObjectId], statuses: list[DeliveryStatus], now: datetime
     ) -> list[Doc]:
         """Start a new manual run for deliveries currently in ``statuses``; return them as they were."""
-        query: Doc = {"_id": {"$in": ids}, "account_id": account_id, "status": {"$in": [s.value for s in statuses]}}
+        query: Doc = {
+            "_id": {"$in": ids},
+            "account_id": account_id,
+            "status": {"$in": [s.value for s in statuses]},
+        }
         docs = await self._col.find(query).to_list()
         updates: list[UpdateOne] = []
         for doc in docs:
             updates.append(
                 UpdateOne(
                     {"_id": doc["_id"], "status": doc["status"], "attempt_count": doc["attempt_count"]},
-                    {"$set": {
-                        "status": DeliveryStatus.PENDING.value,
-                        "run_start": doc["attempt_count"] + 1,
-                        "run_trigger": AttemptTrigger.MANUAL.value,
-                        "next_attempt_at": now,
-                        "updated_at": now,
-                    }},
+                    {
+                        "$set": {
+                            "status": DeliveryStatus.PENDING.value,
+                            "run_start": doc["attempt_count"] + 1,
+                            "run_trigger": AttemptTrigger.MANUAL.value,
+                            "next_attempt_at": now,
+                            "updated_at": now,
+                        }
+                    },
                 )
             )
         if updates:

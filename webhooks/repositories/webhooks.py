@@ -97,7 +97,9 @@ class WebhookRepository:
             {
                 "$set": {
                     "enabled": False,
-                    "disabled_reason": f"Disabled automatically after {threshold} consecutive failed deliveries",
+                    "disabled_reason": (
+                        f"Disabled automatically after {threshold} consecutive failed deliveries"
+                    ),
                     "disabled_at": now,
                     "updated_at": now,
                 }

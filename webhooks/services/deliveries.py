@@ -66,10 +66,15 @@ class DeliveryService:
         if idempotency_key is not None:
             idempotency_key = idempotency_key.strip()
             if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-                raise UserErrors.one("idempotencyKey", ErrorCode.INVALID,
-                                     f"idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+                raise UserErrors.one(
+                    "idempotencyKey",
+                    ErrorCode.INVALID,
+                    f"idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                )
         now = utcnow()
-        body = build_event_body(event.value, log, details, now=now, max_bytes=self._settings.max_payload_bytes)
+        body = build_event_body(
+            event.value, log, details, now=now, max_bytes=self._settings.max_payload_bytes
+        )
         if idempotency_key is not None:
             window_start = now - timedelta(hours=self._settings.idempotency_window_hours)
             earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, window_start)
@@ -80,27 +85,44 @@ class DeliveryService:
         event_id = ObjectId()
         planned = [(ObjectId(), w.id, not w.enabled) for w in targets]
         stored = await self._events.insert(
-            event_id=event_id, account_id=who.account_id, event=event.value, body=body, now=now,
-            retention=self._retention, idempotency_key=idempotency_key, planned=planned,
+            event_id=event_id,
+            account_id=who.account_id,
+            event=event.value,
+            body=body,
+            now=now,
+            retention=self._retention,
+            idempotency_key=idempotency_key,
+            planned=planned,
         )
         if stored is None:  # lost a race for the same idempotency key: answer with the winner
             assert idempotency_key is not None
-            earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, now - timedelta(days=1))
+            earlier = await self._events.by_idempotency_key(
+                who.account_id, idempotency_key, now - timedelta(days=1)
+            )
             if earlier is None:
-                raise UserErrors.one("idempotencyKey", ErrorCode.CONFLICT, "idempotencyKey is in use, try again")
+                raise UserErrors.one(
+                    "idempotencyKey", ErrorCode.CONFLICT, "idempotencyKey is in use, try again"
+                )
             return await self._replay(earlier)
         return await self._fan_out(stored, replayed=False)
 
     async def _replay(self, event_doc: Doc) -> Published:
-        """A repeated idempotency key: make sure the first publish finished its fan-out, deliver nothing new."""
+        """A repeated idempotency key: complete a fan-out that was cut short; send nothing new."""
         return await self._fan_out(event_doc, replayed=True)
 
     async def _fan_out(self, event_doc: Doc, *, replayed: bool) -> Published:
         now = event_doc["created_at"]
         docs = [
-            delivery_doc(delivery_id=p["delivery_id"], account_id=event_doc["account_id"], webhook_id=p["webhook_id"],
-                         event_id=event_doc["_id"], event=event_doc["event"], now=now, retention=self._retention,
-                         held=p["held"])
+            delivery_doc(
+                delivery_id=p["delivery_id"],
+                account_id=event_doc["account_id"],
+                webhook_id=p["webhook_id"],
+                event_id=event_doc["_id"],
+                event=event_doc["event"],
+                now=now,
+                retention=self._retention,
+                held=p["held"],
+            )
             for p in event_doc["planned"]
         ]
         await self._deliveries.insert_many(docs)
@@ -121,11 +143,25 @@ class DeliveryService:
         body = build_test_body(str(webhook.id), webhook.name, now=now)
         event_id, delivery_id = ObjectId(), ObjectId()
         await self._events.insert(
-            event_id=event_id, account_id=who.account_id, event=TEST_EVENT, body=body, now=now,
-            retention=self._retention, idempotency_key=None, planned=[(delivery_id, webhook.id, False)],
+            event_id=event_id,
+            account_id=who.account_id,
+            event=TEST_EVENT,
+            body=body,
+            now=now,
+            retention=self._retention,
+            idempotency_key=None,
+            planned=[(delivery_id, webhook.id, False)],
         )
-        doc = delivery_doc(delivery_id=delivery_id, account_id=who.account_id, webhook_id=webhook.id,
-                           event_id=event_id, event=TEST_EVENT, now=now, retention=self._retention, test=True)
+        doc = delivery_doc(
+            delivery_id=delivery_id,
+            account_id=who.account_id,
+            webhook_id=webhook.id,
+            event_id=event_id,
+            event=TEST_EVENT,
+            now=now,
+            retention=self._retention,
+            test=True,
+        )
         await self._deliveries.insert_many([doc])
         await self._queue.enqueue_attempt(delivery_id, 1)
         return Delivery.from_doc(doc)
@@ -137,7 +173,9 @@ class DeliveryService:
         if delivery is None:
             raise not_found("delivery", delivery_id)
         if delivery.status is DeliveryStatus.PENDING:
-            raise UserErrors.one("id", ErrorCode.CONFLICT, "this delivery is already pending; wait for it to finish")
+            raise UserErrors.one(
+                "id", ErrorCode.CONFLICT, "this delivery is already pending; wait for it to finish"
+            )
         restarted = await self._restart(who, [oid], [delivery.status])
         if not restarted:
             raise UserErrors.one("id", ErrorCode.CONFLICT, "this delivery changed meanwhile; try again")
@@ -161,7 +199,9 @@ class DeliveryService:
             return len(ids)
         return len(await self._restart(who, ids, statuses))
 
-    async def _restart(self, who: Principal, ids: list[ObjectId], statuses: list[DeliveryStatus]) -> list[Doc]:
+    async def _restart(
+        self, who: Principal, ids: list[ObjectId], statuses: list[DeliveryStatus]
+    ) -> list[Doc]:
         docs = await self._deliveries.restart(who.account_id, ids, statuses, utcnow())
         for doc in docs:
             await self._queue.enqueue_attempt(doc["_id"], doc["attempt_count"] + 1)
@@ -182,8 +222,13 @@ class DeliveryService:
         oid = parse_id(webhook_id, "webhookId") if webhook_id is not None else None
         oldest = utcnow() - self._retention - timedelta(days=1)
         return await self._deliveries.page(
-            who.account_id, webhook_id=oid, status=status, event=event, first=check_page_size(first),
-            after=decode_cursor(after), oldest=oldest,
+            who.account_id,
+            webhook_id=oid,
+            status=status,
+            event=event,
+            first=check_page_size(first),
+            after=decode_cursor(after),
+            oldest=oldest,
         )
 
     async def get(self, who: Principal, delivery_id: str) -> Delivery | None:

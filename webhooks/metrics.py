@@ -1,0 +1,212 @@
+"""Prometheus metrics shared by the API and the workers (``prometheus-client``).
+
+Single process: the default registry. Several processes (``webhooks dev``, gunicorn-style setups): set
+``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable directory before the processes start; every process then
+writes its samples there and ``/metrics`` on any API process aggregates them with ``MultiProcessCollector``.
+
+Labels are bounded: outcome classes, final statuses, event wire names from the catalog, operation types and
+sanitized GraphQL operation names (at most ``MAX_OPERATION_NAMES`` distinct names per process). No ids, no URLs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from webhooks.events import CATALOG
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+MAX_OPERATION_NAMES = 200
+
+_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+DELIVERIES = Counter(
+    "webhooks_deliveries",
+    "Deliveries that reached a final status (succeeded, failed, held), by event.",
+    ["status", "event"],
+)
+ATTEMPTS = Counter(
+    "webhooks_delivery_attempts",
+    "Delivery attempts by outcome class (2xx, 3xx, 4xx, 5xx, timeout, connection_error, tls_error, blocked).",
+    ["outcome"],
+)
+ATTEMPT_DURATION = Histogram(
+    "webhooks_delivery_attempt_duration_seconds",
+    "Wall-clock duration of one delivery attempt (connect, send, first 4 KiB of the answer).",
+    buckets=_SECONDS_BUCKETS,
+)
+DISPATCH_DELAY = Histogram(
+    "webhooks_delivery_dispatch_delay_seconds",
+    "Delay between the time an attempt was scheduled for and the time a worker started it.",
+    buckets=_DELAY_BUCKETS,
+)
+WEBHOOKS_DISABLED = Counter(
+    "webhooks_webhooks_auto_disabled",
+    "Webhooks disabled automatically after too many consecutive failed deliveries.",
+)
+GRAPHQL_OPERATIONS = Counter(
+    "webhooks_graphql_operations",
+    "GraphQL operations by operation name (sanitized, bounded), type and outcome (ok, error).",
+    ["operation", "type", "outcome"],
+)
+GRAPHQL_DURATION = Histogram(
+    "webhooks_graphql_operation_duration_seconds",
+    "GraphQL operation latency (queries and mutations; subscriptions: time to set up).",
+    ["type"],
+    buckets=_SECONDS_BUCKETS,
+)
+SUBSCRIPTIONS_OPEN = Gauge(
+    "webhooks_graphql_subscriptions_open",
+    "GraphQL subscriptions currently open.",
+    multiprocess_mode="livesum",
+)
+
+_ATTEMPT_OUTCOMES = {
+    "timeout": "timeout",
+    "connection_error": "connection_error",
+    "tls_error": "tls_error",
+    "blocked_destination": "blocked",
+}
+_EVENTS = frozenset(e.wire for e in CATALOG) | {"webhook.test"}
+_NAME = re.compile(r"[^A-Za-z0-9_]")
+_seen_names: set[str] = set()
+_names_lock = threading.Lock()
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+# ------------------------------------------------------------------------------------------ delivery
+
+
+def attempt_outcome(outcome: str, status_code: int | None) -> str:
+    """The bounded ``outcome`` label of one attempt, from the sender's outcome class and status code."""
+    if status_code is not None and outcome not in _ATTEMPT_OUTCOMES:
+        if 200 <= status_code < 300:
+            return "2xx"
+        if 300 <= status_code < 400:
+            return "3xx"
+        return "5xx" if status_code >= 500 else "4xx"
+    return _ATTEMPT_OUTCOMES.get(outcome, "connection_error")
+
+
+def event_label(event: str) -> str:
+    return event if event in _EVENTS else "other"
+
+
+def attempt_made(outcome: str, status_code: int | None, duration_ms: int) -> None:
+    ATTEMPTS.labels(outcome=attempt_outcome(outcome, status_code)).inc()
+    ATTEMPT_DURATION.observe(max(duration_ms, 0) / 1000)
+
+
+def delivery_finished(status: str, event: str) -> None:
+    DELIVERIES.labels(status=status.lower(), event=event_label(event)).inc()
+
+
+def dispatch_delay(seconds: float) -> None:
+    DISPATCH_DELAY.observe(max(seconds, 0.0))
+
+
+def webhook_disabled() -> None:
+    WEBHOOKS_DISABLED.inc()
+
+
+# ------------------------------------------------------------------------------------------- GraphQL
+
+
+def operation_label(name: str | None) -> str:
+    """``anonymous``, the name reduced to ``[A-Za-z0-9_]{1,64}``, or ``other`` once too many names were seen."""
+    if not name:
+        return "anonymous"
+    clean = _NAME.sub("_", name)[:64]
+    with _names_lock:
+        if clean in _seen_names:
+            return clean
+        if len(_seen_names) >= MAX_OPERATION_NAMES:
+            return "other"
+        _seen_names.add(clean)
+    return clean
+
+
+def graphql_operation(name: str | None, kind: str, outcome: str, seconds: float) -> None:
+    kind = kind if kind in ("query", "mutation", "subscription") else "unknown"
+    GRAPHQL_OPERATIONS.labels(operation=operation_label(name), type=kind, outcome=outcome).inc()
+    GRAPHQL_DURATION.labels(type=kind).observe(max(seconds, 0.0))
+
+
+def subscription_opened() -> None:
+    SUBSCRIPTIONS_OPEN.inc()
+
+
+def subscription_closed() -> None:
+    SUBSCRIPTIONS_OPEN.dec()
+
+
+# -------------------------------------------------------------------------------------------- export
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeGauge:
+    """A value computed at scrape time (queue depth, overdue deliveries)."""
+
+    name: str
+    documentation: str
+    value: float
+
+
+class _Snapshot(Collector):
+    def __init__(self, gauges: Iterable[ScrapeGauge]) -> None:
+        self._gauges = list(gauges)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for gauge in self._gauges:
+            yield GaugeMetricFamily(gauge.name, gauge.documentation, value=gauge.value)
+
+
+def render(extra: Iterable[ScrapeGauge] = ()) -> bytes:
+    """The text exposition: this process's (or every process's, in multiprocess mode) metrics plus ``extra``."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    snapshot = CollectorRegistry()
+    snapshot.register(_Snapshot(extra))
+    return text + generate_latest(snapshot)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a metrics port is meant to be scraped
+    """Expose this process's metrics on ``port`` (the worker's optional metrics endpoint)."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        start_http_server(port, addr=addr, registry=registry)
+    else:
+        start_http_server(port, addr=addr)
+
+
+def process_exited(pid: int) -> None:
+    """Multiprocess mode: drop the live gauges of a process that has stopped."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)
