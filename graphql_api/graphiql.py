@@ -36,6 +36,7 @@ from strawberry.http.ides import get_graphql_ide_html
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+ROOT_DIR = PACKAGE_DIR.parent  # the source checkout (holds frontend/package.json)
 STATIC_DIR = PACKAGE_DIR / "static"
 TEMPLATE_PATH = STATIC_DIR / "graphiql.html"
 # Module-level so tests can point it elsewhere (monkeypatch); read at call time.

@@ -85,12 +85,25 @@ def _dev_account(settings: Settings, data_dir: Path) -> dict[str, str]:
     return account
 
 
+def _ensure_graphiql_assets() -> None:
+    """Build the self-hosted GraphiQL assets once, when npm is available (else GraphiQL uses a CDN)."""
+    import shutil
+
+    from graphql_api.graphiql import ROOT_DIR, assets_available, build_assets
+
+    if assets_available() or shutil.which("npm") is None or not (ROOT_DIR / "frontend").is_dir():
+        return
+    log.info("building the GraphiQL assets from the npm registry (first run only)")
+    build_assets(ROOT_DIR)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from webhooks.crypto import load_secret_box
     from webhooks.embedded import spawn, start_stores, stop, wait_for_port
 
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    _ensure_graphiql_assets()
     log.warning(
         "dev mode: plain http and private/loopback destinations are allowed (never do this in production)"
     )
