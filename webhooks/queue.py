@@ -16,6 +16,14 @@ DELIVER_JOB = "deliver"
 Item = tuple[str, int]
 
 
+def wake_key(queue_name: str) -> str:
+    """A list that every enqueue pushes a token to; idle workers block on it (see ``workers.wakeup``)."""
+    return f"{queue_name}:wake"
+
+
+WAKE_TOKENS = 16  # enough to wake every worker of a burst; the list never grows past this
+
+
 def batch_job_id(event_id: ObjectId) -> str:
     """First attempts of every delivery of one event travel in one job."""
     return f"event:{event_id}:1"
@@ -49,7 +57,16 @@ class DeliveryQueue:
         job = await self.pool.enqueue_job(
             DELIVER_JOB, items, _job_id=job_id, _defer_until=at, _queue_name=self.queue_name
         )
+        if job is not None:
+            await self.wake()  # also for deferred jobs: a sleeping worker recomputes its wake-up time
         return job is not None
+
+    async def wake(self) -> None:
+        key = wake_key(self.queue_name)
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.lpush(key, b"1")
+            pipe.ltrim(key, 0, WAKE_TOKENS - 1)
+            await pipe.execute()
 
     async def enqueue_first_attempts(self, event_id: ObjectId, delivery_ids: list[ObjectId]) -> bool:
         if not delivery_ids:

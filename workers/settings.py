@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any
 
 from arq.worker import Worker, func
 
+from webhooks import metrics
 from webhooks.core import open_core
 from webhooks.queue import DELIVER_JOB, redis_settings
 from webhooks.settings import Settings
 from workers.engine import DeliveryEngine
+from workers.health import heartbeat_loop
 from workers.jobs import deliver, sweeper_loop
 from workers.sender import Sender
+from workers.wakeup import WakeableWorker
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +27,8 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
     async def startup(ctx: dict[str, Any]) -> None:
         stack = contextlib.AsyncExitStack()
         core = await stack.enter_async_context(open_core(settings))
-        sender = Sender(timeout=settings.delivery_timeout, allow_private=settings.allow_private_destinations)
+        sender = Sender(timeout=settings.delivery_timeout, allow_private=settings.allow_private_destinations,
+                        resolver=core.resolver, proxy=settings.egress_proxy)
         stack.push_async_callback(sender.close)
         ctx["stack"] = stack
         ctx["core"] = core
@@ -40,20 +45,26 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         if sweeper:
             task = asyncio.create_task(sweeper_loop(core))
             ctx["sweeper"] = task
+        ctx["heartbeat"] = asyncio.create_task(heartbeat_loop(ctx["redis"], settings))
+        if settings.worker_metrics_port and not ctx.get("metrics_served"):
+            metrics.serve(settings.worker_metrics_port)
+            ctx["metrics_served"] = True
+            log.info("worker metrics on port %d", settings.worker_metrics_port)
         log.info("worker started")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        task = ctx.get("sweeper")
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for name in ("sweeper", "heartbeat"):
+            task = ctx.get(name)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         stack = ctx.get("stack")
         if stack is not None:
             await stack.aclose()
         log.info("worker stopped")
 
-    return Worker(
+    return WakeableWorker(
         functions=[func(deliver, name=DELIVER_JOB)],
         queue_name=settings.queue_name,
         redis_settings=redis_settings(settings),
@@ -65,6 +76,9 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         keep_result=0,
         max_tries=1000,
         handle_signals=handle_signals,
+        # SIGTERM/SIGINT: stop taking jobs, give in-flight ones this long to finish, then cancel what is left
+        # (arq re-queues a cancelled job; the sweeper covers a killed process).
+        job_completion_wait=math.ceil(settings.worker_shutdown_wait),
     )
 
 
