@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from starlette.applications import Starlette
@@ -18,12 +20,21 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from graphql_api.context import Context, bearer_token
+from graphql_api.feed import Feed
 from graphql_api.graphiql import graphiql_routes, render_graphiql
+from graphql_api.health import health_routes
+from graphql_api.observability import RequestIdMiddleware
 from graphql_api.schema import schema
+from graphql_api.security import RequestGuard
+from graphql_api.subscriptions import PARSERS
+from webhooks import metrics
 from webhooks.core import Core, open_core
 from webhooks.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+CONNECTION_INIT_TIMEOUT = timedelta(seconds=10)
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -35,7 +46,12 @@ class GraphQLView(GraphQL[Context, None]):
             keep_alive=True,
             keep_alive_interval=15,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
+            # WebSocket Origin check (Strawberry): no Origin (non-browser clients) and same-origin pages
+            # are always allowed; any other origin only if listed in WEBHOOKS_ALLOWED_ORIGINS (empty:
+            # none; "*": any).
             allowed_origins=settings.allowed_origins,
+            connection_init_wait_timeout=CONNECTION_INIT_TIMEOUT,
+            max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
         )
         self.core: Core | None = None
 
@@ -61,11 +77,12 @@ def routes(settings: Settings, view: GraphQLView) -> list[BaseRoute]:
         Route("/graphql", view, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", view),
         *graphiql_routes(settings.graphiql),
+        *health_routes(),
     ]
 
 
 def middleware(settings: Settings) -> list[Middleware]:
-    return []
+    return [Middleware(RequestIdMiddleware), Middleware(RequestGuard, max_bytes=settings.max_request_bytes)]
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -76,8 +93,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             core = await stack.enter_async_context(open_core(settings))
+            stack.callback(metrics.process_exited, os.getpid())
             view.core = core
             app.state.core = core
+            # One Redis pub/sub reader per process for every subscription (graphql_api/feed.py).
+            assert settings.redis_url, "WEBHOOKS_REDIS_URL is not set"
+            app.state.feed = await stack.enter_async_context(Feed(settings.redis_url, PARSERS))
             yield
 
     return Starlette(routes=routes(settings, view), middleware=middleware(settings), lifespan=lifespan)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from graphql import GraphQLError
-from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.extensions import SchemaExtension
 
+from graphql_api.observability import OperationObservability
+from graphql_api.security import MaskUnexpectedErrors, OperationLimits
 from webhooks.settings import Settings
 
 
-def _should_mask(error: GraphQLError) -> bool:
-    """Mask unexpected errors; keep auth, input and validation errors readable."""
-    if error.original_error is None:
-        return False  # parse/validation errors from graphql-core itself
-    return not isinstance(error.original_error, GraphQLError)
-
-
 def schema_extensions(settings: Settings | None = None) -> list[type[SchemaExtension] | Callable[[], SchemaExtension]]:
-    return [lambda: MaskErrors(should_mask_error=_should_mask)]
+    # Limits first (they configure parsing and validation); masking wraps everything else.
+    # Observability last: it sees the final (masked) result and times the whole operation.
+    return [OperationLimits, MaskUnexpectedErrors, OperationObservability]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import strawberry
 from graphql import GraphQLError
+from strawberry.schema.config import StrawberryConfig
 
 from graphql_api.context import Info
 from graphql_api.extensions import schema_extensions
 from graphql_api.mutations import deliveries as delivery_mutations
+from graphql_api.mutations import secrets as secret_mutations
 from graphql_api.mutations import webhooks as webhook_mutations
+from graphql_api.security import RateLimit
+from graphql_api.subscriptions import Subscription
 from graphql_api.types import (
     Delivery,
     DeliveryConnection,
@@ -19,6 +23,7 @@ from graphql_api.types import (
 )
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.models import Scope
+from webhooks.ratelimit import Action
 
 
 def bad_input(exc: UserErrors) -> GraphQLError:
@@ -87,14 +92,28 @@ class Mutation:
     create_webhook = strawberry.mutation(resolver=webhook_mutations.create_webhook)
     update_webhook = strawberry.mutation(resolver=webhook_mutations.update_webhook)
     delete_webhook = strawberry.mutation(resolver=webhook_mutations.delete_webhook)
-    test_webhook = strawberry.mutation(resolver=delivery_mutations.test_webhook)
-    publish_event = strawberry.mutation(resolver=delivery_mutations.publish_event)
+    test_webhook = strawberry.mutation(
+        resolver=delivery_mutations.test_webhook,
+        extensions=[RateLimit(Action.TEST_WEBHOOK, Scope.MANAGE_WEBHOOKS,
+                              delivery_mutations.TestWebhookPayload)],
+    )
+    publish_event = strawberry.mutation(
+        resolver=delivery_mutations.publish_event,
+        extensions=[RateLimit(Action.PUBLISH_EVENT, Scope.PUBLISH_EVENTS,
+                              delivery_mutations.PublishEventPayload)],
+    )
     retry_delivery = strawberry.mutation(resolver=delivery_mutations.retry_delivery)
     recover_deliveries = strawberry.mutation(resolver=delivery_mutations.recover_deliveries)
+    rotate_webhook_secret = strawberry.mutation(
+        resolver=secret_mutations.rotate_webhook_secret,
+        description="Replace the signing secret; the previous one keeps signing during the grace period.",
+    )
 
 
 def build_schema() -> strawberry.Schema:
-    return strawberry.Schema(query=Query, mutation=Mutation, extensions=schema_extensions())
+    return strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription,
+                             extensions=schema_extensions(),
+                             config=StrawberryConfig(disable_field_suggestions=True))
 
 
 schema = build_schema()

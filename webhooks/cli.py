@@ -50,6 +50,23 @@ def cmd_export_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+async def rotate_encryption_key(settings: Settings) -> int:
+    """Re-encrypt every stored signing secret with the newest key; return how many webhooks changed."""
+    from webhooks.core import open_store
+    from webhooks.crypto import load_secret_box
+    from webhooks.repositories.webhooks import WebhookRepository
+
+    box = load_secret_box(settings)
+    async with open_store(settings) as cols:
+        return await WebhookRepository(cols).reencrypt_all(box.rewrap)
+
+
+def cmd_rotate_encryption_key(args: argparse.Namespace) -> int:
+    count = asyncio.run(rotate_encryption_key(get_settings()))
+    print(f"re-encrypted the signing secrets of {count} webhook(s) with the newest key")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -67,6 +84,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.check:
+        from workers.health import check
+
+        healthy, message = asyncio.run(check(get_settings()))
+        print(message, file=sys.stdout if healthy else sys.stderr)
+        return 0 if healthy else 1
+
     from workers.settings import run_worker
 
     run_worker(get_settings())
@@ -97,6 +121,16 @@ def _ensure_graphiql_assets() -> None:
     build_assets(ROOT_DIR)
 
 
+def _fresh_metrics_dir(data_dir: Path) -> Path:
+    """API and worker write their metrics here; /metrics aggregates them. Emptied at each start."""
+    import shutil
+
+    path = data_dir / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from webhooks.crypto import load_secret_box
     from webhooks.embedded import spawn, start_stores, stop, wait_for_port
@@ -116,6 +150,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
         "WEBHOOKS_DATA_DIR": str(data_dir),
         "WEBHOOKS_LOG_FORMAT": os.environ.get("WEBHOOKS_LOG_FORMAT", "text"),
+        "PROMETHEUS_MULTIPROC_DIR": str(_fresh_metrics_dir(data_dir)),
     }
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -170,11 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a delivery worker")
+    worker.add_argument("--check", action="store_true",
+                        help="exit 0 if a worker on this queue reported in recently (a healthcheck), else 1")
     worker.set_defaults(run=cmd_worker)
 
     account = sub.add_parser("create-account", help="create an account and print its first API key as JSON")
     account.add_argument("name")
     account.set_defaults(run=cmd_create_account)
+
+    rotate = sub.add_parser(
+        "rotate-encryption-key",
+        help="re-encrypt every signing secret with the newest key (WEBHOOKS_SECRET_KEYS, newest first)",
+        description="Put the new key first in WEBHOOKS_SECRET_KEYS (keep the old ones after it) and restart "
+        "the API and workers; then run this; then the old keys can be removed. Safe to run again.",
+    )
+    rotate.set_defaults(run=cmd_rotate_encryption_key)
 
     export = sub.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     export.add_argument("--output", "-o", default=None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -12,6 +12,7 @@ from webhooks.crypto import SecretBox, load_secret_box
 from webhooks.db import Collections, Doc, collections, connect, ensure_indexes
 from webhooks.pubsub import Publisher
 from webhooks.queue import DeliveryQueue
+from webhooks.ratelimit import RateLimiter
 from webhooks.repositories.accounts import AccountRepository, ApiKeyRepository
 from webhooks.repositories.deliveries import DeliveryRepository
 from webhooks.repositories.events import EventRepository
@@ -19,6 +20,11 @@ from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.deliveries import DeliveryService
 from webhooks.services.webhooks import WebhookService
 from webhooks.settings import Settings
+from webhooks.ssrf import Resolver, SystemResolver, check_url_destination
+
+# How the API and the worker resolve webhook hosts (the SSRF checks' view of DNS). A seam for tests,
+# which swap in a resolver with fixed answers; production always uses the operating system's.
+resolver_factory: Callable[[], Resolver] = SystemResolver
 
 
 @dataclass(slots=True)
@@ -36,6 +42,8 @@ class Core:
     delivery_repo: DeliveryRepository
     webhooks: WebhookService
     deliveries: DeliveryService
+    resolver: Resolver
+    rate_limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: Settings, client: AsyncMongoClient[Doc], queue: DeliveryQueue) -> Core:
@@ -44,20 +52,31 @@ class Core:
         webhook_repo = WebhookRepository(cols)
         event_repo = EventRepository(cols)
         delivery_repo = DeliveryRepository(cols)
+        resolver = resolver_factory()
+        publisher = Publisher(queue.pool)
+
+        async def check_destination(url: str, field: str) -> None:
+            await check_url_destination(
+                url, allow_private=settings.allow_private_destinations, resolver=resolver
+            )
+
         return cls(
             settings=settings,
             client=client,
             cols=cols,
             box=box,
             queue=queue,
-            publisher=Publisher(queue.pool),
+            publisher=publisher,
             accounts=AccountRepository(cols),
             api_keys=ApiKeyRepository(cols),
             webhook_repo=webhook_repo,
             event_repo=event_repo,
             delivery_repo=delivery_repo,
-            webhooks=WebhookService(webhook_repo, box, settings),
+            webhooks=WebhookService(webhook_repo, box, settings, check_destination,
+                                    notify_status=publisher.webhook_status),
             deliveries=DeliveryService(settings, webhook_repo, event_repo, delivery_repo, queue),
+            resolver=resolver,
+            rate_limiter=RateLimiter(queue.pool, settings),
         )
 
 

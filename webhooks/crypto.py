@@ -41,7 +41,9 @@ class SecretBox:
         if not keys:
             raise ValueError("at least one encryption key is needed")
         self._keys = keys
-        self._fernet = MultiFernet([Fernet(k.encode("ascii")) for k in keys])
+        fernets = [Fernet(k.encode("ascii")) for k in keys]
+        self._newest = fernets[0]
+        self._fernet = MultiFernet(fernets)
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
@@ -55,6 +57,26 @@ class SecretBox:
     def rotate(self, token: str) -> str:
         """Re-encrypt with the newest key."""
         return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+
+    def is_current(self, token: str) -> bool:
+        """True if ``token`` is already encrypted with the newest key."""
+        try:
+            self._newest.decrypt(token.encode("ascii"))
+        except InvalidToken:
+            return False
+        return True
+
+    def rewrap(self, token: str) -> str | None:
+        """``token`` re-encrypted with the newest key, or None if it already is (idempotent rotation).
+
+        Raises ``RuntimeError`` if no configured key can decrypt it.
+        """
+        if self.is_current(token):
+            return None
+        try:
+            return self.rotate(token)
+        except InvalidToken as exc:
+            raise RuntimeError("a signing secret cannot be decrypted with the configured keys") from exc
 
 
 def load_secret_box(settings: Settings) -> SecretBox:

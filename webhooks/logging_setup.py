@@ -17,6 +17,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if isinstance(record.__dict__.get("request_id"), str):  # extra={"request_id": ...}
+            entry["request_id"] = record.__dict__["request_id"]
         for key, value in record.__dict__.get("fields", {}).items():
             entry[key] = value
         if record.exc_info:

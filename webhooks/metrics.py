@@ -5,7 +5,8 @@ Single process: the default registry. Several processes (``webhooks dev``, gunic
 writes its samples there and ``/metrics`` on any API process aggregates them with ``MultiProcessCollector``.
 
 Labels are bounded: outcome classes, final statuses, event wire names from the catalog, operation types and
-sanitized GraphQL operation names (at most ``MAX_OPERATION_NAMES`` distinct names per process). No ids, no URLs.
+sanitized GraphQL operation names (at most ``MAX_OPERATION_NAMES`` distinct names per process).
+No ids, no URLs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from webhooks.events import CATALOG
+from webhooks.events import TEST_EVENT, EventName
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -86,7 +87,7 @@ _ATTEMPT_OUTCOMES = {
     "tls_error": "tls_error",
     "blocked_destination": "blocked",
 }
-_EVENTS = frozenset(e.wire for e in CATALOG) | {"webhook.test"}
+_EVENTS = frozenset(e.value for e in EventName) | {TEST_EVENT}
 _NAME = re.compile(r"[^A-Za-z0-9_]")
 _seen_names: set[str] = set()
 _names_lock = threading.Lock()
@@ -135,7 +136,7 @@ def webhook_disabled() -> None:
 
 
 def operation_label(name: str | None) -> str:
-    """``anonymous``, the name reduced to ``[A-Za-z0-9_]{1,64}``, or ``other`` once too many names were seen."""
+    """``anonymous``, the name reduced to ``[A-Za-z0-9_]{1,64}``, or ``other`` once too many were seen."""
     if not name:
         return "anonymous"
     clean = _NAME.sub("_", name)[:64]
@@ -184,10 +185,10 @@ class _Snapshot(Collector):
 
 
 def render(extra: Iterable[ScrapeGauge] = ()) -> bytes:
-    """The text exposition: this process's (or every process's, in multiprocess mode) metrics plus ``extra``."""
+    """Text exposition: this process's (multiprocess mode: every process's) metrics, plus ``extra``."""
     if multiprocess_dir():
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
     else:
         text = generate_latest(REGISTRY)
@@ -196,11 +197,11 @@ def render(extra: Iterable[ScrapeGauge] = ()) -> bytes:
     return text + generate_latest(snapshot)
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a metrics port is meant to be scraped
+def serve(port: int, addr: str = "0.0.0.0") -> None:
     """Expose this process's metrics on ``port`` (the worker's optional metrics endpoint)."""
     if multiprocess_dir():
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         start_http_server(port, addr=addr, registry=registry)
     else:
         start_http_server(port, addr=addr)
@@ -209,4 +210,4 @@ def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a metrics p
 def process_exited(pid: int) -> None:
     """Multiprocess mode: drop the live gauges of a process that has stopped."""
     if multiprocess_dir():
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

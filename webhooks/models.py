@@ -40,6 +40,14 @@ class Principal:
 
 
 @dataclass(frozen=True, slots=True)
+class PreviousSecret:
+    """A replaced signing secret (encrypted) that keeps signing until ``expires_at``."""
+
+    secret_enc: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Webhook:
     id: ObjectId
     account_id: ObjectId
@@ -53,6 +61,7 @@ class Webhook:
     disabled_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    previous_secrets: tuple[PreviousSecret, ...] = ()
 
     @classmethod
     def from_doc(cls, doc: Doc) -> Webhook:
@@ -69,7 +78,14 @@ class Webhook:
             disabled_at=doc.get("disabled_at"),
             created_at=doc["created_at"],
             updated_at=doc["updated_at"],
+            previous_secrets=tuple(
+                PreviousSecret(p["secret_enc"], p["expires_at"]) for p in doc.get("previous_secrets") or ()
+            ),
         )
+
+    def signing_secrets_enc(self, now: datetime) -> list[str]:
+        """The current secret first, then every previous one still inside its grace period."""
+        return [self.secret_enc, *(p.secret_enc for p in self.previous_secrets if p.expires_at > now)]
 
 
 @dataclass(frozen=True, slots=True)

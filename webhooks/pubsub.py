@@ -27,6 +27,10 @@ def attempt_message(attempt: Attempt) -> bytes:
             "startedAt": iso_ms(attempt.started_at),
             "durationMs": attempt.duration_ms,
             "statusCode": attempt.status_code,
+            # Bounded by the sender (first 4 KiB of body), so the live feed shows what the log shows.
+            # str(): aiohttp header names are `istr`, which orjson refuses as keys.
+            "responseHeaders": {str(k): str(v) for k, v in attempt.response_headers.items()},
+            "responseBody": attempt.response_body,
             "error": attempt.error,
             "errorClass": attempt.error_class,
             "deliveryStatus": attempt.delivery_status.value,

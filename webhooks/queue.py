@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import job_key_prefix
+from arq.constants import job_key_prefix, retry_key_prefix
 from bson import ObjectId
 
 from webhooks.settings import Settings
@@ -31,6 +31,14 @@ def batch_job_id(event_id: ObjectId) -> str:
 
 def attempt_job_id(delivery_id: ObjectId | str, number: int) -> str:
     return f"{delivery_id}:{number}"
+
+
+def rescue_job_id(delivery_id: ObjectId | str, number: int, generation: int) -> str:
+    """The sweeper's job for an attempt whose own job is stuck on a dead worker (see ``workers.jobs``)."""
+    return f"{delivery_id}:{number}:rescue{generation}"
+
+
+ARQ_RETRY_KEY_TTL = 88400  # seconds: arq.worker.Worker.run_job sets this expiry on arq:retry:<job>
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -78,3 +86,14 @@ class DeliveryQueue:
 
     async def job_exists(self, job_id: str) -> bool:
         return bool(await self.pool.exists(job_key_prefix + job_id))
+
+    async def job_started_ago(self, job_id: str) -> float | None:
+        """Seconds since a worker last started this job; None if no worker is running it (queued or gone).
+
+        arq sets ``arq:retry:<job>`` to expire in ARQ_RETRY_KEY_TTL s each time a worker starts the job and
+        deletes it when the job ends, so its remaining TTL dates the start.
+        """
+        ttl_ms = await self.pool.pttl(retry_key_prefix + job_id)
+        if ttl_ms is None or ttl_ms < 0:
+            return None
+        return max(0.0, ARQ_RETRY_KEY_TTL - ttl_ms / 1000)

@@ -19,6 +19,8 @@ from datetime import datetime, timedelta
 from bson import ObjectId
 from pymongo import UpdateOne
 
+from webhooks import metrics
+from webhooks.crypto import SecretBox
 from webhooks.db import Doc
 from webhooks.models import Attempt, AttemptTrigger, DeliveryStatus, Webhook
 from webhooks.pubsub import Publisher
@@ -26,7 +28,6 @@ from webhooks.queue import DeliveryQueue, Item
 from webhooks.repositories.deliveries import DeliveryRepository
 from webhooks.repositories.events import EventRepository
 from webhooks.repositories.webhooks import WebhookRepository
-from webhooks.crypto import SecretBox
 from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
 from workers.policy import count_failures, next_delay, parse_retry_after
@@ -113,6 +114,11 @@ class DeliveryEngine:
                 planned.append(Planned(doc, wanted[doc["_id"]], webhook, event.body))
         if stopped:
             await self._deliveries.record_attempts([], stopped)
+            sent = {p.delivery_id for p in planned}
+            for doc in current:
+                if doc["_id"] not in sent:
+                    held = doc["webhook_id"] in webhooks and doc["event_id"] in bodies
+                    metrics.delivery_finished("HELD" if held else "FAILED", doc["event"])
         if not planned:
             return 0
         results = await asyncio.gather(*(self._attempt(p) for p in planned))
@@ -121,7 +127,10 @@ class DeliveryEngine:
 
     async def _attempt(self, p: Planned) -> tuple[datetime, SendResult]:
         started = utcnow()
-        secrets = [self._box.decrypt(p.webhook.secret_enc)]
+        scheduled = p.doc.get("next_attempt_at") or p.doc.get("created_at")
+        if isinstance(scheduled, datetime):
+            metrics.dispatch_delay((started - scheduled).total_seconds())
+        secrets = [self._box.decrypt(enc) for enc in p.webhook.signing_secrets_enc(started)]
         headers = signature_headers(
             secrets,
             msg_id=str(p.delivery_id),
@@ -158,6 +167,7 @@ class DeliveryEngine:
                 retries.append((p.delivery_id, p.number + 1, next_at))
             if status is not DeliveryStatus.PENDING and not p.is_test:
                 finals[p.webhook.id].append(status is DeliveryStatus.SUCCEEDED)
+            _observe(p, result, status)
             attempts.append(
                 Attempt(
                     id=ObjectId(),
@@ -190,8 +200,11 @@ class DeliveryEngine:
         await self._deliveries.record_attempts(docs, updates)
         for delivery_id, number, at in retries:
             await self._queue.enqueue_attempt(delivery_id, number, at)
-        await self._publisher.attempts(attempts)
-        await self._count(finals)
+        await self._count(finals)  # state first: a live-feed hiccup must not skip the auto-disable count
+        try:
+            await self._publisher.attempts(attempts)
+        except Exception:  # the live feed is best effort; the delivery log in MongoDB is the record
+            log.exception("could not publish %d attempts to the live feed", len(attempts))
 
     async def _count(self, finals: dict[ObjectId, list[bool]]) -> None:
         threshold = self._settings.disable_after_failures
@@ -202,8 +215,33 @@ class DeliveryEngine:
             if change.add:
                 disabled = await self._webhooks.record_failures(webhook_id, change.add, threshold)
                 if disabled is not None:
+                    metrics.webhook_disabled()
                     log.warning("webhook %s disabled after %d consecutive failed deliveries", webhook_id, threshold)
                     await self._publisher.webhook_status(disabled)
+
+
+def _observe(p: Planned, result: SendResult, status: DeliveryStatus) -> None:
+    """Metrics and one log line per attempt (ids, outcome, status code, duration; never URLs or headers)."""
+    metrics.attempt_made(result.outcome.value, result.status_code, result.duration_ms)
+    if status is not DeliveryStatus.PENDING:
+        metrics.delivery_finished(status.value, p.doc["event"])
+    outcome = metrics.attempt_outcome(result.outcome.value, result.status_code)
+    log.log(
+        logging.INFO if result.ok else logging.WARNING,
+        "attempt %d of delivery %s to webhook %s: %s in %d ms -> %s",
+        p.number, p.delivery_id, p.webhook.id, outcome, result.duration_ms, status.value.lower(),
+        extra={"fields": {
+            "delivery_id": str(p.delivery_id),
+            "webhook_id": str(p.webhook.id),
+            "event": p.doc["event"],
+            "attempt": p.number,
+            "trigger": p.trigger.value.lower(),
+            "outcome": outcome,
+            "status_code": result.status_code,
+            "duration_ms": result.duration_ms,
+            "delivery_status": status.value.lower(),
+        }},
+    )
 
 
 def _finish(doc: Doc, status: DeliveryStatus, now: datetime) -> UpdateOne:

@@ -9,13 +9,14 @@ from typing import Any
 
 from webhooks.core import Core
 from webhooks.models import DeliveryStatus
-from webhooks.queue import Item, attempt_job_id, batch_job_id
+from webhooks.queue import Item, attempt_job_id, batch_job_id, rescue_job_id
 from webhooks.timeutil import utcnow
 from workers.engine import DeliveryEngine
 
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 1000
+MAX_RESCUES = 5  # fresh job ids per attempt for jobs stuck on dead workers
 
 
 async def deliver(ctx: dict[str, Any], items: list[Item]) -> int:
@@ -31,14 +32,32 @@ async def sweep_once(core: Core) -> int:
     settings = core.settings
     before = utcnow() - timedelta(seconds=settings.sweep_grace)
     overdue = await core.delivery_repo.overdue(before, SWEEP_BATCH)
+    # A job that a worker started longer ago than this is on a dead worker (SIGKILL, OOM, lost host): an
+    # attempt has a wall-clock deadline of delivery_timeout and sweep_grace covers the bookkeeping. Its job
+    # key outlives the worker (arq only retries it once the in-progress mark expires, job_timeout + 10 s
+    # later, ~50 s by default), so "a job key exists" alone would leave the delivery stuck until then.
+    stuck_after = settings.delivery_timeout + settings.sweep_grace
     requeued = 0
     for doc in overdue:
         number = doc["attempt_count"] + 1
-        if number == 1 and await core.queue.job_exists(batch_job_id(doc["event_id"])):
+        job_ids = [attempt_job_id(doc["_id"], number),
+                   *(rescue_job_id(doc["_id"], number, g) for g in range(1, MAX_RESCUES + 1))]
+        if number == 1:
+            job_ids.insert(0, batch_job_id(doc["event_id"]))
+        free: str | None = None
+        alive = False
+        for job_id in job_ids:
+            if await core.queue.job_exists(job_id):
+                started = await core.queue.job_started_ago(job_id)
+                if started is None or started < stuck_after:  # queued, or running on a live worker
+                    alive = True
+                    break
+            elif free is None and job_id != batch_job_id(doc["event_id"]):
+                free = job_id
+        if alive or free is None:
             continue
-        if await core.queue.job_exists(attempt_job_id(doc["_id"], number)):
-            continue
-        if await core.queue.enqueue_attempt(doc["_id"], number):
+        # A duplicate run is harmless: the engine makes an attempt only if the delivery has not moved on.
+        if await core.queue.enqueue(free, [(str(doc["_id"]), number)]):
             requeued += 1
     if requeued:
         log.warning("sweeper re-queued %d overdue deliveries", requeued)

@@ -11,7 +11,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from webhooks.ssrf import BlockedDestination, GuardedResolver, SystemResolver, parse_host_ip, resolve_checked
+from webhooks.ssrf import (
+    BlockedDestination,
+    GuardedResolver,
+    Resolver,
+    SystemResolver,
+    parse_host_ip,
+    resolve_checked,
+)
 from workers.policy import OutcomeClass, classify_status
 
 E = TypeVar("E", bound=BaseException)
@@ -36,13 +43,25 @@ class SendResult:
 class Sender:
     """Owns the worker's single aiohttp session (connection pooling, guarded DNS resolution)."""
 
-    def __init__(self, *, timeout: float, allow_private: bool, max_connections: int = 500) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        allow_private: bool,
+        max_connections: int = 500,
+        resolver: Resolver | None = None,
+        proxy: str | None = None,
+    ) -> None:
         self._timeout = timeout
         self._allow_private = allow_private
-        self._resolver = SystemResolver()
+        self._resolver: Resolver = resolver if resolver is not None else SystemResolver()
+        self._proxy = proxy
+        # Through a proxy the connector only ever connects to the proxy (an operator-chosen address,
+        # often private), so it is not checked; the destination is pre-checked in ``_check_host`` and
+        # the proxy itself must enforce the policy for the addresses it resolves.
         connector = aiohttp.TCPConnector(
             limit=max_connections,
-            resolver=GuardedResolver(self._resolver, allow_private=allow_private),
+            resolver=GuardedResolver(self._resolver, allow_private=allow_private or proxy is not None),
             ttl_dns_cache=10,
         )
         self._session = aiohttp.ClientSession(
@@ -56,13 +75,13 @@ class Sender:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _check_literal_host(self, url: str) -> None:
-        """aiohttp skips the resolver for IP literals, so check those here."""
+    async def _check_host(self, url: str) -> None:
+        """aiohttp skips the resolver for IP literals, so check those here (and every host when proxied)."""
         if self._allow_private:
             return
         parts = urlsplit(url)
         host = parts.hostname or ""
-        if parse_host_ip(host) is not None:
+        if self._proxy is not None or parse_host_ip(host) is not None:
             await resolve_checked(host, parts.port or 443, self._resolver)
 
     async def send(self, url: str, body: bytes, headers: dict[str, str]) -> SendResult:
@@ -73,8 +92,10 @@ class Sender:
 
         try:
             async with asyncio.timeout(self._timeout):
-                await self._check_literal_host(url)
-                async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                await self._check_host(url)
+                async with self._session.post(
+                    url, data=body, headers=headers, allow_redirects=False, proxy=self._proxy
+                ) as resp:
                     chunk = await _read_prefix(resp.content, MAX_RESPONSE_BODY)
                     return SendResult(
                         outcome=classify_status(resp.status),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from arq.connections import create_pool, log_redis_info
 from arq.utils import timestamp_ms
@@ -58,7 +59,9 @@ class WakeableWorker(Worker):
             if earliest and await self._only_claimed(earliest[0][0]):
                 await asyncio.sleep(self.poll_delay_s)
             return
-        await self.pool.blpop([key], timeout=wait)
+        # Redis ≥ 6 takes a fractional BLPOP timeout; redis-py's stub says int.
+        blocking: Awaitable[object] = self.pool.blpop([key], timeout=wait)  # type: ignore[arg-type,assignment]
+        await blocking
 
     async def _only_claimed(self, job_id: bytes) -> bool:
         """The earliest due job is running elsewhere: don't spin on it."""

@@ -169,10 +169,14 @@ class DeliveryRepository:
         until: datetime,
         limit: int,
     ) -> list[ObjectId]:
+        # ObjectIds hold whole seconds: bound them a second wider (for the index) and filter exactly on
+        # created_at, or a delivery made in the same second as ``until`` (e.g. "until now") is missed.
         query: dict[str, Any] = {
             "account_id": account_id,
             "webhook_id": webhook_id,
-            "_id": {"$gte": ObjectId.from_datetime(since), "$lt": ObjectId.from_datetime(until)},
+            "_id": {"$gte": ObjectId.from_datetime(since - timedelta(seconds=1)),
+                    "$lt": ObjectId.from_datetime(until + timedelta(seconds=1))},
+            "created_at": {"$gte": since, "$lt": until},
             "status": {"$in": [s.value for s in statuses]},
         }
         docs = await self._col.find(query, {"_id": 1}).sort("_id", DESCENDING).limit(limit).to_list()

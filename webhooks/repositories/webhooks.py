@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bson import ObjectId
 from pymongo import DESCENDING, ReturnDocument
 
 from webhooks.db import Collections, Doc
-from webhooks.models import Webhook
+from webhooks.models import PreviousSecret, Webhook
 from webhooks.pagination import Page
 from webhooks.timeutil import utcnow
 
@@ -72,6 +73,51 @@ class WebhookRepository:
             return_document=ReturnDocument.AFTER,
         )
         return Webhook.from_doc(doc) if doc else None
+
+    async def replace_secret(
+        self, account_id: ObjectId, webhook_id: ObjectId, expected_enc: str, secret_enc: str,
+        previous: list[PreviousSecret],
+    ) -> Webhook | None:
+        """Swap the signing secret if it is still ``expected_enc`` (no lost update between two rotations)."""
+        doc = await self._col.find_one_and_update(
+            {"_id": webhook_id, "account_id": account_id, "secret_enc": expected_enc},
+            {"$set": {
+                "secret_enc": secret_enc,
+                "previous_secrets": [
+                    {"secret_enc": p.secret_enc, "expires_at": p.expires_at} for p in previous
+                ],
+                "updated_at": utcnow(),
+            }},
+            return_document=ReturnDocument.AFTER,
+        )
+        return Webhook.from_doc(doc) if doc else None
+
+    async def reencrypt_all(self, rewrap: Callable[[str], str | None]) -> int:
+        """Apply ``rewrap`` (None: already current) to every stored secret; return how many webhooks changed.
+
+        Each update is conditional on the current secret being unchanged since it was read (every signing
+        secret rotation changes it), so a concurrent rotation is never overwritten.
+        """
+        changed = 0
+        async for doc in self._col.find({}, {"secret_enc": 1, "previous_secrets": 1}):
+            previous = list(doc.get("previous_secrets") or [])
+            new_current = rewrap(doc["secret_enc"])
+            new_previous = [{**p, "secret_enc": rewrap(p["secret_enc"])} for p in previous]
+            if new_current is None and all(p["secret_enc"] is None for p in new_previous):
+                continue
+            update = {
+                "secret_enc": new_current or doc["secret_enc"],
+                "previous_secrets": [
+                    {**p, "secret_enc": n["secret_enc"] or p["secret_enc"]}
+                    for p, n in zip(previous, new_previous, strict=True)
+                ],
+            }
+            result = await self._col.update_one(
+                {"_id": doc["_id"], "secret_enc": doc["secret_enc"]},
+                {"$set": update},
+            )
+            changed += result.modified_count
+        return changed
 
     async def delete(self, account_id: ObjectId, webhook_id: ObjectId) -> bool:
         result = await self._col.delete_one({"_id": webhook_id, "account_id": account_id})

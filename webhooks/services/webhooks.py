@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -12,17 +14,23 @@ from webhooks.crypto import SecretBox, new_signing_secret
 from webhooks.errors import ErrorCode, UserError, UserErrors
 from webhooks.events import EventName
 from webhooks.ids import parse_id
-from webhooks.models import Principal, Webhook
+from webhooks.models import PreviousSecret, Principal, Webhook
 from webhooks.pagination import Page, check_page_size, decode_cursor
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
 from webhooks.urls import normalize_url
 
+log = logging.getLogger(__name__)
+
 MAX_NAME_LENGTH = 100
+MAX_GRACE_HOURS = 168
+MAX_PREVIOUS_SECRETS = 5
 
 # A destination check (``webhooks.ssrf``) takes a normalized URL and raises ``UserErrors`` if refused.
 DestinationCheck = Callable[[str, str], Awaitable[None]]
+# Told about a webhook whose `enabled` a user changed (the live feed: ``Publisher.webhook_status``).
+StatusNotifier = Callable[[Webhook], Awaitable[None]]
 
 
 async def no_destination_check(url: str, field: str) -> None:
@@ -60,11 +68,13 @@ class WebhookService:
         box: SecretBox,
         settings: Settings,
         check_destination: DestinationCheck = no_destination_check,
+        notify_status: StatusNotifier | None = None,
     ) -> None:
         self._repo = repo
         self._box = box
         self._settings = settings
         self._check_destination = check_destination
+        self._notify_status = notify_status
 
     async def _url(self, raw: str, errors: list[UserError]) -> str:
         try:
@@ -137,16 +147,56 @@ class WebhookService:
             changes.update(enabled=False, disabled_reason="Disabled by a user", disabled_at=utcnow())
         if not changes:
             return await self.get(who, webhook_id)
+        # Only a real disable/re-enable is announced on the live feed, so read the state it replaces.
+        before = await self._repo.get(who.account_id, oid) if enabled is not None else None
         webhook = await self._repo.update(who.account_id, oid, changes)
         if webhook is None:
             raise not_found("webhook", webhook_id)
+        if before is not None and before.enabled != webhook.enabled:
+            await self._announce_status(webhook)
         return webhook
+
+    async def _announce_status(self, webhook: Webhook) -> None:
+        if self._notify_status is None:
+            return
+        try:
+            await self._notify_status(webhook)
+        except Exception:  # the change is stored; the live feed is best effort
+            log.warning("could not publish the status change of webhook %s", webhook.id, exc_info=True)
 
     async def delete(self, who: Principal, webhook_id: str) -> ObjectId:
         oid = parse_id(webhook_id)
         if not await self._repo.delete(who.account_id, oid):
             raise not_found("webhook", webhook_id)
         return oid
+
+    async def rotate_secret(
+        self, who: Principal, webhook_id: str, grace_period_hours: int = 24
+    ) -> CreatedWebhook:
+        """A new signing secret; the replaced one keeps signing for ``grace_period_hours``.
+
+        Earlier secrets still inside their own grace period keep it. ``0`` revokes the replaced secret and
+        every earlier one at once (the answer to a leaked secret).
+        """
+        if not 0 <= grace_period_hours <= MAX_GRACE_HOURS:
+            raise UserErrors.one("gracePeriodHours", ErrorCode.INVALID,
+                                 f"gracePeriodHours must be between 0 and {MAX_GRACE_HOURS}")
+        webhook = await self.get(who, webhook_id)
+        now = utcnow()
+        previous: list[PreviousSecret] = []
+        if grace_period_hours > 0:
+            previous = [PreviousSecret(webhook.secret_enc, now + timedelta(hours=grace_period_hours))]
+            previous += [p for p in webhook.previous_secrets if p.expires_at > now]
+        secret = new_signing_secret()
+        rotated = await self._repo.replace_secret(
+            who.account_id, webhook.id, webhook.secret_enc, self._box.encrypt(secret),
+            previous[:MAX_PREVIOUS_SECRETS],
+        )
+        if rotated is None:
+            raise UserErrors.one(
+                "id", ErrorCode.CONFLICT, "the webhook changed meanwhile (deleted or rotated); try again"
+            )
+        return CreatedWebhook(rotated, secret)
 
     def secret_of(self, webhook: Webhook) -> str:
         return self._box.decrypt(webhook.secret_enc)

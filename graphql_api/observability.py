@@ -1,0 +1,100 @@
+"""Request ids (shared with masked errors: ``graphql_api.errors``); a log line and metrics per operation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.extensions import SchemaExtension
+
+from graphql_api.errors import request_id
+from webhooks import metrics
+
+log = logging.getLogger("graphql_api.operations")
+HEADER = "X-Request-ID"
+
+
+class RequestIdMiddleware:
+    """Take ``X-Request-ID`` from the request (if short and plain) or make one; echo it on HTTP responses.
+
+    The id is kept on the connection's state (``graphql_api.errors.request_id``), so the operation log line
+    and the masked-error reference name the same id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        rid = request_id(HTTPConnection(scope))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[HEADER] = rid
+            await send(message)
+
+        await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
+
+
+def _account_id(context: Any) -> str | None:
+    """The caller's account, if authentication already ran (never triggers a lookup here)."""
+    principal = getattr(context, "_principal", None)
+    account_id = getattr(principal, "account_id", None)
+    return str(account_id) if account_id is not None else None
+
+
+def _request_id(context: Any) -> str | None:
+    conn = getattr(context, "request", None)
+    return request_id(conn) if isinstance(conn, HTTPConnection) else None
+
+
+class OperationObservability(SchemaExtension):
+    """One structured log line and the operation metrics for every GraphQL operation."""
+
+    def on_operation(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._report(time.perf_counter() - started)
+
+    def _report(self, seconds: float) -> None:
+        ctx = self.execution_context
+        try:
+            kind = ctx.operation_type.value
+        except Exception:  # no document (parse error, empty query)
+            kind = "unknown"
+        try:
+            name = ctx.operation_name
+        except Exception:
+            name = None
+        result = ctx.result
+        errors = list(ctx.pre_execution_errors or []) + list(getattr(result, "errors", None) or [])
+        outcome = "error" if errors else "ok"
+        metrics.graphql_operation(name, kind, outcome, seconds)
+        fields: dict[str, object] = {
+            "operation": name or "anonymous",
+            "operation_type": kind,
+            "duration_ms": round(seconds * 1000, 1),
+            "outcome": outcome,
+            "account_id": _account_id(ctx.context),
+            "request_id": _request_id(ctx.context),
+        }
+        if errors:
+            codes = sorted({str((e.extensions or {}).get("code", "ERROR")) for e in errors})
+            fields["error_codes"] = codes
+        log.info(
+            "graphql %s %s %s in %.1f ms",
+            kind,
+            name or "anonymous",
+            outcome,
+            seconds * 1000,
+            extra={"fields": fields},
+        )

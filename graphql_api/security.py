@@ -1,0 +1,218 @@
+"""API hardening: request guard middleware, GraphQL limits, error masking with a reference, rate limits.
+
+* :class:`RequestGuard` (pure ASGI): refuses non-JSON POST bodies (CSRF: browsers can send
+  ``text/plain``, ``application/x-www-form-urlencoded`` and ``multipart/form-data`` cross-site
+  without a preflight) with 415, and bodies over ``max_request_bytes`` with 413, counting the bytes
+  actually streamed rather than trusting ``Content-Length``.
+* :class:`OperationLimits` (schema extension): depth, alias and token limits, and introspection
+  off when ``WEBHOOKS_INTROSPECTION=false``. Read from the app's settings on every operation.
+* :class:`MaskUnexpectedErrors`: unexpected errors become ``Unexpected error (ref <id>)`` for the
+  client and are logged in full with the same id.
+* :class:`RateLimit` (field extension): per-account limits on ``publishEvent`` and ``testWebhook``,
+  answered as a ``RATE_LIMITED`` user error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from functools import lru_cache
+from typing import Any
+
+from graphql import GraphQLError
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.extensions import FieldExtension, MaskErrors, SchemaExtension
+from strawberry.extensions.max_aliases import create_validator as alias_validator
+from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
+from strawberry.types import Info as StrawberryInfo
+
+from graphql_api.errors import masked_message, request_id
+from graphql_api.types import UserError, user_errors
+from webhooks.errors import UserErrors
+from webhooks.models import Scope as ApiScope
+from webhooks.ratelimit import Action
+from webhooks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JSON_MEDIA_TYPES = frozenset({"application/json", "application/graphql-response+json"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+DRAIN_FACTOR = 8  # an oversized body is read (and dropped) up to 8x the limit before answering 413
+
+
+# --- HTTP request guard -------------------------------------------------------------------------
+
+
+class RequestGuard:
+    """Pure ASGI middleware: JSON-only request bodies (415) of at most ``max_bytes`` (413)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        media_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        if media_type not in JSON_MEDIA_TYPES:
+            shown = media_type or "none"
+            await _refuse(send, 415, f"Unsupported Content-Type '{shown}': send the body as application/json")
+            return
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _refuse(send, 413, self._too_large())
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body: bytes = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._drain(receive, message, size)
+                await _refuse(send, 413, self._too_large())
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        buffered: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:
+            return buffered.pop() if buffered else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Receive, message: Message, size: int) -> None:
+        """Read and discard a bounded rest of the body, so that the client sees the 413 instead of a reset."""
+        budget = DRAIN_FACTOR * self.max_bytes
+        while message.get("more_body", False) and size <= budget:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+
+    def _too_large(self) -> str:
+        return f"Request body too large: at most {self.max_bytes} bytes are accepted"
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"errors": [{"message": message}]}).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close")],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+# --- GraphQL operation limits -------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16)
+def _depth_rule(max_depth: int) -> type[ASTValidationRule]:
+    return depth_validator(max_depth, None)
+
+
+@lru_cache(maxsize=16)
+def _alias_rule(max_aliases: int) -> type[ASTValidationRule]:
+    return alias_validator(max_aliases)
+
+
+def _settings_of(context: object) -> Settings:
+    core = getattr(context, "core", None)
+    settings = getattr(core, "settings", None)
+    return settings if isinstance(settings, Settings) else _defaults()
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> Settings:
+    return Settings.model_construct()
+
+
+class OperationLimits(SchemaExtension):
+    """Depth, alias and token limits and the introspection switch, from the serving app's settings."""
+
+    def on_operation(self) -> Iterator[None]:
+        ec = self.execution_context
+        settings = _settings_of(ec.context)
+        ec.parse_options["max_tokens"] = settings.max_tokens
+        rules: list[type[ASTValidationRule]] = [_depth_rule(settings.max_query_depth),
+                                                _alias_rule(settings.max_aliases)]
+        if not settings.introspection:
+            rules.append(NoSchemaIntrospectionCustomRule)
+        ec.validation_rules = (*ec.validation_rules, *rules)
+        yield
+
+
+# --- masking ------------------------------------------------------------------------------------
+
+
+def should_mask(error: GraphQLError) -> bool:
+    """Mask unexpected errors; keep auth, input, limit and validation errors readable."""
+    if error.original_error is None:
+        return False  # parse/validation errors from graphql-core itself
+    return not isinstance(error.original_error, GraphQLError)
+
+
+class MaskUnexpectedErrors(MaskErrors):
+    def __init__(self) -> None:
+        super().__init__(should_mask_error=should_mask)
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        request = getattr(self.execution_context.context, "request", None)
+        ref = request_id(request if isinstance(request, HTTPConnection) else None)
+        original = error.original_error
+        log.error(
+            "unexpected error (ref %s) at %s: %s",
+            ref,
+            ".".join(str(p) for p in error.path or ()) or "-",
+            type(original).__name__,
+            exc_info=(type(original), original, original.__traceback__) if original is not None else None,
+            extra={"request_id": ref},
+        )
+        return GraphQLError(
+            message=masked_message(ref),
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            original_error=None,
+            extensions={"code": "INTERNAL_SERVER_ERROR", "ref": ref},
+        )
+
+
+# --- rate limits --------------------------------------------------------------------------------
+
+
+class RateLimit(FieldExtension):
+    """Count the call against the caller's account; over the limit, answer ``payload(errors=[RATE_LIMITED])``.
+
+    Unauthenticated or unauthorised callers pass through untouched: the resolver refuses them.
+    """
+
+    def __init__(self, action: Action, scope: ApiScope, payload: Callable[..., Any]) -> None:
+        super().__init__()
+        self.action = action
+        self.scope = scope
+        self.payload = payload
+
+    async def resolve_async(
+        self, next_: Callable[..., Awaitable[Any]], source: Any, info: StrawberryInfo[Any, Any], **kwargs: Any
+    ) -> Any:
+        ctx = info.context
+        who = await ctx.principal()
+        if who is not None and self.scope in who.scopes:
+            try:
+                await ctx.core.rate_limiter.check(self.action, who.account_id)
+            except UserErrors as exc:
+                errors: list[UserError] = user_errors(exc)
+                return self.payload(errors=errors)
+        return await next_(source, info, **kwargs)

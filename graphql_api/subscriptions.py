@@ -1,0 +1,157 @@
+"""GraphQL subscriptions: the live delivery feed and webhook status changes.
+
+Both read from the process's :class:`graphql_api.feed.Feed` (one Redis pub/sub connection per API
+process), registered under the caller's account id: another account's messages are never queued for
+it, whatever arguments it passes.  A ``webhookId`` argument is checked first, scoped to the caller's
+account: another account's id gets exactly the error an unknown id gets (``NOT_FOUND``), a malformed
+one ``BAD_USER_INPUT``.  Those errors end the subscription before it starts (an ``error`` message in
+graphql-transport-ws).
+
+``deliveryAttempts`` values are built once per message from the worker's pub/sub message, which
+carries every field of ``DeliveryAttempt`` (including ``responseHeaders`` and the first 4 KiB of
+``responseBody``), so a live attempt equals the one ``delivery(id) { attempts }`` returns.
+``webhookStatusChanged`` re-reads the webhook from MongoDB (account-scoped) for each change, so it
+always shows the current state; a webhook deleted in between is skipped.
+
+A subscriber that cannot keep up (its queue of ``feed.QUEUE_SIZE`` values is full) is dropped: its
+subscription ends with the error "subscriber too slow; re-query deliveries to catch up"
+(``extensions.code`` ``SUBSCRIBER_TOO_SLOW``).  The live feed is at-most-once (a Redis restart loses
+what was published meanwhile); ``deliveries`` is the complete record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from bson import ObjectId
+from graphql import GraphQLError
+
+from graphql_api.context import Info
+from graphql_api.feed import Feed, FeedClosed, SubscriberTooSlow
+from graphql_api.types import DeliveryAttempt, Webhook
+from webhooks.errors import ErrorCode, UserErrors
+from webhooks.ids import parse_id
+from webhooks.models import AttemptTrigger, DeliveryStatus, Principal, Scope
+from webhooks.pubsub import ATTEMPTS_CHANNEL, STATUS_CHANNEL
+
+TOO_SLOW_CODE = "SUBSCRIBER_TOO_SLOW"
+
+
+def _datetime(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def attempt_from_message(message: dict[str, Any]) -> DeliveryAttempt:
+    """A ``DeliveryAttempt`` from a ``webhooks:attempts`` message (``webhooks.pubsub.attempt_message``)."""
+    started = _datetime(message["startedAt"])
+    assert started is not None
+    return DeliveryAttempt(
+        id=strawberry.ID(message["id"]),
+        delivery_id=strawberry.ID(message["deliveryId"]),
+        webhook_id=strawberry.ID(message["webhookId"]),
+        event=message["event"],
+        number=message["number"],
+        trigger=AttemptTrigger(message["trigger"]),
+        started_at=started,
+        duration_ms=message.get("durationMs"),
+        status_code=message.get("statusCode"),
+        response_headers=message.get("responseHeaders"),
+        response_body=message.get("responseBody"),
+        error_class=message.get("errorClass"),
+        error=message.get("error"),
+        delivery_status=DeliveryStatus(message["deliveryStatus"]),
+        next_attempt_at=_datetime(message.get("nextAttemptAt")),
+    )
+
+
+def status_from_message(message: dict[str, Any]) -> ObjectId:
+    """The id of the webhook whose status changed (the webhook itself is re-read per subscriber)."""
+    return ObjectId(message["webhookId"])
+
+
+PARSERS = {ATTEMPTS_CHANNEL: attempt_from_message, STATUS_CHANNEL: status_from_message}
+
+
+def feed_of(info: Info) -> Feed:
+    feed: Feed | None = getattr(info.context.request.app.state, "feed", None)
+    if feed is None:
+        raise GraphQLError("The live feed is not available", extensions={"code": "UNAVAILABLE"})
+    return feed
+
+
+async def _webhook_filter(info: Info, who: Principal, webhook_id: strawberry.ID | None) -> ObjectId | None:
+    """The webhook to filter by, checked against the caller's account (unknown and foreign ids alike)."""
+    if webhook_id is None:
+        return None
+    try:
+        oid = parse_id(str(webhook_id), "webhookId")
+        webhook = await info.context.core.webhook_repo.get(who.account_id, oid)
+    except UserErrors as exc:
+        raise GraphQLError(exc.errors[0].message, extensions={"code": "BAD_USER_INPUT"}) from exc
+    if webhook is None:
+        raise GraphQLError(f"no webhook with id {webhook_id}",
+                           extensions={"code": ErrorCode.NOT_FOUND.value})
+    return oid
+
+
+def _too_slow() -> GraphQLError:
+    return GraphQLError(SubscriberTooSlow().args[0], extensions={"code": TOO_SLOW_CODE})
+
+
+async def _attempts(
+    feed: Feed, account_id: str, webhook_id: str | None
+) -> AsyncGenerator[DeliveryAttempt, None]:
+    with feed.subscribe(ATTEMPTS_CHANNEL, account_id, webhook_id) as sub:
+        while True:
+            try:
+                envelope = await sub.get()
+            except SubscriberTooSlow:
+                raise _too_slow() from None
+            except FeedClosed:
+                return
+            yield envelope.value
+
+
+async def _statuses(
+    info: Info, feed: Feed, who: Principal, webhook_id: str | None
+) -> AsyncGenerator[Webhook, None]:
+    repo = info.context.core.webhook_repo
+    with feed.subscribe(STATUS_CHANNEL, str(who.account_id), webhook_id) as sub:
+        while True:
+            try:
+                envelope = await sub.get()
+            except SubscriberTooSlow:
+                raise _too_slow() from None
+            except FeedClosed:
+                return
+            record = await repo.get(who.account_id, envelope.value)
+            if record is not None:
+                yield Webhook.from_record(record)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="Every attempt of the account's deliveries as it finishes (or of one webhook). "
+        "Live only: after a gap (reconnect, `subscriber too slow`), re-query `deliveries`."
+    )
+    async def delivery_attempts(
+        self, info: Info, webhook_id: strawberry.ID | None = None
+    ) -> AsyncIterator[DeliveryAttempt]:
+        who = await info.context.require(Scope.MANAGE_WEBHOOKS)
+        oid = await _webhook_filter(info, who, webhook_id)
+        return _attempts(feed_of(info), str(who.account_id), str(oid) if oid else None)
+
+    @strawberry.subscription(
+        description="The webhook, as stored now, each time it is disabled (automatically after "
+        "consecutive failed deliveries, or by a user) or re-enabled."
+    )
+    async def webhook_status_changed(
+        self, info: Info, webhook_id: strawberry.ID | None = None
+    ) -> AsyncIterator[Webhook]:
+        who = await info.context.require(Scope.MANAGE_WEBHOOKS)
+        oid = await _webhook_filter(info, who, webhook_id)
+        return _statuses(info, feed_of(info), who, str(oid) if oid else None)

@@ -1,0 +1,303 @@
+"""Operations: health/readiness, /metrics, worker heartbeats and `worker --check`, JSON logs without secrets.
+
+Real processes where it matters: private SecantusDB and Valkey servers that the readiness test stops and
+restarts (never the shared ones), and worker subprocesses for the heartbeat and log tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import make_settings
+from tests.delivery_support import create_webhook, publish, wait_for_status
+from tests.receiver import run_receiver, status
+from tests.support import run_stack
+from webhooks.embedded import free_port, spawn, stop, valkey_binary, wait_for_port
+from webhooks.logging_setup import JsonFormatter
+from webhooks.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a `webhooks worker` subprocess that shares ``settings``' stores and queue."""
+    env = {
+        **os.environ,
+        "WEBHOOKS_MONGODB_URL": str(settings.mongodb_url),
+        "WEBHOOKS_REDIS_URL": str(settings.redis_url),
+        "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
+        "WEBHOOKS_SECRET_KEYS": ",".join(settings.secret_keys),
+        "WEBHOOKS_QUEUE_NAME": settings.queue_name,
+        "WEBHOOKS_ALLOW_HTTP": "true",
+        "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
+        "WEBHOOKS_DATA_DIR": str(settings.data_dir),
+        "WEBHOOKS_LOG_FORMAT": "json",
+        "WEBHOOKS_WORKER_HEARTBEAT_INTERVAL": "0.5",
+        **extra,
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "webhooks.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def start_worker(env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen([sys.executable, "-m", "webhooks.cli", "worker"], env=env, cwd=ROOT,
+                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    finally:
+        if log_path is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+def unique_settings(mongodb_url: str, tmp_path: Path, **overrides: object) -> Settings:
+    return make_settings(mongodb_url, tmp_path, queue_name=f"test-ops:{uuid.uuid4().hex[:8]}", **overrides)
+
+
+# --------------------------------------------------------------------------------------- health
+
+
+async def test_healthz_and_readyz(http: httpx.AsyncClient) -> None:
+    live = await http.get("/healthz")
+    assert live.status_code == 200 and live.json() == {"status": "ok"}
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {"status": "ok", "checks": {"mongodb": "ok", "redis": "ok"}}
+
+
+async def test_request_id_is_echoed_or_made(http: httpx.AsyncClient) -> None:
+    sent = await http.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert sent.headers["X-Request-ID"] == "abc-123"
+    made = await http.get("/healthz", headers={"X-Request-ID": "not ok; <script>"})
+    assert made.headers["X-Request-ID"] not in ("", "not ok; <script>")
+
+
+async def _wait_ready(http: httpx.AsyncClient, code: int, timeout: float = 40.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await http.get("/readyz")
+        if response.status_code == code:
+            body: dict[str, Any] = response.json()
+            return body
+        assert time.monotonic() < deadline, f"/readyz stayed {response.status_code}: {response.text}"
+        await asyncio.sleep(0.2)
+
+
+async def test_readiness_follows_mongodb_and_redis(mongodb_url: str, tmp_path: Path) -> None:
+    mongo_port, redis_port = free_port(), free_port()
+
+    def start_mongo() -> subprocess.Popen[bytes]:
+        proc = spawn([sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(mongo_port),
+                      "--storage-path", str(tmp_path / "mongo"), "--log-level", "WARNING"], quiet=True)
+        wait_for_port(mongo_port, proc, "SecantusDB")
+        return proc
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        proc = spawn([valkey_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                      "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"], quiet=True)
+        wait_for_port(redis_port, proc, "Valkey")
+        return proc
+
+    (tmp_path / "mongo").mkdir()
+    procs = {"mongodb": await asyncio.to_thread(start_mongo), "redis": await asyncio.to_thread(start_redis)}
+    settings = make_settings(
+        f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true&retryWrites=false", tmp_path / "data",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+    )
+    Starter = Callable[[], subprocess.Popen[bytes]]
+    starters: dict[str, Starter] = {"mongodb": start_mongo, "redis": start_redis}
+    try:
+        async with run_stack(settings, worker=False) as stack:
+            await _wait_ready(stack.http, 200)
+            for down, up in (("redis", "mongodb"), ("mongodb", "redis")):
+                await asyncio.to_thread(stop, procs[down])
+                body = await _wait_ready(stack.http, 503)
+                assert body["status"] == "unavailable"
+                assert body["checks"][down].startswith("error"), body
+                assert body["checks"][up] == "ok", body
+                procs[down] = await asyncio.to_thread(starters[down])  # same port, same data
+                body = await _wait_ready(stack.http, 200)
+                assert body == {"status": "ok", "checks": {"mongodb": "ok", "redis": "ok"}}
+    finally:
+        for proc in procs.values():
+            stop(proc)
+
+
+# -------------------------------------------------------------------------------------- metrics
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+async def test_metrics_move_with_deliveries(mongodb_url: str, tmp_path: Path) -> None:
+    settings = unique_settings(mongodb_url, tmp_path, retry_schedule=(0.0,))
+    async with run_receiver() as receiver, run_stack(settings) as stack:
+        account = await stack.account()
+        await create_webhook(account.gql, receiver.url("/ok"), name="ok")
+        await create_webhook(account.gql, receiver.url("/down", status(503)), name="down")
+        before = (await stack.http.get("/metrics")).text
+
+        payload = await publish(account.gql)
+        assert payload["errors"] == []
+        for d in payload["event"]["deliveries"]:
+            await wait_for_status(account.gql, d["id"], "SUCCEEDED", "FAILED")
+
+        response = await stack.http.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        after = response.text
+
+    def moved(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    event = "job_application_created"
+    assert moved("webhooks_deliveries_total", status="succeeded", event=event) == 1
+    assert moved("webhooks_deliveries_total", status="failed", event=event) == 1
+    assert moved("webhooks_delivery_attempts_total", outcome="2xx") == 1
+    assert moved("webhooks_delivery_attempts_total", outcome="5xx") == 1
+    assert moved("webhooks_delivery_attempt_duration_seconds_count") == 2
+    assert moved("webhooks_delivery_dispatch_delay_seconds_count") == 2
+    assert moved("webhooks_graphql_operations_total", type="mutation", outcome="ok") >= 1
+    assert moved("webhooks_graphql_operation_duration_seconds_count", type="mutation") >= 1
+    names = {f.name for f in text_string_to_metric_families(after)}
+    assert {"webhooks_queue_depth", "webhooks_deliveries_overdue", "webhooks_graphql_subscriptions_open",
+            "webhooks_webhooks_auto_disabled"} <= names
+    # Bounded labels only: no ids or URLs anywhere in the exposition.
+    assert "127.0.0.1" not in after and account.id not in after
+
+
+def test_operation_label_is_bounded() -> None:
+    from webhooks import metrics
+
+    assert metrics.operation_label(None) == "anonymous"
+    assert metrics.operation_label("Get-Thing!") == "Get_Thing_"
+    assert len(metrics.operation_label("x" * 500)) == 64
+    assert metrics.attempt_outcome("timeout", None) == "timeout"
+    assert metrics.attempt_outcome("blocked_destination", None) == "blocked"
+    assert metrics.attempt_outcome("redirect", 302) == "3xx"
+    assert metrics.attempt_outcome("http_status", 404) == "4xx"
+    assert metrics.event_label("https://evil.example/") == "other"
+
+
+# ---------------------------------------------------------------------------- worker liveness
+
+
+async def test_worker_check(mongodb_url: str, tmp_path: Path) -> None:
+    settings = unique_settings(mongodb_url, tmp_path)
+    env = worker_env(settings)
+    nobody = await asyncio.to_thread(cli, "worker", "--check", env=env)
+    assert nobody.returncode != 0
+    assert "no worker heartbeat" in nobody.stderr
+
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            found = await asyncio.to_thread(cli, "worker", "--check", env=env)
+            if found.returncode == 0:
+                break
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            assert time.monotonic() < deadline, found.stderr
+            await asyncio.sleep(0.3)
+        assert "1 worker(s) alive" in found.stdout
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(worker.wait, 30) == 0
+    finally:
+        stop(worker)
+    gone = await asyncio.to_thread(cli, "worker", "--check", env=env)
+    assert gone.returncode != 0, "a stopped worker removes its heartbeat"
+
+
+# ------------------------------------------------------------------------------------------ logs
+
+
+@pytest.fixture
+def captured_json_logs() -> Iterator[io.StringIO]:
+    """JSON lines from every logger in this process (the in-process API), as production writes them."""
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield buffer
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+async def test_json_logs_parse_and_hold_no_secret(
+    mongodb_url: str, tmp_path: Path, captured_json_logs: io.StringIO
+) -> None:
+    settings = unique_settings(mongodb_url, tmp_path)
+    worker_log = tmp_path / "worker.log"
+    worker = start_worker(worker_env(settings, WEBHOOKS_LOG_LEVEL="DEBUG"), worker_log)
+    try:
+        async with run_receiver() as receiver, run_stack(settings, worker=False) as stack:
+            account = await stack.account()
+            webhook_id, secret = await create_webhook(account.gql, receiver.url("/hook"))
+            response = await stack.http.post(
+                "/graphql",
+                json={"query": "query Mine { webhooks { edges { node { id } } } }"},
+                headers={"Authorization": f"Bearer {account.api_key}", "X-Request-ID": "ops-test-42"},
+            )
+            assert response.status_code == 200 and response.headers["X-Request-ID"] == "ops-test-42"
+            payload = await publish(account.gql)
+            delivery_id = payload["event"]["deliveries"][0]["id"]
+            await wait_for_status(account.gql, delivery_id, "SUCCEEDED", timeout=60)
+            got = (await receiver.wait_for("/hook", 1))[0]
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(worker.wait, 30) == 0
+    finally:
+        stop(worker)
+
+    api_lines = [json.loads(line) for line in captured_json_logs.getvalue().splitlines() if line.strip()]
+    worker_text = worker_log.read_text()
+    worker_lines = [json.loads(line) for line in worker_text.splitlines() if line.strip()]
+
+    operation = [e for e in api_lines if e.get("operation") == "Mine"]
+    assert len(operation) == 1, api_lines
+    assert operation[0]["request_id"] == "ops-test-42"
+    assert operation[0]["operation_type"] == "query" and operation[0]["outcome"] == "ok"
+    assert operation[0]["account_id"] == account.id and operation[0]["duration_ms"] >= 0
+
+    attempts = [e for e in worker_lines if e.get("delivery_id") == delivery_id]
+    assert len(attempts) == 1, worker_lines
+    assert attempts[0]["webhook_id"] == webhook_id and attempts[0]["attempt"] == 1
+    assert attempts[0]["outcome"] == "2xx" and attempts[0]["status_code"] == 200
+    assert isinstance(attempts[0]["duration_ms"], int)
+
+    signature_values = [got.headers["X-Webhook-Signature"], got.headers["webhook-signature"]]
+    signature_values += [part.split(",", 1)[-1] for part in got.headers["webhook-signature"].split()]
+    everything = captured_json_logs.getvalue() + worker_text
+    for secret_value in (account.api_key, secret, secret.removeprefix("whsec_"), *signature_values):
+        assert secret_value not in everything
+

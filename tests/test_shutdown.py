@@ -1,0 +1,76 @@
+"""Graceful shutdown with real processes: SIGTERM a worker mid-burst; it finishes in-flight attempts, exits 0,
+and a second worker completes the rest. Every delivery reaches a final state; none is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+from bson import ObjectId
+
+from tests.delivery_support import create_webhook, publish
+from tests.receiver import run_receiver, sleep
+from tests.support import run_stack
+from tests.test_operations import start_worker, unique_settings, worker_env
+from webhooks.embedded import stop
+
+BURST = 40
+
+
+async def test_sigterm_mid_burst_loses_nothing(mongodb_url: str, tmp_path: Path) -> None:
+    settings = unique_settings(mongodb_url, tmp_path, sweep_interval=1.0, sweep_grace=1.0)
+    env = worker_env(settings)
+    log1, log2 = tmp_path / "worker1.log", tmp_path / "worker2.log"
+    first = start_worker(env, log1)
+    second = None
+    try:
+        async with run_receiver() as receiver, run_stack(settings, worker=False) as stack:
+            account = await stack.account()
+            await create_webhook(account.gql, receiver.url("/slow", sleep(0.5)))
+            delivery_ids: list[str] = []
+            signalled_at = None
+            in_flight = 0
+            for _ in range(BURST):
+                payload = await publish(account.gql)
+                assert payload["errors"] == []
+                delivery_ids += [d["id"] for d in payload["event"]["deliveries"]]
+                if signalled_at is None and len(receiver.received["/slow"]) >= 5:
+                    in_flight = len(receiver.received["/slow"])
+                    first.send_signal(signal.SIGTERM)
+                    signalled_at = time.monotonic()
+                await asyncio.sleep(0.05)
+            if signalled_at is None:  # the worker started slowly: wait until it is busy, then stop it
+                await receiver.wait_for("/slow", 3, timeout=60)
+                in_flight = len(receiver.received["/slow"])
+                first.send_signal(signal.SIGTERM)
+                signalled_at = time.monotonic()
+
+            code = await asyncio.to_thread(first.wait, 40)
+            assert code == 0, log1.read_text()[-3000:]
+            assert time.monotonic() - signalled_at < settings.worker_shutdown_wait + 10
+            assert "shutdown on SIGTERM" in log1.read_text()
+            assert "0 ongoing to cancel" in log1.read_text(), "in-flight jobs finish within the wait"
+            assert in_flight >= 1
+
+            second = start_worker(env, log2)
+            ids = [ObjectId(d) for d in delivery_ids]
+            deadline = time.monotonic() + 120
+            while True:
+                docs = await stack.core.delivery_repo.docs_by_ids(ids)
+                statuses = [d["status"] for d in docs]
+                if len(docs) == len(ids) and all(s == "SUCCEEDED" for s in statuses):
+                    break
+                assert second.poll() is None, log2.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"not all delivered: {sorted(set(statuses))}"
+                await asyncio.sleep(0.3)
+
+            got = {r.headers["X-Webhook-Delivery"] for r in receiver.received["/slow"]}
+            assert got == set(delivery_ids), "every delivery reached the receiver at least once"
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(second.wait, 40) == 0
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
