@@ -61,6 +61,7 @@ def make_settings(mongodb_url: str, data_dir: Path, **overrides: object) -> Sett
     values: dict[str, object] = {
         "mongodb_url": mongodb_url,
         "mongodb_database": f"test_{uuid.uuid4().hex[:8]}",
+        "queue_name": f"test:{uuid.uuid4().hex[:8]}",  # jobs of concurrent test runs never mix
         "redis_url": REDIS_URL,
         "secret_keys": (Fernet.generate_key().decode(),),
         "allow_http": True,
@@ -74,7 +75,6 @@ def make_settings(mongodb_url: str, data_dir: Path, **overrides: object) -> Sett
 @pytest.fixture(scope="session")
 async def redis_client() -> AsyncIterator[aioredis.Redis]:
     client = aioredis.from_url(REDIS_URL)
-    await client.flushdb()
     yield client
     await client.aclose()
 

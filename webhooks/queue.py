@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import job_key_prefix, retry_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from bson import ObjectId
 
 from webhooks.settings import Settings
@@ -38,7 +38,12 @@ def rescue_job_id(delivery_id: ObjectId | str, number: int, generation: int) -> 
     return f"{delivery_id}:{number}:rescue{generation}"
 
 
-ARQ_RETRY_KEY_TTL = 88400  # seconds: arq.worker.Worker.run_job sets this expiry on arq:retry:<job>
+def job_timeout(settings: Settings) -> float:
+    """arq's limit for one job: every attempt in it has a ``delivery_timeout`` deadline; the rest is I/O."""
+    return settings.delivery_timeout + 30
+
+
+ARQ_IN_PROGRESS_EXTRA = 10  # seconds: arq's in-progress mark lives for the longest job timeout + 10 s
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -48,14 +53,15 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 class DeliveryQueue:
-    def __init__(self, pool: ArqRedis, queue_name: str) -> None:
+    def __init__(self, pool: ArqRedis, settings: Settings) -> None:
         self.pool = pool
-        self.queue_name = queue_name
+        self.queue_name = settings.queue_name
+        self._in_progress_ttl = job_timeout(settings) + ARQ_IN_PROGRESS_EXTRA
 
     @classmethod
     async def connect(cls, settings: Settings) -> DeliveryQueue:
         pool = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
-        return cls(pool, settings.queue_name)
+        return cls(pool, settings)
 
     async def close(self) -> None:
         await self.pool.aclose()
@@ -88,12 +94,13 @@ class DeliveryQueue:
         return bool(await self.pool.exists(job_key_prefix + job_id))
 
     async def job_started_ago(self, job_id: str) -> float | None:
-        """Seconds since a worker last started this job; None if no worker is running it (queued or gone).
+        """Seconds since a worker claimed this job; None if no worker holds it (still queued, or done).
 
-        arq sets ``arq:retry:<job>`` to expire in ARQ_RETRY_KEY_TTL s each time a worker starts the job and
-        deletes it when the job ends, so its remaining TTL dates the start.
+        arq marks a claimed job with ``arq:in-progress:<job>`` for a fixed TTL (job timeout + 10 s) and
+        deletes the mark when the job ends, so the mark's remaining TTL dates the claim, even when the
+        worker died before it started running the job.
         """
-        ttl_ms = await self.pool.pttl(retry_key_prefix + job_id)
+        ttl_ms = await self.pool.pttl(in_progress_key_prefix + job_id)
         if ttl_ms is None or ttl_ms < 0:
             return None
-        return max(0.0, ARQ_RETRY_KEY_TTL - ttl_ms / 1000)
+        return max(0.0, self._in_progress_ttl - ttl_ms / 1000)

@@ -12,7 +12,7 @@ from arq.worker import Worker, func
 
 from webhooks import metrics
 from webhooks.core import open_core
-from webhooks.queue import DELIVER_JOB, redis_settings
+from webhooks.queue import DELIVER_JOB, job_timeout, redis_settings
 from webhooks.settings import Settings
 from workers.engine import DeliveryEngine
 from workers.health import heartbeat_loop
@@ -72,7 +72,7 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         on_shutdown=shutdown,
         poll_delay=settings.worker_poll_delay,
         max_jobs=settings.worker_max_jobs,
-        job_timeout=settings.delivery_timeout + 30,
+        job_timeout=job_timeout(settings),
         keep_result=0,
         max_tries=1000,
         handle_signals=handle_signals,

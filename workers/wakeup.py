@@ -9,6 +9,7 @@ and a retry fires on time, while an idle worker makes about one Redis call a sec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable
 
@@ -24,6 +25,8 @@ MAX_IDLE_WAIT = 1.0  # seconds: the longest sleep, so heartbeats and health chec
 
 
 class WakeableWorker(Worker):
+    """arq's worker with an event-driven loop: a listener task turns wake tokens into an asyncio event."""
+
     async def main(self) -> None:
         if self._pool is None:
             self._pool = await create_pool(
@@ -38,31 +41,47 @@ class WakeableWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
-        key = wake_key(self.queue_name)
-        while True:
-            await self._poll_iteration()
-            if self.burst and await self.pool.zcard(self.queue_name) == 0:
-                await asyncio.gather(*self.tasks.values())
-                return
-            await self._wait_for_work(key)
+        woken = asyncio.Event()
+        listener = asyncio.create_task(self._listen(wake_key(self.queue_name), woken))
+        try:
+            while True:
+                woken.clear()
+                await self._poll_iteration()
+                if self.burst and await self.pool.zcard(self.queue_name) == 0:
+                    await asyncio.gather(*self.tasks.values())
+                    return
+                await self._wait_for_work(woken)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
 
-    async def _wait_for_work(self, key: str) -> None:
+    async def _listen(self, key: str, woken: asyncio.Event) -> None:
+        """Block on the wake list (one Redis call per token, or per idle second) and set ``woken``."""
+        while True:
+            try:
+                # redis-py's stub types the timeout as int; Redis takes seconds.
+                got: Awaitable[object] = self.pool.blpop([key], timeout=1)  # type: ignore[assignment]
+                if await got:
+                    woken.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("wake-up listener lost Redis; retrying", exc_info=True)
+                woken.set()  # fall back to polling while Redis is away
+                await asyncio.sleep(self.poll_delay_s)
+
+    async def _wait_for_work(self, woken: asyncio.Event) -> None:
+        """Sleep until a wake token, the next deferred job's due time, or MAX_IDLE_WAIT (timed by asyncio)."""
         if self.job_counter >= self.max_jobs:
             await asyncio.sleep(self.poll_delay_s)  # saturated: a running job must finish first
             return
+        now = timestamp_ms()
         wait = MAX_IDLE_WAIT
-        earliest = await self.pool.zrange(self.queue_name, 0, 0, withscores=True)
-        if earliest:
-            wait = min(wait, max(0.0, (earliest[0][1] - timestamp_ms()) / 1000))
-        if wait <= 0.001:
-            await asyncio.sleep(0)  # due now (or held back by another worker's claim): poll again
-            if earliest and await self._only_claimed(earliest[0][0]):
-                await asyncio.sleep(self.poll_delay_s)
-            return
-        # Redis ≥ 6 takes a fractional BLPOP timeout; redis-py's stub says int.
-        blocking: Awaitable[object] = self.pool.blpop([key], timeout=wait)  # type: ignore[arg-type,assignment]
-        await blocking
-
-    async def _only_claimed(self, job_id: bytes) -> bool:
-        """The earliest due job is running elsewhere: don't spin on it."""
-        return bool(await self.pool.exists(b"arq:in-progress:" + job_id))
+        upcoming = await self.pool.zrangebyscore(
+            self.queue_name, now, "+inf", start=0, num=1, withscores=True
+        )
+        if upcoming:
+            wait = min(wait, max(0.0, (upcoming[0][1] - now) / 1000))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), timeout=wait)
