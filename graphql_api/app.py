@@ -63,8 +63,9 @@ class GraphQLView(GraphQL[Context, None]):
         return render_graphiql(request)
 
     async def on_ws_connect(self, context: Context) -> Any:
-        token = bearer_token(context.connection_params.get("Authorization")
-                             or context.connection_params.get("authorization"))
+        token = bearer_token(
+            context.connection_params.get("Authorization") or context.connection_params.get("authorization")
+        )
         who = await context.core.api_keys.authenticate(token) if token else None
         if who is None:
             raise ConnectionRejectionError()

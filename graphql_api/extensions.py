@@ -11,7 +11,9 @@ from graphql_api.security import MaskUnexpectedErrors, OperationLimits
 from webhooks.settings import Settings
 
 
-def schema_extensions(settings: Settings | None = None) -> list[type[SchemaExtension] | Callable[[], SchemaExtension]]:
+def schema_extensions(
+    settings: Settings | None = None,
+) -> list[type[SchemaExtension] | Callable[[], SchemaExtension]]:
     # Limits first (they configure parsing and validation); masking wraps everything else.
     # Observability last: it sees the final (masked) result and times the whole operation.
     return [OperationLimits, MaskUnexpectedErrors, OperationObservability]

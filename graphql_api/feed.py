@@ -265,8 +265,12 @@ class Feed:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("live feed: Redis connection lost (%s: %s); reconnecting in %.1fs",
-                            type(exc).__name__, exc, delay)
+                log.warning(
+                    "live feed: Redis connection lost (%s: %s); reconnecting in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
             except Exception:
                 log.exception("live feed: reader failed; restarting in %.1fs", delay)
             if self.connected.is_set():
@@ -288,8 +292,10 @@ class Feed:
             await pubsub.subscribe(*self._index)
             if not first:
                 self.stats.reconnects += 1
-                log.warning("live feed: resubscribed to Redis; messages published during the gap were "
-                            "not delivered (clients re-query `deliveries`)")
+                log.warning(
+                    "live feed: resubscribed to Redis; messages published during the gap were "
+                    "not delivered (clients re-query `deliveries`)"
+                )
             self.connected.set()
             await _pump(pubsub.get_message, self.dispatch, self.health_check_interval)
         finally:

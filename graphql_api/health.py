@@ -58,8 +58,11 @@ async def readyz(request: Request) -> Response:
         checks = await readiness(core)
     ready = all(v == "ok" for v in checks.values())
     if not ready:
-        log.warning("not ready: %s", ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
-                    extra={"fields": {"checks": checks}})
+        log.warning(
+            "not ready: %s",
+            ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"),
+            extra={"fields": {"checks": checks}},
+        )
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks},
         status_code=200 if ready else 503,
@@ -85,9 +88,12 @@ async def scrape_gauges(core: Core) -> list[metrics.ScrapeGauge]:
     """Queue depth and overdue deliveries, each skipped (and logged) if its store does not answer in time."""
     wanted: list[tuple[str, str, Callable[[Core], Awaitable[float]]]] = [
         ("webhooks_queue_depth", "Jobs waiting in the arq queue (due now or scheduled later).", _queue_depth),
-        ("webhooks_deliveries_overdue",
-         f"Pending deliveries whose next attempt is overdue by more than the sweep grace (capped at "
-         f"{OVERDUE_COUNT_LIMIT}).", _overdue),
+        (
+            "webhooks_deliveries_overdue",
+            f"Pending deliveries whose next attempt is overdue by more than the sweep grace (capped at "
+            f"{OVERDUE_COUNT_LIMIT}).",
+            _overdue,
+        ),
     ]
 
     Probe = Callable[[Core], Awaitable[float]]

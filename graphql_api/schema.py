@@ -70,8 +70,12 @@ class Query:
         who = await info.context.require(Scope.MANAGE_WEBHOOKS)
         try:
             page = await info.context.core.deliveries.page(
-                who, webhook_id=str(webhook_id) if webhook_id is not None else None, status=status,
-                event=event, first=first, after=after,
+                who,
+                webhook_id=str(webhook_id) if webhook_id is not None else None,
+                status=status,
+                event=event,
+                first=first,
+                after=after,
             )
         except UserErrors as exc:
             raise bad_input(exc) from exc
@@ -94,13 +98,15 @@ class Mutation:
     delete_webhook = strawberry.mutation(resolver=webhook_mutations.delete_webhook)
     test_webhook = strawberry.mutation(
         resolver=delivery_mutations.test_webhook,
-        extensions=[RateLimit(Action.TEST_WEBHOOK, Scope.MANAGE_WEBHOOKS,
-                              delivery_mutations.TestWebhookPayload)],
+        extensions=[
+            RateLimit(Action.TEST_WEBHOOK, Scope.MANAGE_WEBHOOKS, delivery_mutations.TestWebhookPayload)
+        ],
     )
     publish_event = strawberry.mutation(
         resolver=delivery_mutations.publish_event,
-        extensions=[RateLimit(Action.PUBLISH_EVENT, Scope.PUBLISH_EVENTS,
-                              delivery_mutations.PublishEventPayload)],
+        extensions=[
+            RateLimit(Action.PUBLISH_EVENT, Scope.PUBLISH_EVENTS, delivery_mutations.PublishEventPayload)
+        ],
     )
     retry_delivery = strawberry.mutation(resolver=delivery_mutations.retry_delivery)
     recover_deliveries = strawberry.mutation(resolver=delivery_mutations.recover_deliveries)
@@ -111,9 +117,13 @@ class Mutation:
 
 
 def build_schema() -> strawberry.Schema:
-    return strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription,
-                             extensions=schema_extensions(),
-                             config=StrawberryConfig(disable_field_suggestions=True))
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=schema_extensions(),
+        config=StrawberryConfig(disable_field_suggestions=True),
+    )
 
 
 schema = build_schema()

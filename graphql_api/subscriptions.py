@@ -92,8 +92,7 @@ async def _webhook_filter(info: Info, who: Principal, webhook_id: strawberry.ID 
     except UserErrors as exc:
         raise GraphQLError(exc.errors[0].message, extensions={"code": "BAD_USER_INPUT"}) from exc
     if webhook is None:
-        raise GraphQLError(f"no webhook with id {webhook_id}",
-                           extensions={"code": ErrorCode.NOT_FOUND.value})
+        raise GraphQLError(f"no webhook with id {webhook_id}", extensions={"code": ErrorCode.NOT_FOUND.value})
     return oid
 
 

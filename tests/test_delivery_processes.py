@@ -33,9 +33,15 @@ DELIVERY_TIMEOUT = 3  # keeps arq's own in-progress mark short too (job_timeout 
 
 @pytest.fixture(scope="module")
 async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    settings = make_settings(mongodb_url, tmp_path_factory.mktemp("processes"), retry_schedule=SCHEDULE,
-                             delivery_timeout=DELIVERY_TIMEOUT, sweep_interval=1, sweep_grace=1,
-                             queue_name=f"test:{uuid.uuid4().hex[:6]}")
+    settings = make_settings(
+        mongodb_url,
+        tmp_path_factory.mktemp("processes"),
+        retry_schedule=SCHEDULE,
+        delivery_timeout=DELIVERY_TIMEOUT,
+        sweep_interval=1,
+        sweep_grace=1,
+        queue_name=f"test:{uuid.uuid4().hex[:6]}",
+    )
     async with run_stack(settings, worker=False) as running:
         yield running
 
@@ -48,20 +54,22 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 def worker_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
-    env.update({
-        "WEBHOOKS_MONGODB_URL": str(settings.mongodb_url),
-        "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
-        "WEBHOOKS_REDIS_URL": str(settings.redis_url),
-        "WEBHOOKS_SECRET_KEYS": ",".join(settings.secret_keys),
-        "WEBHOOKS_QUEUE_NAME": settings.queue_name,
-        "WEBHOOKS_ALLOW_HTTP": "true",
-        "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
-        "WEBHOOKS_RETRY_SCHEDULE": ",".join(str(d) for d in settings.retry_schedule),
-        "WEBHOOKS_DELIVERY_TIMEOUT": str(settings.delivery_timeout),
-        "WEBHOOKS_SWEEP_INTERVAL": "1",
-        "WEBHOOKS_SWEEP_GRACE": "1",
-        "WEBHOOKS_DATA_DIR": str(settings.data_dir),
-    })
+    env.update(
+        {
+            "WEBHOOKS_MONGODB_URL": str(settings.mongodb_url),
+            "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
+            "WEBHOOKS_REDIS_URL": str(settings.redis_url),
+            "WEBHOOKS_SECRET_KEYS": ",".join(settings.secret_keys),
+            "WEBHOOKS_QUEUE_NAME": settings.queue_name,
+            "WEBHOOKS_ALLOW_HTTP": "true",
+            "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
+            "WEBHOOKS_RETRY_SCHEDULE": ",".join(str(d) for d in settings.retry_schedule),
+            "WEBHOOKS_DELIVERY_TIMEOUT": str(settings.delivery_timeout),
+            "WEBHOOKS_SWEEP_INTERVAL": "1",
+            "WEBHOOKS_SWEEP_GRACE": "1",
+            "WEBHOOKS_DATA_DIR": str(settings.data_dir),
+        }
+    )
     return env
 
 
@@ -72,8 +80,13 @@ def workers(settings: Settings, log_dir: Path) -> Iterator[Any]:
 
     def start() -> subprocess.Popen[bytes]:
         log = open(log_dir / f"worker-{len(started)}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "webhooks.cli", "worker"], env=worker_env(settings),
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "webhooks.cli", "worker"],
+            env=worker_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         started.append(proc)
         return proc
@@ -158,8 +171,9 @@ async def test_a_redis_wipe_with_retries_pending_loses_nothing(
             assert all(d["attemptCount"] >= 1 for d in pending)
             await redis.flushdb()
             # then the sweeper queues them again from MongoDB and every delivery succeeds on its third attempt
-            done = await asyncio.gather(*(wait_for_status(account.gql, i, "SUCCEEDED", timeout=30)
-                                          for i in ids))
+            done = await asyncio.gather(
+                *(wait_for_status(account.gql, i, "SUCCEEDED", timeout=30) for i in ids)
+            )
     finally:
         await redis.aclose()
     for one in done:

@@ -50,8 +50,12 @@ WEBHOOK = "query($id: ID!) { webhook(id: $id) { id enabled disabledReason disabl
 
 @pytest.fixture(scope="module")
 async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    settings = make_settings(mongodb_url, tmp_path_factory.mktemp("recovery"), retry_schedule=SCHEDULE,
-                             queue_name=f"test:{uuid.uuid4().hex[:6]}")
+    settings = make_settings(
+        mongodb_url,
+        tmp_path_factory.mktemp("recovery"),
+        retry_schedule=SCHEDULE,
+        queue_name=f"test:{uuid.uuid4().hex[:6]}",
+    )
     async with run_stack(settings) as running:
         yield running
 
@@ -103,15 +107,22 @@ async def test_test_webhook_sends_the_spec_test_payload_once_signed(stack: Stack
     assert payload["errors"] == []
     created = payload["delivery"]
     assert (created["webhookId"], created["event"], created["status"], created["attemptCount"]) == (
-        webhook_id, "webhook.test", "PENDING", 0)
+        webhook_id,
+        "webhook.test",
+        "PENDING",
+        0,
+    )
     # and the receiver gets the spec's webhook.test payload, signed both ways
     (got,) = await receiver.wait_for(p, 1)
     body = got.json()
     assert list(body) == ["event", "timestamp", "data"]
     assert body["event"] == "webhook.test"
     assert isinstance(body["timestamp"], str) and body["timestamp"].endswith("Z")
-    assert body["data"] == {"message": "This is a test webhook", "webhookId": webhook_id,
-                            "webhookName": "My Webhook"}
+    assert body["data"] == {
+        "message": "This is a test webhook",
+        "webhookId": webhook_id,
+        "webhookName": "My Webhook",
+    }
     assert list(body["data"]) == ["message", "webhookId", "webhookName"]  # type: ignore[call-overload]
     assert got.spec_signature_valid(secret)
     StandardWebhook(secret).verify(got.body, got.headers)
@@ -243,7 +254,10 @@ async def test_held_and_failed_deliveries_are_recovered_after_re_enabling(
     assert (real["count"], real["dryRun"], real["errors"]) == (3, False, [])
     recovered = await all_final(account.gql, [failed_id, *held], "SUCCEEDED")
     assert [(a["number"], a["trigger"]) for a in recovered[0]["attempts"]] == [
-        (1, "AUTOMATIC"), (2, "AUTOMATIC"), (3, "MANUAL")]
+        (1, "AUTOMATIC"),
+        (2, "AUTOMATIC"),
+        (3, "MANUAL"),
+    ]
     for one in recovered[1:]:
         assert [(a["number"], a["trigger"], a["statusCode"]) for a in one["attempts"]] == [(1, "MANUAL", 200)]
     # and a second recovery finds nothing left
@@ -267,7 +281,10 @@ async def test_retry_delivery_makes_a_new_manual_attempt_of_a_failed_delivery(
     assert payload["errors"] == [] and payload["delivery"]["status"] == "PENDING"
     done = await wait_for_status(account.gql, delivery_id, "SUCCEEDED")
     assert [(a["number"], a["trigger"], a["statusCode"]) for a in done["attempts"]] == [
-        (1, "AUTOMATIC", 500), (2, "AUTOMATIC", 500), (3, "MANUAL", 200)]
+        (1, "AUTOMATIC", 500),
+        (2, "AUTOMATIC", 500),
+        (3, "MANUAL", 200),
+    ]
 
 
 async def test_retry_delivery_refuses_a_pending_delivery_and_hides_other_accounts(
@@ -290,7 +307,8 @@ async def test_retry_delivery_refuses_a_pending_delivery_and_hides_other_account
     assert foreign["delivery"] is None and unknown["delivery"] is None
     assert [(e["field"], e["code"]) for e in foreign["errors"]] == [("id", "NOT_FOUND")]
     assert [{**e, "message": e["message"].replace(pending_id, "ID")} for e in foreign["errors"]] == [
-        {**e, "message": e["message"].replace(unknown_id, "ID")} for e in unknown["errors"]]
+        {**e, "message": e["message"].replace(unknown_id, "ID")} for e in unknown["errors"]
+    ]
     await wait_for_status(account.gql, pending_id, "SUCCEEDED")
     assert len(receiver.received[p]) == 1  # nothing was sent for the refused retries
 
@@ -313,14 +331,26 @@ async def test_the_specs_node_receiver_verifies_every_delivery(stack: Stack) -> 
         await asyncio.to_thread(wait_for_port, port, proc, "spec_receiver.js")
         # when events with rich Unicode, numbers and nesting are published
         details: list[Any] = [
-            {"candidateName": "Zoë Ñandú 🚀", "score": 0.1, "ratio": 1.0, "tags": ["a", "b"],
-             "nested": {"2": "x", "b": 1}},
-            {"nested": {"b": 1, "2": "x", "10": [1.5, -0.0, 1e21, 1e-7]}, "quote": "\"\\/\n\t\u2028",
-             "big": 9007199254740991, "neg": -12.5e-3, "emoji": "👩‍👩‍👧", "ctl": "\x01\x1f"},
+            {
+                "candidateName": "Zoë Ñandú 🚀",
+                "score": 0.1,
+                "ratio": 1.0,
+                "tags": ["a", "b"],
+                "nested": {"2": "x", "b": 1},
+            },
+            {
+                "nested": {"b": 1, "2": "x", "10": [1.5, -0.0, 1e21, 1e-7]},
+                "quote": '"\\/\n\t\u2028',
+                "big": 9007199254740991,
+                "neg": -12.5e-3,
+                "emoji": "👩‍👩‍👧",
+                "ctl": "\x01\x1f",
+            },
             None,
         ]
-        published = await asyncio.gather(*(publish(account.gql, event="CANDIDATE_HIRED", details=d)
-                                           for d in details))
+        published = await asyncio.gather(
+            *(publish(account.gql, event="CANDIDATE_HIRED", details=d) for d in details)
+        )
         # then node verified each of them (it answers 401 otherwise)
         for one in published:
             assert one["errors"] == [], one["errors"]
@@ -331,7 +361,8 @@ async def test_the_specs_node_receiver_verifies_every_delivery(stack: Stack) -> 
         test = (await account.gql.execute(TEST_WEBHOOK, {"id": wrong_id}))["testWebhook"]["delivery"]
         failed = await wait_for_status(account.gql, test["id"], "FAILED")
         assert [(a["statusCode"], a["errorClass"], a["responseBody"]) for a in failed["attempts"]] == [
-            (401, "http_status", "Invalid signature")]
+            (401, "http_status", "Invalid signature")
+        ]
         # and the test event verifies too
         test = (await account.gql.execute(TEST_WEBHOOK, {"id": good_id}))["testWebhook"]["delivery"]
         await wait_for_status(account.gql, test["id"], "SUCCEEDED")

@@ -32,10 +32,15 @@ async def stacks(
     mongodb_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Stack, Stack]]:
     """One stack with the default settings (schedule and timeout), one with a single attempt per delivery."""
-    default = make_settings(mongodb_url, tmp_path_factory.mktemp("timing"),
-                            queue_name=f"test:{uuid.uuid4().hex[:6]}")
-    single = make_settings(mongodb_url, tmp_path_factory.mktemp("timing1"), retry_schedule=(0.0,),
-                           queue_name=f"test:{uuid.uuid4().hex[:6]}")
+    default = make_settings(
+        mongodb_url, tmp_path_factory.mktemp("timing"), queue_name=f"test:{uuid.uuid4().hex[:6]}"
+    )
+    single = make_settings(
+        mongodb_url,
+        tmp_path_factory.mktemp("timing1"),
+        retry_schedule=(0.0,),
+        queue_name=f"test:{uuid.uuid4().hex[:6]}",
+    )
     assert default.retry_schedule == DEFAULT_RETRY_SCHEDULE and default.delivery_timeout == 10
     async with run_stack(default) as a, run_stack(single) as b:
         yield a, b
@@ -77,7 +82,7 @@ async def full_schedule(stack: Stack, receiver: Receiver) -> None:
     # then six attempts arrived at 0, 1, 3, 7, 15 and 31 s, each within 100 ms of its time
     got = receiver.received[p]
     assert len(got) == 6
-    expected = [sum(DEFAULT_RETRY_SCHEDULE[1:k + 1]) for k in range(6)]
+    expected = [sum(DEFAULT_RETRY_SCHEDULE[1 : k + 1]) for k in range(6)]
     assert expected == [0, 1, 3, 7, 15, 31]
     # (each delay counts from the previous failure, so the few ms each attempt takes add up: the offsets
     # from the first arrival may drift by up to TOLERANCE per retry, each gap by TOLERANCE alone)

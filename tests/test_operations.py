@@ -56,15 +56,28 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "webhooks.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "webhooks.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def start_worker(env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen[bytes]:
     out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
     try:
-        return subprocess.Popen([sys.executable, "-m", "webhooks.cli", "worker"], env=env, cwd=ROOT,
-                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "webhooks.cli", "worker"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+        )
     finally:
         if log_path is not None:
             out.close()  # type: ignore[union-attr]
@@ -107,21 +120,52 @@ async def test_readiness_follows_mongodb_and_redis(mongodb_url: str, tmp_path: P
     mongo_port, redis_port = free_port(), free_port()
 
     def start_mongo() -> subprocess.Popen[bytes]:
-        proc = spawn([sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(mongo_port),
-                      "--storage-path", str(tmp_path / "mongo"), "--log-level", "WARNING"], quiet=True)
+        proc = spawn(
+            [
+                sys.executable,
+                "-m",
+                "secantus",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mongo_port),
+                "--storage-path",
+                str(tmp_path / "mongo"),
+                "--log-level",
+                "WARNING",
+            ],
+            quiet=True,
+        )
         wait_for_port(mongo_port, proc, "SecantusDB")
         return proc
 
     def start_redis() -> subprocess.Popen[bytes]:
-        proc = spawn([valkey_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                      "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"], quiet=True)
+        proc = spawn(
+            [
+                valkey_binary(),
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            quiet=True,
+        )
         wait_for_port(redis_port, proc, "Valkey")
         return proc
 
     (tmp_path / "mongo").mkdir()
     procs = {"mongodb": await asyncio.to_thread(start_mongo), "redis": await asyncio.to_thread(start_redis)}
     settings = make_settings(
-        f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true&retryWrites=false", tmp_path / "data",
+        f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true&retryWrites=false",
+        tmp_path / "data",
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
     )
     Starter = Callable[[], subprocess.Popen[bytes]]
@@ -186,8 +230,12 @@ async def test_metrics_move_with_deliveries(mongodb_url: str, tmp_path: Path) ->
     assert moved("webhooks_graphql_operations_total", type="mutation", outcome="ok") >= 1
     assert moved("webhooks_graphql_operation_duration_seconds_count", type="mutation") >= 1
     names = {f.name for f in text_string_to_metric_families(after)}
-    assert {"webhooks_queue_depth", "webhooks_deliveries_overdue", "webhooks_graphql_subscriptions_open",
-            "webhooks_webhooks_auto_disabled"} <= names
+    assert {
+        "webhooks_queue_depth",
+        "webhooks_deliveries_overdue",
+        "webhooks_graphql_subscriptions_open",
+        "webhooks_webhooks_auto_disabled",
+    } <= names
     # Bounded labels only: no ids or URLs anywhere in the exposition.
     assert "127.0.0.1" not in after and account.id not in after
 
@@ -300,4 +348,3 @@ async def test_json_logs_parse_and_hold_no_secret(
     everything = captured_json_logs.getvalue() + worker_text
     for secret_value in (account.api_key, secret, secret.removeprefix("whsec_"), *signature_values):
         assert secret_value not in everything
-

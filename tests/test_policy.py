@@ -143,8 +143,11 @@ def test_spec_signature_is_lowercase_hex_of_the_raw_bytes_keyed_with_the_whole_s
 def test_standard_signature_verifies_with_the_standardwebhooks_library() -> None:
     body = '{"event":"job_created","data":{"x":"Ñandú"}}'.encode()
     now = int(time.time())
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now),
-               "webhook-signature": standard_signature(SECRET, "msg_1", now, body)}
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(now),
+        "webhook-signature": standard_signature(SECRET, "msg_1", now, body),
+    }
     assert headers["webhook-signature"].startswith("v1,")
     StandardWebhook(SECRET).verify(body, headers)  # raises when invalid
     with pytest.raises(WebhookVerificationError):
@@ -158,8 +161,9 @@ def test_signature_headers_carry_both_signatures_and_every_secret_in_the_grace_p
     old = "whsec_" + base64.b64encode(b"an-older-secret-24-bytes").decode()
     now = int(time.time())
     body = b'{"a":1}'
-    headers = signature_headers([SECRET, old], msg_id="d1", timestamp=now, body=body, event="job_created",
-                                user_agent="UA/1")
+    headers = signature_headers(
+        [SECRET, old], msg_id="d1", timestamp=now, body=body, event="job_created", user_agent="UA/1"
+    )
     assert headers["X-Webhook-Signature"] == spec_signature(SECRET, body)  # the current secret only
     assert headers["X-Webhook-Event"] == "job_created" and headers["X-Webhook-Delivery"] == "d1"
     assert headers["webhook-id"] == "d1" and headers["webhook-timestamp"] == str(now)
@@ -170,7 +174,15 @@ def test_signature_headers_carry_both_signatures_and_every_secret_in_the_grace_p
 
 
 def test_redaction_hides_both_signatures_whatever_their_case() -> None:
-    headers = {"X-Webhook-Signature": "abc", "Webhook-Signature": "v1,xyz", "webhook-id": "d1",
-               "x-webhook-signature": "def"}
-    assert redacted(headers) == {"X-Webhook-Signature": "[redacted]", "Webhook-Signature": "[redacted]",
-                                 "webhook-id": "d1", "x-webhook-signature": "[redacted]"}
+    headers = {
+        "X-Webhook-Signature": "abc",
+        "Webhook-Signature": "v1,xyz",
+        "webhook-id": "d1",
+        "x-webhook-signature": "def",
+    }
+    assert redacted(headers) == {
+        "X-Webhook-Signature": "[redacted]",
+        "Webhook-Signature": "[redacted]",
+        "webhook-id": "d1",
+        "x-webhook-signature": "[redacted]",
+    }

@@ -67,7 +67,8 @@ class GqlSocket:
     ws: ClientConnection
     protocol: str
     messages: dict[str, asyncio.Queue[dict[str, Any]]] = field(
-        default_factory=lambda: defaultdict(asyncio.Queue))
+        default_factory=lambda: defaultdict(asyncio.Queue)
+    )
     other: list[dict[str, Any]] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
 
@@ -85,12 +86,14 @@ class GqlSocket:
     def start_reading(self) -> None:
         self.reader = asyncio.create_task(self._read())
 
-    async def subscribe(self, query: str, variables: dict[str, Any] | None = None,
-                        op_id: str | None = None) -> str:
+    async def subscribe(
+        self, query: str, variables: dict[str, Any] | None = None, op_id: str | None = None
+    ) -> str:
         op_id = op_id or uuid.uuid4().hex[:8]
         kind = "subscribe" if self.protocol == TRANSPORT_WS else "start"
-        await self.ws.send(json.dumps({"id": op_id, "type": kind,
-                                       "payload": {"query": query, "variables": variables or {}}}))
+        await self.ws.send(
+            json.dumps({"id": op_id, "type": kind, "payload": {"query": query, "variables": variables or {}}})
+        )
         return op_id
 
     async def message(self, op_id: str, timeout: float = 15.0) -> dict[str, Any]:
@@ -116,11 +119,16 @@ class GqlSocket:
 
 
 @contextlib.asynccontextmanager
-async def gql_socket(base_url: str, api_key: str | None, protocol: str = TRANSPORT_WS,
-                     **connect_kwargs: Any) -> AsyncIterator[GqlSocket]:
+async def gql_socket(
+    base_url: str, api_key: str | None, protocol: str = TRANSPORT_WS, **connect_kwargs: Any
+) -> AsyncIterator[GqlSocket]:
     url = base_url.replace("http://", "ws://") + "/graphql"
-    async with websockets.connect(url, subprotocols=[protocol], open_timeout=10,  # type: ignore[list-item]
-                                  **connect_kwargs) as ws:
+    async with websockets.connect(
+        url,
+        subprotocols=[protocol],
+        open_timeout=10,  # type: ignore[list-item]
+        **connect_kwargs,
+    ) as ws:
         assert ws.subprotocol == protocol
         payload = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
@@ -157,20 +165,38 @@ async def close_code_of(base_url: str, payload: dict[str, Any] | None) -> tuple[
 # ------------------------------------------------------------------------------------------ probes
 
 
-def fake_attempt(account_id: str, webhook_id: str, event: str = PROBE_EVENT,
-                 body: str | None = None) -> Attempt:
+def fake_attempt(
+    account_id: str, webhook_id: str, event: str = PROBE_EVENT, body: str | None = None
+) -> Attempt:
     """An attempt message as a worker publishes it (nothing stored): to check a subscription is live."""
     return Attempt(
-        id=ObjectId(), delivery_id=ObjectId(), account_id=ObjectId(account_id),
-        webhook_id=ObjectId(webhook_id), event=event, number=1, trigger=AttemptTrigger.AUTOMATIC,
-        started_at=utcnow(), duration_ms=1, status_code=200, response_headers={"Content-Type": "text/plain"},
-        response_body=body, error_class=None, error=None, delivery_status=DeliveryStatus.SUCCEEDED,
+        id=ObjectId(),
+        delivery_id=ObjectId(),
+        account_id=ObjectId(account_id),
+        webhook_id=ObjectId(webhook_id),
+        event=event,
+        number=1,
+        trigger=AttemptTrigger.AUTOMATIC,
+        started_at=utcnow(),
+        duration_ms=1,
+        status_code=200,
+        response_headers={"Content-Type": "text/plain"},
+        response_body=body,
+        error_class=None,
+        error=None,
+        delivery_status=DeliveryStatus.SUCCEEDED,
         next_attempt_at=None,
     )
 
 
-async def until_live(redis: aioredis.Redis, client: GqlSocket, op_id: str, account_id: str,
-                     webhook_id: str | None = None, timeout: float = 10.0) -> None:
+async def until_live(
+    redis: aioredis.Redis,
+    client: GqlSocket,
+    op_id: str,
+    account_id: str,
+    webhook_id: str | None = None,
+    timeout: float = 10.0,
+) -> None:
     """Publish probe attempts until the subscription ``op_id`` shows one: it is registered with the feed."""
     webhook_id = webhook_id or str(ObjectId())
     async with asyncio.timeout(timeout):
@@ -187,8 +213,9 @@ async def until_live(redis: aioredis.Redis, client: GqlSocket, op_id: str, accou
                 continue
 
 
-async def subscribe_live(redis: aioredis.Redis, client: GqlSocket, account_id: str,
-                         webhook_id: str | None = None) -> str:
+async def subscribe_live(
+    redis: aioredis.Redis, client: GqlSocket, account_id: str, webhook_id: str | None = None
+) -> str:
     op_id = await client.subscribe(ATTEMPTS, {"w": webhook_id})
     await until_live(redis, client, op_id, account_id, webhook_id)
     return op_id
@@ -229,8 +256,12 @@ async def run_api(settings: Settings, *, worker: bool = True) -> AsyncIterator[A
 
 
 def feed_settings(mongodb_url: str, data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"retry_schedule": (0.0,), "disable_after_failures": 2,
-                              "queue_name": f"test:{uuid.uuid4().hex[:6]}", **overrides}
+    values: dict[str, Any] = {
+        "retry_schedule": (0.0,),
+        "disable_after_failures": 2,
+        "queue_name": f"test:{uuid.uuid4().hex[:6]}",
+        **overrides,
+    }
     return make_settings(mongodb_url, data_dir, **values)
 
 
@@ -415,8 +446,10 @@ async def test_subscribers_on_two_api_processes_both_receive_the_one_workers_att
     account = await api.account()
     webhook_id, _ = await create_webhook(account.gql, receiver.url(path()))
     with second_api(api.settings) as other_url:
-        async with (gql_socket(api.url, account.api_key) as here,
-                    gql_socket(other_url, account.api_key) as there):
+        async with (
+            gql_socket(api.url, account.api_key) as here,
+            gql_socket(other_url, account.api_key) as there,
+        ):
             op_here = await subscribe_live(redis, here, account.id)
             op_there = await subscribe_live(redis, there, account.id, webhook_id)
             # published through the second process, delivered by the one worker (in this process)
@@ -440,17 +473,24 @@ async def test_a_subscriber_that_never_reads_is_dropped_and_the_others_get_every
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", int(api.url.rsplit(":", 1)[1])))
     url = api.url.replace("http://", "ws://") + "/graphql"
-    slow = await websockets.connect(url, subprotocols=[TRANSPORT_WS], sock=sock,  # type: ignore[list-item]
-                                    max_queue=1, compression=None)
+    slow = await websockets.connect(
+        url,
+        subprotocols=[TRANSPORT_WS],
+        sock=sock,  # type: ignore[list-item]
+        max_queue=1,
+        compression=None,
+    )
     try:
-        await slow.send(json.dumps({"type": "connection_init",
-                                    "payload": {"Authorization": f"Bearer {account.api_key}"}}))
+        await slow.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {account.api_key}"}})
+        )
         assert json.loads(await slow.recv())["type"] == "connection_ack"
         await slow.send(json.dumps({"id": "slow", "type": "subscribe", "payload": {"query": ATTEMPTS}}))
         async with gql_socket(api.url, account.api_key) as fast:
             fast_op = await subscribe_live(redis, fast, account.id)
-            await wait_until(lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 2,
-                             what="both subscribers")
+            await wait_until(
+                lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 2, what="both subscribers"
+            )
             dropped_before = api.feed.stats.dropped
             body = "x" * 4096
             sent: list[str] = []
@@ -471,8 +511,10 @@ async def test_a_subscriber_that_never_reads_is_dropped_and_the_others_get_every
                 await redis.publish(ATTEMPTS_CHANNEL, attempt_message(attempt))
             got = [(await fast.next(fast_op))["deliveryAttempts"]["id"] for _ in sent]
             assert got == sent
-            print(f"\nslow subscriber dropped after {len(sent) - 20} messages "
-                  f"({time.monotonic() - started:.2f}s)")
+            print(
+                f"\nslow subscriber dropped after {len(sent) - 20} messages "
+                f"({time.monotonic() - started:.2f}s)"
+            )
         # when the slow client finally reads, its subscription ends with the clear error
         error = None
         async with asyncio.timeout(30):
@@ -490,14 +532,30 @@ async def test_a_subscriber_that_never_reads_is_dropped_and_the_others_get_every
 
 async def job_done(worker: Any) -> None:
     """Wait until the worker's job has fully finished (closing it mid-job cancels the job's last step)."""
-    await wait_until(lambda: worker.jobs_complete >= 1 and all(t.done() for t in worker.tasks.values()),
-                     what="the job to finish")
+    await wait_until(
+        lambda: worker.jobs_complete >= 1 and all(t.done() for t in worker.tasks.values()),
+        what="the job to finish",
+    )
 
 
 @contextlib.contextmanager
 def private_redis(port: int, data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = spawn(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                  "--appendonly", "no", "--dir", str(data_dir)], quiet=True)
+    proc = spawn(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ],
+        quiet=True,
+    )
     try:
         wait_for_port(port, proc, "private redis")
         yield proc
@@ -546,8 +604,11 @@ async def test_the_feed_survives_a_redis_restart(
                     first_server.wait()
                     await wait_until(lambda: not api.feed.connected.is_set(), what="the feed to notice")
                     with private_redis(port, tmp_path):
-                        await wait_until(lambda: api.feed.stats.reconnects == reconnects + 1, timeout=15,
-                                         what="the feed to resubscribe")
+                        await wait_until(
+                            lambda: api.feed.stats.reconnects == reconnects + 1,
+                            timeout=15,
+                            what="the feed to resubscribe",
+                        )
                         assert api.feed.connected.is_set()
                         # the subscription stayed open: attempts made after the restart arrive on it
                         async with run_worker(settings, sweeper=False) as worker:
@@ -564,13 +625,17 @@ async def test_webhook_status_changes_on_auto_disable_and_by_a_user(api: Api, re
     account, other = await api.account(), await api.account()
     failing, _ = await create_webhook(account.gql, receiver.url(path(), status(500)))
     other_webhook, _ = await create_webhook(other.gql, receiver.url(path(), status(500)))
-    async with (gql_socket(api.url, account.api_key) as client,
-                gql_socket(api.url, other.api_key) as bystander):
+    async with (
+        gql_socket(api.url, account.api_key) as client,
+        gql_socket(api.url, other.api_key) as bystander,
+    ):
         one = await client.subscribe(STATUS, {"w": failing})
         every = await client.subscribe(STATUS)
         theirs = await bystander.subscribe(STATUS)
-        await wait_until(lambda: api.feed.subscriber_count("webhooks:webhook-status", account.id) == 2,
-                         what="status subscribers")
+        await wait_until(
+            lambda: api.feed.subscriber_count("webhooks:webhook-status", account.id) == 2,
+            what="status subscribers",
+        )
         # two failed deliveries (schedule: one attempt each) disable it automatically
         for _ in range(2):
             published = await publish(account.gql)
@@ -609,8 +674,9 @@ async def test_the_feed_fans_out_to_a_thousand_subscribers_with_p99_under_50ms(a
     latencies: list[float] = []
     per_account = 10
     async with feed, contextlib.AsyncExitStack() as stack:
-        subscribers = [stack.enter_context(feed.subscribe(ATTEMPTS_CHANNEL, a))
-                       for a in accounts for _ in range(10)]
+        subscribers = [
+            stack.enter_context(feed.subscribe(ATTEMPTS_CHANNEL, a)) for a in accounts for _ in range(10)
+        ]
 
         async def consume(sub: Any) -> None:
             for _ in range(per_account):

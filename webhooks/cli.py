@@ -205,8 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a delivery worker")
-    worker.add_argument("--check", action="store_true",
-                        help="exit 0 if a worker on this queue reported in recently (a healthcheck), else 1")
+    worker.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if a worker on this queue reported in recently (a healthcheck), else 1",
+    )
     worker.set_defaults(run=cmd_worker)
 
     account = sub.add_parser("create-account", help="create an account and print its first API key as JSON")

@@ -72,8 +72,9 @@ class Core:
             webhook_repo=webhook_repo,
             event_repo=event_repo,
             delivery_repo=delivery_repo,
-            webhooks=WebhookService(webhook_repo, box, settings, check_destination,
-                                    notify_status=publisher.webhook_status),
+            webhooks=WebhookService(
+                webhook_repo, box, settings, check_destination, notify_status=publisher.webhook_status
+            ),
             deliveries=DeliveryService(settings, webhook_repo, event_repo, delivery_repo, queue),
             resolver=resolver,
             rate_limiter=RateLimiter(queue.pool, settings),

@@ -77,7 +77,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
     ],
     "attempts": [
-        IndexModel([("delivery_id", ASCENDING), ("number", ASCENDING)], unique=True, name="delivery_attempts"),
+        IndexModel(
+            [("delivery_id", ASCENDING), ("number", ASCENDING)], unique=True, name="delivery_attempts"
+        ),
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
     ],
 }

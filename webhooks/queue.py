@@ -100,7 +100,7 @@ class DeliveryQueue:
         deletes the mark when the job ends, so the mark's remaining TTL dates the claim, even when the
         worker died before it started running the job.
         """
-        ttl_ms = await self.pool.pttl(in_progress_key_prefix + job_id)
-        if ttl_ms is None or ttl_ms < 0:
+        ttl_ms = int(await self.pool.pttl(in_progress_key_prefix + job_id))
+        if ttl_ms < 0:
             return None
         return max(0.0, self._in_progress_ttl - ttl_ms / 1000)

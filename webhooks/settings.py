@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     # Operations (see docs/operating.md).
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)  # off: no worker metrics endpoint
     worker_heartbeat_interval: float = Field(default=5.0, gt=0)
-    worker_heartbeat_ttl: float = Field(default=30.0, gt=0)  # `webhooks worker --check` wants one fresher than this
+    worker_heartbeat_ttl: float = Field(
+        default=30.0, gt=0
+    )  # `webhooks worker --check` wants one fresher than this
     worker_shutdown_wait: float = Field(default=20.0, ge=0)  # SIGTERM: seconds in-flight jobs get to finish
 
     # Accounts.

@@ -59,7 +59,10 @@ class Planned:
     def trigger(self) -> AttemptTrigger:
         if self.is_test:
             return AttemptTrigger.TEST
-        if self.number == self.doc.get("run_start", 1) and self.doc.get("run_trigger") == AttemptTrigger.MANUAL.value:
+        if (
+            self.number == self.doc.get("run_start", 1)
+            and self.doc.get("run_trigger") == AttemptTrigger.MANUAL.value
+        ):
             return AttemptTrigger.MANUAL
         return AttemptTrigger.AUTOMATIC
 
@@ -94,8 +97,11 @@ class DeliveryEngine:
         """Make every due attempt among ``items``; return how many were made."""
         wanted = {ObjectId(d): n for d, n in items}
         docs = await self._deliveries.docs_by_ids(list(wanted))
-        current = [d for d in docs if d["status"] == DeliveryStatus.PENDING.value
-                   and d["attempt_count"] == wanted[d["_id"]] - 1]
+        current = [
+            d
+            for d in docs
+            if d["status"] == DeliveryStatus.PENDING.value and d["attempt_count"] == wanted[d["_id"]] - 1
+        ]
         if not current:
             return 0
         webhooks = await self._webhooks.get_many(list({d["webhook_id"] for d in current}))
@@ -191,8 +197,14 @@ class DeliveryEngine:
             updates.append(
                 UpdateOne(
                     {"_id": p.delivery_id, "attempt_count": p.number - 1},
-                    {"$set": {"status": status.value, "attempt_count": p.number, "next_attempt_at": next_at,
-                              "updated_at": now}},
+                    {
+                        "$set": {
+                            "status": status.value,
+                            "attempt_count": p.number,
+                            "next_attempt_at": next_at,
+                            "updated_at": now,
+                        }
+                    },
                 )
             )
         retention = timedelta(days=self._settings.delivery_retention_days)
@@ -216,7 +228,9 @@ class DeliveryEngine:
                 disabled = await self._webhooks.record_failures(webhook_id, change.add, threshold)
                 if disabled is not None:
                     metrics.webhook_disabled()
-                    log.warning("webhook %s disabled after %d consecutive failed deliveries", webhook_id, threshold)
+                    log.warning(
+                        "webhook %s disabled after %d consecutive failed deliveries", webhook_id, threshold
+                    )
                     await self._publisher.webhook_status(disabled)
 
 
@@ -229,18 +243,25 @@ def _observe(p: Planned, result: SendResult, status: DeliveryStatus) -> None:
     log.log(
         logging.INFO if result.ok else logging.WARNING,
         "attempt %d of delivery %s to webhook %s: %s in %d ms -> %s",
-        p.number, p.delivery_id, p.webhook.id, outcome, result.duration_ms, status.value.lower(),
-        extra={"fields": {
-            "delivery_id": str(p.delivery_id),
-            "webhook_id": str(p.webhook.id),
-            "event": p.doc["event"],
-            "attempt": p.number,
-            "trigger": p.trigger.value.lower(),
-            "outcome": outcome,
-            "status_code": result.status_code,
-            "duration_ms": result.duration_ms,
-            "delivery_status": status.value.lower(),
-        }},
+        p.number,
+        p.delivery_id,
+        p.webhook.id,
+        outcome,
+        result.duration_ms,
+        status.value.lower(),
+        extra={
+            "fields": {
+                "delivery_id": str(p.delivery_id),
+                "webhook_id": str(p.webhook.id),
+                "event": p.doc["event"],
+                "attempt": p.number,
+                "trigger": p.trigger.value.lower(),
+                "outcome": outcome,
+                "status_code": result.status_code,
+                "duration_ms": result.duration_ms,
+                "delivery_status": status.value.lower(),
+            }
+        },
     )
 
 

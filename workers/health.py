@@ -91,8 +91,12 @@ async def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
     finally:
         await redis.aclose()
     if not workers:
-        return False, (f"no worker heartbeat in the last {settings.worker_heartbeat_ttl:g} s "
-                       f"(queue {settings.queue_name!r})")
+        return False, (
+            f"no worker heartbeat in the last {settings.worker_heartbeat_ttl:g} s "
+            f"(queue {settings.queue_name!r})"
+        )
     freshest = min(w.age for w in workers)
-    return True, (f"{len(workers)} worker(s) alive on queue {settings.queue_name!r}; "
-                  f"last heartbeat {freshest:.1f} s ago")
+    return True, (
+        f"{len(workers)} worker(s) alive on queue {settings.queue_name!r}; "
+        f"last heartbeat {freshest:.1f} s ago"
+    )

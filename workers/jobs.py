@@ -40,8 +40,10 @@ async def sweep_once(core: Core) -> int:
     requeued = 0
     for doc in overdue:
         number = doc["attempt_count"] + 1
-        job_ids = [attempt_job_id(doc["_id"], number),
-                   *(rescue_job_id(doc["_id"], number, g) for g in range(1, MAX_RESCUES + 1))]
+        job_ids = [
+            attempt_job_id(doc["_id"], number),
+            *(rescue_job_id(doc["_id"], number, g) for g in range(1, MAX_RESCUES + 1)),
+        ]
         if number == 1:
             job_ids.insert(0, batch_job_id(doc["event_id"]))
         free: str | None = None

@@ -101,7 +101,9 @@ class Sender:
                         outcome=classify_status(resp.status),
                         duration_ms=elapsed(),
                         status_code=resp.status,
-                        response_headers={str(k): v for k, v in list(resp.headers.items())[:MAX_RESPONSE_HEADERS]},
+                        response_headers={
+                            str(k): v for k, v in list(resp.headers.items())[:MAX_RESPONSE_HEADERS]
+                        },
                         response_body=chunk.decode("utf-8", errors="replace"),
                         error=None if 200 <= resp.status < 300 else _status_error(resp.status),
                     )

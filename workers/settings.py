@@ -27,8 +27,12 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
     async def startup(ctx: dict[str, Any]) -> None:
         stack = contextlib.AsyncExitStack()
         core = await stack.enter_async_context(open_core(settings))
-        sender = Sender(timeout=settings.delivery_timeout, allow_private=settings.allow_private_destinations,
-                        resolver=core.resolver, proxy=settings.egress_proxy)
+        sender = Sender(
+            timeout=settings.delivery_timeout,
+            allow_private=settings.allow_private_destinations,
+            resolver=core.resolver,
+            proxy=settings.egress_proxy,
+        )
         stack.push_async_callback(sender.close)
         ctx["stack"] = stack
         ctx["core"] = core

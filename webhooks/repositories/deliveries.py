@@ -174,8 +174,10 @@ class DeliveryRepository:
         query: dict[str, Any] = {
             "account_id": account_id,
             "webhook_id": webhook_id,
-            "_id": {"$gte": ObjectId.from_datetime(since - timedelta(seconds=1)),
-                    "$lt": ObjectId.from_datetime(until + timedelta(seconds=1))},
+            "_id": {
+                "$gte": ObjectId.from_datetime(since - timedelta(seconds=1)),
+                "$lt": ObjectId.from_datetime(until + timedelta(seconds=1)),
+            },
             "created_at": {"$gte": since, "$lt": until},
             "status": {"$in": [s.value for s in statuses]},
         }

@@ -75,19 +75,25 @@ class WebhookRepository:
         return Webhook.from_doc(doc) if doc else None
 
     async def replace_secret(
-        self, account_id: ObjectId, webhook_id: ObjectId, expected_enc: str, secret_enc: str,
+        self,
+        account_id: ObjectId,
+        webhook_id: ObjectId,
+        expected_enc: str,
+        secret_enc: str,
         previous: list[PreviousSecret],
     ) -> Webhook | None:
         """Swap the signing secret if it is still ``expected_enc`` (no lost update between two rotations)."""
         doc = await self._col.find_one_and_update(
             {"_id": webhook_id, "account_id": account_id, "secret_enc": expected_enc},
-            {"$set": {
-                "secret_enc": secret_enc,
-                "previous_secrets": [
-                    {"secret_enc": p.secret_enc, "expires_at": p.expires_at} for p in previous
-                ],
-                "updated_at": utcnow(),
-            }},
+            {
+                "$set": {
+                    "secret_enc": secret_enc,
+                    "previous_secrets": [
+                        {"secret_enc": p.secret_enc, "expires_at": p.expires_at} for p in previous
+                    ],
+                    "updated_at": utcnow(),
+                }
+            },
             return_document=ReturnDocument.AFTER,
         )
         return Webhook.from_doc(doc) if doc else None

@@ -179,8 +179,11 @@ class WebhookService:
         every earlier one at once (the answer to a leaked secret).
         """
         if not 0 <= grace_period_hours <= MAX_GRACE_HOURS:
-            raise UserErrors.one("gracePeriodHours", ErrorCode.INVALID,
-                                 f"gracePeriodHours must be between 0 and {MAX_GRACE_HOURS}")
+            raise UserErrors.one(
+                "gracePeriodHours",
+                ErrorCode.INVALID,
+                f"gracePeriodHours must be between 0 and {MAX_GRACE_HOURS}",
+            )
         webhook = await self.get(who, webhook_id)
         now = utcnow()
         previous: list[PreviousSecret] = []
@@ -189,7 +192,10 @@ class WebhookService:
             previous += [p for p in webhook.previous_secrets if p.expires_at > now]
         secret = new_signing_secret()
         rotated = await self._repo.replace_secret(
-            who.account_id, webhook.id, webhook.secret_enc, self._box.encrypt(secret),
+            who.account_id,
+            webhook.id,
+            webhook.secret_enc,
+            self._box.encrypt(secret),
             previous[:MAX_PREVIOUS_SECRETS],
         )
         if rotated is None:
