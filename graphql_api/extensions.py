@@ -8,6 +8,7 @@ from strawberry.extensions import SchemaExtension
 
 from graphql_api.observability import OperationObservability
 from graphql_api.security import MaskUnexpectedErrors, OperationLimits
+from graphql_api.transport import SubscriptionsOverWebSocket
 from webhooks.settings import Settings
 
 
@@ -16,4 +17,5 @@ def schema_extensions(
 ) -> list[type[SchemaExtension] | Callable[[], SchemaExtension]]:
     # Limits first (they configure parsing and validation); masking wraps everything else.
     # Observability last: it sees the final (masked) result and times the whole operation.
-    return [OperationLimits, MaskUnexpectedErrors, OperationObservability]
+    # SubscriptionsOverWebSocket refuses a subscription sent over HTTP before validation.
+    return [OperationLimits, SubscriptionsOverWebSocket, MaskUnexpectedErrors, OperationObservability]

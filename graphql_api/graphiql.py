@@ -1,11 +1,12 @@
 """A self-hosted GraphiQL page for ``GET /graphql`` (Accept: text/html).
 
-The browser assets (React, ReactDOM and GraphiQL's standalone UMD bundle, which already contains
-``graphql``, ``@graphiql/toolkit`` and the ``graphql-ws`` client) are installed from the npm registry at
-build time by :func:`build_assets` into ``graphql_api/static/vendor/`` (git-ignored) and served by the
-service itself under ``/static/vendor``, so opening the page makes no request to any other host.  When
-the assets have not been built, :func:`render_graphiql` falls back to Strawberry's stock GraphiQL page,
-which loads its assets from a CDN, and logs a warning once.
+The browser assets (React, ReactDOM, GraphiQL's standalone UMD bundle, which contains ``graphql`` and
+``@graphiql/toolkit``, and the ``graphql-ws`` client's UMD build, with which the page's fetcher runs
+subscriptions over WebSocket) are installed from the npm registry at build time by :func:`build_assets`
+into ``graphql_api/static/vendor/`` (git-ignored) and served by the service itself under
+``/static/vendor``, so opening the page makes no request to any other host.  When the assets have not
+been built, :func:`render_graphiql` falls back to Strawberry's stock GraphiQL page, which loads its
+assets from a CDN, and logs a warning once.
 
 Wiring (``graphql_api/app.py``)::
 
@@ -51,6 +52,8 @@ ASSETS: tuple[tuple[str, str], ...] = (
     ("react-dom/umd/react-dom.production.min.js", "react-dom.production.min.js"),
     ("graphiql/graphiql.min.js", "graphiql.min.js"),
     ("graphiql/graphiql.min.css", "graphiql.min.css"),
+    # The graphql-ws client (global ``graphqlWs``): the page's fetcher runs subscriptions with it.
+    ("graphql-ws/umd/graphql-ws.min.js", "graphql-ws.min.js"),
 )
 # Source maps: copied when present (only fetched by browser devtools), never required.
 OPTIONAL_ASSETS: tuple[tuple[str, str], ...] = (
@@ -137,8 +140,10 @@ def _package_version(package_dir: Path) -> str | None:
 
 
 def assets_available(vendor: Path | None = None) -> bool:
+    """Whether a complete build is there: every required asset (a vendor dir built before an asset was
+    added lacks it, so it gets rebuilt) and the build stamp, which is written last."""
     vendor = VENDOR_DIR if vendor is None else vendor
-    return all((vendor / dest).is_file() for _, dest in ASSETS)
+    return all((vendor / dest).is_file() for _, dest in ASSETS) and (vendor / BUILD_STAMP).is_file()
 
 
 def render_graphiql(request: Request) -> HTMLResponse:

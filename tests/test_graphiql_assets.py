@@ -114,7 +114,8 @@ async def test_page_uses_the_same_endpoint_for_subscriptions_and_a_headers_place
     html = page.text
     assert "__VENDOR__" not in html and "__VERSION__" not in html and "__NONCE__" not in html
     assert "/static/vendor/graphiql.min.js?v=abc123" in html
-    assert "subscriptionUrl: wsUrl" in html and "window.location.pathname" in html
+    assert "graphqlWs.createClient" in html and "url: wsUrl" in html and "window.location.pathname" in html
+    assert "/static/vendor/graphql-ws.min.js?v=abc123" in html
     assert 'Authorization: "Bearer <paste your API key>"' in html
 
     csp = page.headers["content-security-policy"]

@@ -3,16 +3,21 @@ raw ``websockets`` client, against the API over real HTTP.
 
 Checks that the page loads and renders from this service alone (every request the browser makes goes to
 ``127.0.0.1:PORT``), that a query typed into the editor with the API key in the headers pane returns data
-in the result pane.  (Subscriptions from the page are not covered: the page's fetcher currently sends them
-over HTTP POST instead of opening a WebSocket — see the report of the live-feed change.)
+in the result pane, and that a subscription runs over a WebSocket (graphql-transport-ws, the headers pane
+as connection_init payload): a ``testWebhook`` delivery's attempt shows up live in the result pane, and a
+refused key ends the subscription at once with a readable error instead of reconnecting.
+
+Set ``GRAPHIQL_SCREENSHOT=/path.png`` to save a screenshot of the page showing the subscription result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -29,8 +34,11 @@ from websockets.asyncio.client import ClientConnection
 
 from graphql_api import graphiql
 from tests.conftest import make_settings
-from tests.test_subscriptions import Api, run_api
+from tests.delivery_support import create_webhook
+from tests.receiver import Receiver, run_receiver
+from tests.test_subscriptions import TEST_WEBHOOK, Api, run_api
 from webhooks.embedded import free_port
+from webhooks.pubsub import ATTEMPTS_CHANNEL
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
@@ -61,6 +69,7 @@ class Page:
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.requests: list[str] = []
+        self.posted: list[str] = []  # bodies of the POST requests
         self.console: list[str] = []
         self.reader = asyncio.create_task(self._read())
 
@@ -71,7 +80,10 @@ class Page:
                 if "id" in message and message["id"] in self.pending:
                     self.pending.pop(message["id"]).set_result(message)
                 elif message.get("method") == "Network.requestWillBeSent":
-                    self.requests.append(message["params"]["request"]["url"])
+                    request = message["params"]["request"]
+                    self.requests.append(request["url"])
+                    if request.get("method") == "POST":
+                        self.posted.append(request.get("postData", ""))
                 elif message.get("method") == "Network.webSocketCreated":
                     self.requests.append(message["params"]["url"])
                 elif message.get("method") == "Runtime.consoleAPICalled":
@@ -180,6 +192,34 @@ async def run_in_graphiql(page: Page, query: str, headers: dict[str, str]) -> No
     await page.eval(RUN)
 
 
+def result_containing(text: str) -> str:
+    """An expression: the result pane's text once it contains ``text``, else false."""
+    return f"(() => {{ const v = {RESULT}; return v.includes({json.dumps(text)}) && v; }})()"
+
+
+def foreign_requests(page: Page, origin: str) -> list[str]:
+    return [u for u in page.requests
+            if urlsplit(u).scheme not in ("data", "blob", "about")
+            and urlsplit(u).netloc != urlsplit(origin).netloc]
+
+
+def websockets_opened(page: Page) -> list[str]:
+    return [u for u in page.requests if urlsplit(u).scheme in ("ws", "wss")]
+
+
+async def wait_until(predicate: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def open_graphiql(page: Page, origin: str) -> None:
+    await page.send("Page.navigate", url=f"{origin}/graphql")
+    await page.wait_for("!!document.querySelector('.graphiql-query-editor .CodeMirror')",
+                        what="GraphiQL to render")
+
+
 # --------------------------------------------------------------------------------------------- tests
 
 
@@ -188,7 +228,14 @@ async def browser_api(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory
     require_tools()
     settings = make_settings(mongodb_url, tmp_path_factory.mktemp("browser"),
                              queue_name=f"test:{uuid.uuid4().hex[:6]}")
-    async with run_api(settings, worker=False) as running:
+    # A worker too: testWebhook's delivery is made by it, and its attempt reaches the live feed.
+    async with run_api(settings, worker=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[Receiver]:
+    async with run_receiver() as running:
         yield running
 
 
@@ -218,3 +265,57 @@ async def test_graphiql_runs_a_query_from_this_service_alone(
                        if urlsplit(u).scheme not in ("data", "blob", "about")
                        and urlsplit(u).netloc != urlsplit(origin).netloc]
             assert page.requests and not foreign, foreign
+
+
+SUBSCRIPTION = "subscription { deliveryAttempts { number statusCode deliveryStatus } }"
+
+
+async def test_graphiql_runs_a_subscription_over_a_websocket(
+    browser_api: Api, receiver: Receiver, tmp_path: Path
+) -> None:
+    api = browser_api
+    account = await api.account()
+    webhook_id, _ = await create_webhook(account.gql, receiver.url(f"/graphiql/{uuid.uuid4().hex[:8]}"))
+    origin = api.url
+    auth = {"Authorization": f"Bearer {account.api_key}"}
+    with chromium(tmp_path / "profile") as devtools_port:
+        async with open_page(devtools_port) as page:
+            await open_graphiql(page, origin)
+            # the subscription, with the key in the headers pane, is registered with the live feed
+            await run_in_graphiql(page, SUBSCRIPTION, auth)
+            await wait_until(lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 1,
+                             what="the subscription to reach the server")
+            assert [urlsplit(u).path for u in websockets_opened(page)] == ["/graphql"]
+            # a delivery made meanwhile shows up in the result pane
+            tested = (await account.gql.execute(TEST_WEBHOOK, {"id": webhook_id}))["testWebhook"]
+            assert tested["errors"] == [], tested
+            shown = await page.wait_for(result_containing("deliveryAttempts"), what="the live attempt")
+            assert json.loads(shown) == {
+                "data": {"deliveryAttempts": {"number": 1, "statusCode": 200, "deliveryStatus": "SUCCEEDED"}}
+            }
+            if target := os.environ.get("GRAPHIQL_SCREENSHOT"):
+                shot = await page.send("Page.captureScreenshot", format="png")
+                await asyncio.to_thread(Path(target).write_bytes, base64.b64decode(shot["data"]))
+            # the subscription never went over HTTP; stopping it in GraphiQL ends it on the server
+            assert not [body for body in page.posted if "deliveryAttempts" in body], page.posted
+            await page.eval(RUN)  # the execute button is the stop button while a subscription runs
+            await wait_until(lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 0,
+                             what="the subscription to end on the server")
+            assert page.requests and not foreign_requests(page, origin), foreign_requests(page, origin)
+
+
+async def test_graphiql_subscription_with_a_refused_key_fails_at_once(
+    browser_api: Api, tmp_path: Path
+) -> None:
+    origin = browser_api.url
+    with chromium(tmp_path / "profile") as devtools_port:
+        async with open_page(devtools_port) as page:
+            await open_graphiql(page, origin)
+            await run_in_graphiql(page, SUBSCRIPTION, {"Authorization": "Bearer not-a-key"})
+            # at once: graphql-ws would otherwise retry 3 times with backoff (at least ~8 s in all)
+            shown = await page.wait_for(result_containing("4403"), timeout=5.0, what="the refusal")
+            (error,) = json.loads(shown)["errors"]
+            assert "Authorization" in error["message"] and error["extensions"]["code"] == "WEBSOCKET_CLOSED"
+            await asyncio.sleep(1.0)
+            assert len(websockets_opened(page)) == 1, websockets_opened(page)
+            assert not foreign_requests(page, origin), foreign_requests(page, origin)
