@@ -525,18 +525,25 @@ async def p7(ctx: Ctx) -> None:
     await create_webhooks(gql2, ctx.recv, [f"/slow/1/p7s-{i}" for i in range(hooks)])
     idle = worker.memory_info().rss / 2**20
 
+    outcome = ""
+
     async def slow_run() -> float:
+        nonlocal outcome
         t0 = time.perf_counter()
         ids = await publish_many(gql2, events, 10)
-        return await ctx.wait_status(ids, "SUCCEEDED", 240, interval=1.0) - t0
+        try:
+            return await ctx.wait_status(ids, "SUCCEEDED", 150, interval=1.0) - t0
+        except TimeoutError as exc:  # still report the memory; say what went wrong
+            outcome = f"; NOT ALL DELIVERED: {exc}"
+            return time.perf_counter() - t0
 
     peak_slow, took = await sample_rss(worker, slow_run())
     stats = await ctx.recv.stats()
     ctx.log(f"  P7: {hooks * events} deliveries to a 1 s receiver in {took:.1f} s, "
-            f"at most {stats['slow_inflight_max']} requests in flight at the receiver")
+            f"at most {stats['slow_inflight_max']} requests in flight at the receiver{outcome}")
     ctx.emit(Result(f"P7 worker RSS peak, {hooks * events:,} deliveries to a slow receiver", peak_slow, "MB",
                     idle, "MB worker RSS before", peak_slow / idle, "flat, <= 150 MB",
-                    f"peak {stats['slow_inflight_max']} requests in flight at the receiver"))
+                    f"peak {stats['slow_inflight_max']} requests in flight at the receiver{outcome}"))
 
 
 FIGURES: dict[str, Callable[[Ctx], Awaitable[None]]] = {"p2": p2, "p1": p1, "p3": p3, "p4": p4, "p5": p5,

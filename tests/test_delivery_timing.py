@@ -21,10 +21,9 @@ from tests.receiver import Receiver, run_receiver, sleep, status
 from tests.support import Stack, run_stack
 from webhooks.settings import DEFAULT_RETRY_SCHEDULE
 
-# Seconds, each retry against its scheduled time: 100 ms, plus one Redis timer tick (1/hz = 100 ms at the
-# default hz 10), because the worker sleeps in BLPOP until a retry is due and Redis ends a BLPOP timeout only
-# on its next tick (workers/wakeup.py; measured 0-100 ms late). Drop to 0.1 once that wait is exact.
-TOLERANCE = 0.2
+# Seconds: each retry must start within 100 ms of its scheduled time (the worker times its sleep with asyncio,
+# not with a Redis BLPOP timeout, which Redis ends only on its next 100 ms tick: workers/wakeup.py).
+TOLERANCE = 0.1
 
 
 @pytest.fixture(scope="module")
