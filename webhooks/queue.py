@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix
@@ -39,11 +40,28 @@ def rescue_job_id(delivery_id: ObjectId | str, number: int, generation: int) -> 
 
 
 def job_timeout(settings: Settings) -> float:
-    """arq's limit for one job: every attempt in it has a ``delivery_timeout`` deadline; the rest is I/O."""
-    return settings.delivery_timeout + 30
+    """arq's limit for one job. Generous: a job may wait for connection slots behind a burst before its
+    attempts (each with its own ``delivery_timeout`` deadline) start. A job on a dead worker is found by
+    its lease (below), not by this timeout."""
+    return settings.delivery_timeout + 300
+
+
+LEASE_TTL = 15.0  # seconds: a running job's lease outlives its worker by at most this
+LEASE_REFRESH = LEASE_TTL / 3
+
+
+def lease_key(queue_name: str, job_id: str) -> str:
+    """Held by the worker running ``job_id`` and refreshed while it runs (see ``workers.leases``)."""
+    return f"{queue_name}:lease:{job_id}"
 
 
 ARQ_IN_PROGRESS_EXTRA = 10  # seconds: arq's in-progress mark lives for the longest job timeout + 10 s
+
+
+class JobState(Enum):
+    ABSENT = "absent"
+    ALIVE = "alive"
+    DEAD = "dead"
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -92,6 +110,20 @@ class DeliveryQueue:
 
     async def job_exists(self, job_id: str) -> bool:
         return bool(await self.pool.exists(job_key_prefix + job_id))
+
+    async def job_state(self, job_id: str) -> JobState:
+        """``ALIVE`` while a job is queued or claimed by a live worker; ``DEAD`` when its worker died.
+
+        A claimed job (arq's in-progress mark) whose lease is gone, claimed more than one lease period ago,
+        sits on a dead worker: arq itself would retry it only when the mark expires (``job_timeout``).
+        """
+        if not await self.job_exists(job_id):
+            return JobState.ABSENT
+        claimed = await self.job_started_ago(job_id)
+        if claimed is None or claimed < LEASE_TTL:  # queued, or just claimed (lease being written)
+            return JobState.ALIVE
+        alive = await self.pool.exists(lease_key(self.queue_name, job_id))
+        return JobState.ALIVE if alive else JobState.DEAD
 
     async def job_started_ago(self, job_id: str) -> float | None:
         """Seconds since a worker claimed this job; None if no worker holds it (still queued, or done).

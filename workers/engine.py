@@ -1,8 +1,9 @@
 """The delivery engine: run a batch of attempts, record them in bulk, schedule retries, disable webhooks.
 
-Flow for one batch of ``(delivery id, attempt number)`` items:
-load (deliveries, webhooks, event bodies) → sign and POST concurrently → one ``insert_many`` of attempts and
-one ``bulk_write`` of delivery states → failure counters / auto-disable → retries queued → live feed.
+Flow for ``(delivery id, attempt number)`` items: load (deliveries, webhooks, event bodies) → sign and POST
+concurrently → one ``insert_many`` of attempts and one ``bulk_write`` of delivery states → failure counters /
+auto-disable → retries queued → live feed. Loads and records are coalesced across concurrent jobs
+(``workers.coalesce``), so a burst costs a few large writes rather than many small ones.
 An item whose delivery has moved on (another run already made that attempt) is skipped, so duplicate jobs
 are harmless.
 """
@@ -30,6 +31,7 @@ from webhooks.repositories.events import EventRepository
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
+from workers.coalesce import Coalescer
 from workers.policy import count_failures, next_delay, parse_retry_after
 from workers.sender import Sender, SendResult
 from workers.signing import signature_headers
@@ -92,44 +94,67 @@ class DeliveryEngine:
         self._queue = queue
         self._publisher = publisher
         self._sender = sender
+        self._in_flight: set[ObjectId] = set()
+        self._slots = asyncio.Semaphore(sender.max_connections)
+        self._loader: Coalescer[tuple[ObjectId, int], Planned | None] = Coalescer(self._load)
+        self._recorder: Coalescer[tuple[Planned, datetime, SendResult], None] = Coalescer(self._record)
 
     async def run(self, items: list[Item]) -> int:
-        """Make every due attempt among ``items``; return how many were made."""
-        wanted = {ObjectId(d): n for d, n in items}
-        docs = await self._deliveries.docs_by_ids(list(wanted))
+        """Make every due attempt among ``items``; return how many were made.
+
+        Loads and records go through coalescers, so concurrent jobs share their database round trips.
+        """
+        loaded = await asyncio.gather(*(self._loader.call((ObjectId(d), int(n))) for d, n in items))
+        planned = [p for p in loaded if p is not None]
+        try:
+            await asyncio.gather(*(self._attempt_and_record(p) for p in planned))
+        finally:
+            self._in_flight.difference_update(p.delivery_id for p in planned)
+        return len(planned)
+
+    async def _attempt_and_record(self, p: Planned) -> None:
+        # An attempt's clock (and its 10 s deadline) starts when it gets a connection slot, not while it
+        # waits for one behind a burst.
+        async with self._slots:
+            started, result = await self._attempt(p)
+        await self._recorder.call((p, started, result))
+
+    async def _load(self, items: list[tuple[ObjectId, int]]) -> list[Planned | None]:
+        """One batch of loads: deliveries, their webhooks and bodies, in three queries."""
+        wanted: dict[ObjectId, int] = {}
+        for delivery_id, number in items:
+            if delivery_id not in self._in_flight:  # the same attempt queued twice: make it once
+                wanted.setdefault(delivery_id, number)
+        docs = await self._deliveries.docs_by_ids(list(wanted)) if wanted else []
         current = [
             d
             for d in docs
             if d["status"] == DeliveryStatus.PENDING.value and d["attempt_count"] == wanted[d["_id"]] - 1
         ]
-        if not current:
-            return 0
-        webhooks = await self._webhooks.get_many(list({d["webhook_id"] for d in current}))
-        bodies = await self._events.get_many(list({d["event_id"] for d in current}))
-        now = utcnow()
-        planned: list[Planned] = []
-        stopped: list[UpdateOne] = []
-        for doc in current:
-            webhook = webhooks.get(doc["webhook_id"])
-            event = bodies.get(doc["event_id"])
-            if webhook is None or event is None:
-                stopped.append(_finish(doc, DeliveryStatus.FAILED, now))  # webhook deleted or event expired
-            elif not webhook.enabled and not doc.get("test"):
-                stopped.append(_finish(doc, DeliveryStatus.HELD, now))  # recoverable after re-enabling
-            else:
-                planned.append(Planned(doc, wanted[doc["_id"]], webhook, event.body))
-        if stopped:
-            await self._deliveries.record_attempts([], stopped)
-            sent = {p.delivery_id for p in planned}
+        by_id: dict[ObjectId, Planned] = {}
+        if current:
+            webhooks = await self._webhooks.get_many(list({d["webhook_id"] for d in current}))
+            bodies = await self._events.get_many(list({d["event_id"] for d in current}))
+            now = utcnow()
+            stopped: list[UpdateOne] = []
             for doc in current:
-                if doc["_id"] not in sent:
-                    held = doc["webhook_id"] in webhooks and doc["event_id"] in bodies
-                    metrics.delivery_finished("HELD" if held else "FAILED", doc["event"])
-        if not planned:
-            return 0
-        results = await asyncio.gather(*(self._attempt(p) for p in planned))
-        await self._record(planned, results)
-        return len(planned)
+                webhook = webhooks.get(doc["webhook_id"])
+                event = bodies.get(doc["event_id"])
+                if webhook is None or event is None:  # webhook deleted or event expired
+                    stopped.append(_finish(doc, DeliveryStatus.FAILED, now))
+                    metrics.delivery_finished(DeliveryStatus.FAILED.value, doc["event"])
+                elif not webhook.enabled and not doc.get("test"):  # recoverable after re-enabling
+                    stopped.append(_finish(doc, DeliveryStatus.HELD, now))
+                    metrics.delivery_finished(DeliveryStatus.HELD.value, doc["event"])
+                else:
+                    by_id[doc["_id"]] = Planned(doc, wanted[doc["_id"]], webhook, event.body)
+            if stopped:
+                await self._deliveries.record_attempts([], stopped)
+        self._in_flight.update(by_id)
+        answers: list[Planned | None] = []
+        for delivery_id, _ in items:
+            answers.append(by_id.pop(delivery_id, None))  # a duplicate item in the batch gets None
+        return answers
 
     async def _attempt(self, p: Planned) -> tuple[datetime, SendResult]:
         started = utcnow()
@@ -147,14 +172,16 @@ class DeliveryEngine:
         )
         return started, await self._sender.send(p.webhook.url, p.body, headers)
 
-    async def _record(self, planned: list[Planned], results: list[tuple[datetime, SendResult]]) -> None:
+    async def _record(self, outcomes: list[tuple[Planned, datetime, SendResult]]) -> list[None]:
+        """One batch of outcomes: one insert of attempts, one bulk write of states, then retries and feed."""
         now = utcnow()
         schedule = self._settings.retry_schedule
         attempts: list[Attempt] = []
         updates: list[UpdateOne] = []
         retries: list[tuple[ObjectId, int, datetime]] = []
         finals: dict[ObjectId, list[bool]] = defaultdict(list)
-        for p, (started, result) in zip(planned, results, strict=True):
+        hooks: dict[ObjectId, Webhook] = {}
+        for p, started, result in outcomes:
             delay = None
             if not result.ok and not p.is_test:
                 delay = next_delay(
@@ -173,6 +200,7 @@ class DeliveryEngine:
                 retries.append((p.delivery_id, p.number + 1, next_at))
             if status is not DeliveryStatus.PENDING and not p.is_test:
                 finals[p.webhook.id].append(status is DeliveryStatus.SUCCEEDED)
+                hooks[p.webhook.id] = p.webhook
             _observe(p, result, status)
             attempts.append(
                 Attempt(
@@ -212,15 +240,23 @@ class DeliveryEngine:
         await self._deliveries.record_attempts(docs, updates)
         for delivery_id, number, at in retries:
             await self._queue.enqueue_attempt(delivery_id, number, at)
-        await self._count(finals)  # state first: a live-feed hiccup must not skip the auto-disable count
+        await self._count(
+            finals, hooks
+        )  # state first: a live-feed hiccup must not skip the auto-disable count
         try:
             await self._publisher.attempts(attempts)
         except Exception:  # the live feed is best effort; the delivery log in MongoDB is the record
             log.exception("could not publish %d attempts to the live feed", len(attempts))
+        return [None] * len(outcomes)
 
-    async def _count(self, finals: dict[ObjectId, list[bool]]) -> None:
+    async def _count(self, finals: dict[ObjectId, list[bool]], hooks: dict[ObjectId, Webhook]) -> None:
         threshold = self._settings.disable_after_failures
-        resets = [w for w, outcomes in finals.items() if count_failures(outcomes).reset]
+        # (a webhook loaded with no failures on record needs no reset: skip that write)
+        resets = [
+            w
+            for w, outcomes in finals.items()
+            if count_failures(outcomes).reset and hooks[w].consecutive_failures != 0
+        ]
         await self._webhooks.reset_failures(resets)
         for webhook_id, outcomes in finals.items():
             change = count_failures(outcomes)

@@ -9,9 +9,10 @@ from typing import Any
 
 from webhooks.core import Core
 from webhooks.models import DeliveryStatus
-from webhooks.queue import Item, attempt_job_id, batch_job_id, rescue_job_id
+from webhooks.queue import Item, JobState, attempt_job_id, batch_job_id, rescue_job_id
 from webhooks.timeutil import utcnow
 from workers.engine import DeliveryEngine
+from workers.leases import JobLeases
 
 log = logging.getLogger(__name__)
 
@@ -21,44 +22,38 @@ MAX_RESCUES = 5  # fresh job ids per attempt for jobs stuck on dead workers
 
 async def deliver(ctx: dict[str, Any], items: list[Item]) -> int:
     engine: DeliveryEngine = ctx["engine"]
-    return await engine.run([(str(d), int(n)) for d, n in items])
+    leases: JobLeases = ctx["leases"]
+    async with leases.holding(str(ctx["job_id"])):
+        return await engine.run([(str(d), int(n)) for d, n in items])
 
 
 async def sweep_once(core: Core) -> int:
-    """Queue again every pending delivery whose next attempt is overdue and has no job in Redis.
+    """Queue again every pending delivery whose next attempt is overdue and whose job is lost or dead.
 
     This is what makes a Redis flush, a restart without persistence or a crashed job lose nothing.
     """
     settings = core.settings
     before = utcnow() - timedelta(seconds=settings.sweep_grace)
     overdue = await core.delivery_repo.overdue(before, SWEEP_BATCH)
-    # A job that a worker started longer ago than this is on a dead worker (SIGKILL, OOM, lost host): an
-    # attempt has a wall-clock deadline of delivery_timeout and sweep_grace covers the bookkeeping. Its job
-    # key outlives the worker (arq only retries it once the in-progress mark expires, job_timeout + 10 s
-    # later, ~50 s by default), so "a job key exists" alone would leave the delivery stuck until then.
-    stuck_after = settings.delivery_timeout + settings.sweep_grace
     requeued = 0
     for doc in overdue:
         number = doc["attempt_count"] + 1
-        job_ids = [
-            attempt_job_id(doc["_id"], number),
-            *(rescue_job_id(doc["_id"], number, g) for g in range(1, MAX_RESCUES + 1)),
-        ]
-        if number == 1:
-            job_ids.insert(0, batch_job_id(doc["event_id"]))
+        batch = batch_job_id(doc["event_id"]) if number == 1 else None
+        own = [attempt_job_id(doc["_id"], number)]
+        own += [rescue_job_id(doc["_id"], number, g) for g in range(1, MAX_RESCUES + 1)]
         free: str | None = None
         alive = False
-        for job_id in job_ids:
-            if await core.queue.job_exists(job_id):
-                started = await core.queue.job_started_ago(job_id)
-                if started is None or started < stuck_after:  # queued, or running on a live worker
-                    alive = True
-                    break
-            elif free is None and job_id != batch_job_id(doc["event_id"]):
+        for job_id in ([batch] if batch else []) + own:
+            state = await core.queue.job_state(job_id)
+            if state is JobState.ALIVE:  # queued, or running on a live worker: it will make the attempt
+                alive = True
+                break
+            if state is JobState.ABSENT and free is None and job_id != batch:
                 free = job_id
         if alive or free is None:
             continue
-        # A duplicate run is harmless: the engine makes an attempt only if the delivery has not moved on.
+        # Lost (Redis flushed) or stuck on a dead worker. A duplicate run is harmless: the engine makes an
+        # attempt only if the delivery has not moved on.
         if await core.queue.enqueue(free, [(str(doc["_id"]), number)]):
             requeued += 1
     if requeued:

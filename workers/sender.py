@@ -53,6 +53,7 @@ class Sender:
         proxy: str | None = None,
     ) -> None:
         self._timeout = timeout
+        self.max_connections = max_connections
         self._allow_private = allow_private
         self._resolver: Resolver = resolver if resolver is not None else SystemResolver()
         self._proxy = proxy

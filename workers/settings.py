@@ -17,6 +17,7 @@ from webhooks.settings import Settings
 from workers.engine import DeliveryEngine
 from workers.health import heartbeat_loop
 from workers.jobs import deliver, sweeper_loop
+from workers.leases import JobLeases
 from workers.sender import Sender
 from workers.wakeup import WakeableWorker
 
@@ -50,6 +51,8 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             task = asyncio.create_task(sweeper_loop(core))
             ctx["sweeper"] = task
         ctx["heartbeat"] = asyncio.create_task(heartbeat_loop(ctx["redis"], settings))
+        ctx["leases"] = leases = JobLeases(ctx["redis"], settings.queue_name)
+        ctx["lease_refresher"] = asyncio.create_task(leases.refresh_forever())
         if settings.worker_metrics_port and not ctx.get("metrics_served"):
             metrics.serve(settings.worker_metrics_port)
             ctx["metrics_served"] = True
@@ -57,7 +60,7 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         log.info("worker started")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        for name in ("sweeper", "heartbeat"):
+        for name in ("sweeper", "heartbeat", "lease_refresher"):
             task = ctx.get(name)
             if task is not None:
                 task.cancel()
