@@ -9,10 +9,11 @@ from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
+from strawberry.dataloader import DataLoader
 from strawberry.types import Info as _Info
 
 from webhooks.core import Core
-from webhooks.models import Principal, Scope
+from webhooks.models import Attempt, Delivery, Principal, Scope
 
 UNAUTHENTICATED = "UNAUTHENTICATED"
 FORBIDDEN = "FORBIDDEN"
@@ -39,6 +40,14 @@ class Context:
     connection_params: dict[str, Any] = field(default_factory=dict)
     _principal: Principal | None = None
     _resolved: bool = False
+    _attempts: DataLoader[Delivery, list[Attempt]] | None = None
+
+    @property
+    def attempts_loader(self) -> DataLoader[Delivery, list[Attempt]]:
+        """Batches ``Delivery.attempts`` of one request into a single query."""
+        if self._attempts is None:
+            self._attempts = DataLoader(load_fn=self.core.deliveries.attempts, cache_key_fn=lambda d: d.id)
+        return self._attempts
 
     def _authorization(self) -> object:
         if self.connection_params:

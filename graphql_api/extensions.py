@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from strawberry.extensions import SchemaExtension
+from strawberry.extensions import ParserCache, SchemaExtension, ValidationCache
 
 from graphql_api.observability import OperationObservability
 from graphql_api.security import MaskUnexpectedErrors, OperationLimits
@@ -17,5 +17,13 @@ def schema_extensions(
 ) -> list[type[SchemaExtension] | Callable[[], SchemaExtension]]:
     # Limits first (they configure parsing and validation); masking wraps everything else.
     # Observability last: it sees the final (masked) result and times the whole operation.
-    # SubscriptionsOverWebSocket refuses a subscription sent over HTTP before validation.
-    return [OperationLimits, SubscriptionsOverWebSocket, MaskUnexpectedErrors, OperationObservability]
+    # The caches skip re-parsing and re-validating a query text seen before (the frontend sends the same few);
+    # SubscriptionsOverWebSocket comes after ValidationCache so that its error is the one reported.
+    return [
+        OperationLimits,
+        lambda: ParserCache(maxsize=512),
+        lambda: ValidationCache(maxsize=512),
+        SubscriptionsOverWebSocket,
+        MaskUnexpectedErrors,
+        OperationObservability,
+    ]

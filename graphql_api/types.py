@@ -168,7 +168,7 @@ class Delivery:
 
     @strawberry.field(description="Every attempt, oldest first.")
     async def attempts(self, info: strawberry.Info) -> list[DeliveryAttempt]:
-        records = await info.context.core.deliveries.attempts(self.record)
+        records = await info.context.attempts_loader.load(self.record)
         return [DeliveryAttempt.from_record(a) for a in records]
 
     @classmethod

@@ -90,7 +90,7 @@ async def publish_event(info: Info, input: PublishEventInput) -> PublishEventPay
         )
     except UserErrors as exc:
         return PublishEventPayload(errors=user_errors(exc))
-    deliveries = [Delivery.from_record(d) for d in await ctx.core.deliveries.by_ids(published.delivery_ids)]
+    deliveries = [Delivery.from_record(d) for d in published.deliveries]
     return PublishEventPayload(
         event=PublishedEvent(
             id=strawberry.ID(str(published.event_id)),

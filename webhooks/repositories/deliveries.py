@@ -16,6 +16,7 @@ from webhooks.pagination import Page
 # only while it finds too few: on SecantusDB a sort+limit reads every match, so the window keeps it flat.
 FIRST_WINDOW = timedelta(hours=1)
 WINDOW_GROWTH = 8
+CLOCK_SKEW = timedelta(minutes=1)
 
 
 def delivery_doc(
@@ -89,7 +90,8 @@ class DeliveryRepository:
             base["status"] = status.value
         if event is not None:
             base["event"] = event
-        upper = after or ObjectId.from_datetime(datetime.now(tz=oldest.tzinfo) + timedelta(days=1))
+        # the first page starts just after now (a minute of margin for clock skew between processes)
+        upper = after or ObjectId.from_datetime(datetime.now(tz=oldest.tzinfo) + CLOCK_SKEW)
         floor = ObjectId.from_datetime(oldest)
         window = FIRST_WINDOW
         found: list[Doc] = []
@@ -105,9 +107,15 @@ class DeliveryRepository:
             upper, window = lower, window * WINDOW_GROWTH
         return Page([Delivery.from_doc(d) for d in found[:first]], has_next_page=len(found) > first)
 
-    async def attempts_of(self, delivery_id: ObjectId) -> list[Attempt]:
-        docs = await self._attempts.find({"delivery_id": delivery_id}).sort("number", 1).to_list()
-        return [Attempt.from_doc(d) for d in docs]
+    async def attempts_of(self, delivery_ids: list[ObjectId]) -> dict[ObjectId, list[Attempt]]:
+        """The attempts of several deliveries, oldest first, in one query (index ``delivery_attempts``)."""
+        found: dict[ObjectId, list[Attempt]] = {d: [] for d in delivery_ids}
+        cursor = self._attempts.find({"delivery_id": {"$in": delivery_ids}}).sort(
+            [("delivery_id", 1), ("number", 1)]
+        )
+        async for doc in cursor:
+            found[doc["delivery_id"]].append(Attempt.from_doc(doc))
+        return found
 
     async def overdue(self, before: datetime, limit: int) -> list[Doc]:
         """Pending deliveries whose next attempt is overdue (the sweeper's scan, bounded)."""

@@ -29,7 +29,7 @@ MAX_RECOVER = 10_000
 @dataclass(frozen=True, slots=True)
 class Published:
     event_id: ObjectId
-    delivery_ids: list[ObjectId]
+    deliveries: list[Delivery]  # as just written; on a replay, as they are now
     replayed: bool
 
 
@@ -126,10 +126,11 @@ class DeliveryService:
             for p in event_doc["planned"]
         ]
         await self._deliveries.insert_many(docs)
+        if replayed:
+            return Published(event_doc["_id"], await self._by_ids([d["_id"] for d in docs]), replayed)
         pending = [d["_id"] for d in docs if d["status"] == DeliveryStatus.PENDING.value]
-        if not replayed:
-            await self._queue.enqueue_first_attempts(event_doc["_id"], pending)
-        return Published(event_doc["_id"], [d["_id"] for d in docs], replayed)
+        await self._queue.enqueue_first_attempts(event_doc["_id"], pending)
+        return Published(event_doc["_id"], [Delivery.from_doc(d) for d in docs], replayed)
 
     # -- test, retry, recover ----------------------------------------------------------------------
 
@@ -235,10 +236,11 @@ class DeliveryService:
         oid = parse_id(delivery_id)
         return await self._deliveries.get(who.account_id, oid)
 
-    async def by_ids(self, ids: list[ObjectId]) -> list[Delivery]:
-        """Deliveries the caller was just handed (by ``publish``), newest state."""
+    async def _by_ids(self, ids: list[ObjectId]) -> list[Delivery]:
         docs = {d["_id"]: d for d in await self._deliveries.docs_by_ids(ids)}
         return [Delivery.from_doc(docs[i]) for i in ids if i in docs]
 
-    async def attempts(self, delivery: Delivery) -> list[Attempt]:
-        return await self._deliveries.attempts_of(delivery.id)
+    async def attempts(self, deliveries: list[Delivery]) -> list[list[Attempt]]:
+        """Attempts of each delivery (already scoped: the caller holds deliveries of its own account)."""
+        found = await self._deliveries.attempts_of([d.id for d in deliveries])
+        return [found[d.id] for d in deliveries]
