@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bson import ObjectId
-from pymongo import UpdateOne
+from pymongo import UpdateMany, UpdateOne
 
 from webhooks import metrics
+from webhooks.coalesce import Coalescer
 from webhooks.crypto import SecretBox
 from webhooks.db import Doc
 from webhooks.models import Attempt, AttemptTrigger, DeliveryStatus, Webhook
@@ -31,7 +32,6 @@ from webhooks.repositories.events import EventRepository
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
-from workers.coalesce import Coalescer
 from workers.policy import count_failures, next_delay, parse_retry_after
 from workers.sender import Sender, SendResult
 from workers.signing import signature_headers
@@ -177,7 +177,7 @@ class DeliveryEngine:
         now = utcnow()
         schedule = self._settings.retry_schedule
         attempts: list[Attempt] = []
-        updates: list[UpdateOne] = []
+        moved: dict[tuple[DeliveryStatus, int, datetime | None], list[ObjectId]] = defaultdict(list)
         retries: list[tuple[ObjectId, int, datetime]] = []
         finals: dict[ObjectId, list[bool]] = defaultdict(list)
         hooks: dict[ObjectId, Webhook] = {}
@@ -222,19 +222,23 @@ class DeliveryEngine:
                     next_attempt_at=next_at,
                 )
             )
-            updates.append(
-                UpdateOne(
-                    {"_id": p.delivery_id, "attempt_count": p.number - 1},
-                    {
-                        "$set": {
-                            "status": status.value,
-                            "attempt_count": p.number,
-                            "next_attempt_at": next_at,
-                            "updated_at": now,
-                        }
-                    },
-                )
+            moved[(status, p.number, next_at)].append(p.delivery_id)
+        # Deliveries that moved the same way share one update_many (far fewer write commands in a burst);
+        # the attempt_count condition keeps a stale duplicate run from moving a delivery twice.
+        updates = [
+            UpdateMany(
+                {"_id": {"$in": ids}, "attempt_count": number - 1},
+                {
+                    "$set": {
+                        "status": status.value,
+                        "attempt_count": number,
+                        "next_attempt_at": next_at,
+                        "updated_at": now,
+                    }
+                },
             )
+            for (status, number, next_at), ids in moved.items()
+        ]
         retention = timedelta(days=self._settings.delivery_retention_days)
         docs = [{**a.to_doc(), "expires_at": now + retention} for a in attempts]
         await self._deliveries.record_attempts(docs, updates)

@@ -3,50 +3,55 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from bson import Binary, ObjectId
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 from webhooks.db import Collections, Doc
 from webhooks.models import Event
+
+DUPLICATE_KEY = 11000
+
+
+def event_doc(
+    *,
+    account_id: ObjectId,
+    event: str,
+    body: bytes,
+    now: datetime,
+    retention: timedelta,
+    idempotency_key: str | None,
+    planned: list[tuple[ObjectId, ObjectId, bool]],
+) -> Doc:
+    """An event with its planned fan-out ``(delivery id, webhook id, held)``: the durable record of what
+    must be delivered, written before anything is queued."""
+    doc: Doc = {
+        "_id": ObjectId(),
+        "account_id": account_id,
+        "event": event,
+        "body": Binary(body),
+        "created_at": now,
+        "expires_at": now + retention,
+        "planned": [{"delivery_id": d, "webhook_id": w, "held": h} for d, w, h in planned],
+    }
+    if idempotency_key is not None:
+        doc["idempotency_key"] = idempotency_key
+    return doc
 
 
 class EventRepository:
     def __init__(self, cols: Collections) -> None:
         self._col = cols.events
 
-    async def insert(
-        self,
-        *,
-        event_id: ObjectId,
-        account_id: ObjectId,
-        event: str,
-        body: bytes,
-        now: datetime,
-        retention: timedelta,
-        idempotency_key: str | None,
-        planned: list[tuple[ObjectId, ObjectId, bool]],
-    ) -> Doc | None:
-        """Store the event with its planned fan-out ``(delivery id, webhook id, held)``.
-
-        Returns None if the idempotency key was already used (the caller then reads the first event).
-        """
-        doc: Doc = {
-            "_id": event_id,
-            "account_id": account_id,
-            "event": event,
-            "body": Binary(body),
-            "created_at": now,
-            "expires_at": now + retention,
-            "planned": [{"delivery_id": d, "webhook_id": w, "held": h} for d, w, h in planned],
-        }
-        if idempotency_key is not None:
-            doc["idempotency_key"] = idempotency_key
+    async def insert_many(self, docs: list[Doc]) -> list[bool]:
+        """Insert events (built by ``event_doc``); False for one whose idempotency key is already used."""
         try:
-            await self._col.insert_one(doc)
-        except DuplicateKeyError:
-            if idempotency_key is None:
+            await self._col.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
-            return None
-        return doc
+            taken = {int(e["index"]) for e in errors}
+            return [i not in taken for i in range(len(docs))]
+        return [True] * len(docs)
 
     async def by_idempotency_key(self, account_id: ObjectId, key: str, since: datetime) -> Doc | None:
         return await self._col.find_one(

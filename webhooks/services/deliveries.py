@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from bson import ObjectId
 
+from webhooks.coalesce import Coalescer
 from webhooks.db import Doc
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.events import TEST_EVENT, EventName
@@ -16,7 +17,7 @@ from webhooks.pagination import Page, check_page_size, decode_cursor
 from webhooks.payloads import AuditLog, build_event_body, build_test_body
 from webhooks.queue import DeliveryQueue
 from webhooks.repositories.deliveries import DeliveryRepository, delivery_doc
-from webhooks.repositories.events import EventRepository
+from webhooks.repositories.events import EventRepository, event_doc
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.webhooks import not_found
 from webhooks.settings import Settings
@@ -47,6 +48,7 @@ class DeliveryService:
         self._events = events
         self._deliveries = deliveries
         self._queue = queue
+        self._store: Coalescer[tuple[Doc, list[Doc]], bool] = Coalescer(self._store_batch)
 
     @property
     def _retention(self) -> timedelta:
@@ -82,19 +84,18 @@ class DeliveryService:
                 return await self._replay(earlier)
             await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
         targets = await self._webhooks.subscribed(who.account_id, event.value)
-        event_id = ObjectId()
-        planned = [(ObjectId(), w.id, not w.enabled) for w in targets]
-        stored = await self._events.insert(
-            event_id=event_id,
+        stored = event_doc(
             account_id=who.account_id,
             event=event.value,
             body=body,
             now=now,
             retention=self._retention,
             idempotency_key=idempotency_key,
-            planned=planned,
+            planned=[(ObjectId(), w.id, not w.enabled) for w in targets],
         )
-        if stored is None:  # lost a race for the same idempotency key: answer with the winner
+        deliveries = self._delivery_docs(stored)
+        if not await self._store.call((stored, deliveries)):
+            # lost a race for the same idempotency key: answer with the winner
             assert idempotency_key is not None
             earlier = await self._events.by_idempotency_key(
                 who.account_id, idempotency_key, now - timedelta(days=1)
@@ -104,33 +105,41 @@ class DeliveryService:
                     "idempotencyKey", ErrorCode.CONFLICT, "idempotencyKey is in use, try again"
                 )
             return await self._replay(earlier)
-        return await self._fan_out(stored, replayed=False)
+        pending = [d["_id"] for d in deliveries if d["status"] == DeliveryStatus.PENDING.value]
+        await self._queue.enqueue_first_attempts(stored["_id"], pending)
+        return Published(stored["_id"], [Delivery.from_doc(d) for d in deliveries], replayed=False)
 
-    async def _replay(self, event_doc: Doc) -> Published:
-        """A repeated idempotency key: complete a fan-out that was cut short; send nothing new."""
-        return await self._fan_out(event_doc, replayed=True)
+    async def _store_batch(self, items: list[tuple[Doc, list[Doc]]]) -> list[bool]:
+        """Events and their deliveries of concurrent publishes, in two writes (deliveries after events)."""
+        stored = await self._events.insert_many([event for event, _ in items])
+        await self._deliveries.insert_many(
+            [d for (_, deliveries), ok in zip(items, stored, strict=True) if ok for d in deliveries]
+        )
+        return stored
 
-    async def _fan_out(self, event_doc: Doc, *, replayed: bool) -> Published:
-        now = event_doc["created_at"]
-        docs = [
+    def _delivery_docs(self, event: Doc) -> list[Doc]:
+        return [
             delivery_doc(
                 delivery_id=p["delivery_id"],
-                account_id=event_doc["account_id"],
+                account_id=event["account_id"],
                 webhook_id=p["webhook_id"],
-                event_id=event_doc["_id"],
-                event=event_doc["event"],
-                now=now,
+                event_id=event["_id"],
+                event=event["event"],
+                now=event["created_at"],
                 retention=self._retention,
                 held=p["held"],
             )
-            for p in event_doc["planned"]
+            for p in event["planned"]
         ]
+
+    async def _replay(self, event: Doc) -> Published:
+        """A repeated idempotency key: complete a fan-out that was cut short; send nothing new.
+
+        (A pending delivery that was written but never queued is picked up by the sweeper.)
+        """
+        docs = self._delivery_docs(event)
         await self._deliveries.insert_many(docs)
-        if replayed:
-            return Published(event_doc["_id"], await self._by_ids([d["_id"] for d in docs]), replayed)
-        pending = [d["_id"] for d in docs if d["status"] == DeliveryStatus.PENDING.value]
-        await self._queue.enqueue_first_attempts(event_doc["_id"], pending)
-        return Published(event_doc["_id"], [Delivery.from_doc(d) for d in docs], replayed)
+        return Published(event["_id"], await self._by_ids([d["_id"] for d in docs]), replayed=True)
 
     # -- test, retry, recover ----------------------------------------------------------------------
 
@@ -142,9 +151,8 @@ class DeliveryService:
             raise not_found("webhook", webhook_id)
         now = utcnow()
         body = build_test_body(str(webhook.id), webhook.name, now=now)
-        event_id, delivery_id = ObjectId(), ObjectId()
-        await self._events.insert(
-            event_id=event_id,
+        delivery_id = ObjectId()
+        event = event_doc(
             account_id=who.account_id,
             event=TEST_EVENT,
             body=body,
@@ -157,13 +165,13 @@ class DeliveryService:
             delivery_id=delivery_id,
             account_id=who.account_id,
             webhook_id=webhook.id,
-            event_id=event_id,
+            event_id=event["_id"],
             event=TEST_EVENT,
             now=now,
             retention=self._retention,
             test=True,
         )
-        await self._deliveries.insert_many([doc])
+        await self._store.call((event, [doc]))
         await self._queue.enqueue_attempt(delivery_id, 1)
         return Delivery.from_doc(doc)
 
