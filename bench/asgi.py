@@ -59,8 +59,9 @@ def main() -> None:
     from webhooks.logging_setup import configure_logging
 
     configure_logging()
+    # the same server options as `webhooks serve`
     uvicorn.run(build(), host="127.0.0.1", port=int(sys.argv[1]), log_config=None, ws_max_size=1 << 20,
-                timeout_graceful_shutdown=2)
+                ws_per_message_deflate=False, timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

@@ -401,8 +401,9 @@ async def p4(ctx: Ctx) -> None:
                 recorded[orjson.loads(message["data"])["id"]] = time.time()
 
     listener = asyncio.create_task(listen())
+    out_path = CACHE_DIR / "p4-subscribers.json"
     spec = {"url": ctx.stack.api_url.replace("http://", "ws://") + "/graphql", "key": key,
-            "connections": connections, "per_connection": per_connection}
+            "connections": connections, "per_connection": per_connection, "out": str(out_path)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.wsclients", json.dumps(spec), env=ctx.stack.env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -431,7 +432,9 @@ async def p4(ctx: Ctx) -> None:
             await listener
         await pubsub.aclose()
         await redis.aclose()
-    result = json.loads(out.decode().strip().splitlines()[-1])
+    if b"DONE" not in out:
+        raise RuntimeError(f"subscribers did not finish: {_err.decode()[-2000:]}")
+    result = json.loads(out_path.read_text())
     times: dict[str, list[float]] = result["times"]
     attempts = await ctx.cols.attempts.find(
         {"delivery_id": {"$in": [ObjectId(d) for d in timed]}}, {"_id": 1}).to_list()

@@ -2,8 +2,8 @@
 
 Opens ``connections`` graphql-transport-ws connections (``websockets``) to the API, each with
 ``per_connection`` ``deliveryAttempts`` subscriptions, prints ``READY`` once all are sent, records the
-``time.time()`` at which every subscription receives every attempt, and on a line on stdin prints one JSON
-object: ``{"times": {attempt id: [t, ...]}, "dropped": n, "errors": [...]}``.
+``time.time()`` at which every subscription receives every attempt, and on a line on stdin writes one JSON
+object to the file ``spec["out"]``: ``{"times": {attempt id: [t, ...]}, "dropped": n, "errors": [...]}``.
 """
 
 from __future__ import annotations
@@ -78,8 +78,12 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     import uvloop
 
-    result = uvloop.run(run(json.loads(sys.argv[1])))
-    print(json.dumps(result), flush=True)
+    spec = json.loads(sys.argv[1])
+    result = uvloop.run(run(spec))
+    # The result (every receive time of every subscriber) can be megabytes: a file, not a pipe line.
+    with open(spec["out"], "w") as fh:
+        json.dump(result, fh)
+    print("DONE", flush=True)
 
 
 if __name__ == "__main__":

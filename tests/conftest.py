@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from cryptography.fernet import Fernet
 
 from graphql_api.app import create_app
+from tests.receiver import Receiver, run_receiver
 from tests.support import Account, GraphQLClient, serve_asgi
 from webhooks.core import Core, open_core
 from webhooks.embedded import free_port, spawn, stop, wait_for_port
@@ -113,3 +114,10 @@ async def account(core: Core, http: httpx.AsyncClient) -> Account:
 @pytest.fixture
 async def other_account(core: Core, http: httpx.AsyncClient) -> Account:
     return await new_account(core, http)
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real webhook receiver on loopback, shared by a module's tests (each uses its own paths)."""
+    async with run_receiver() as running:
+        yield running

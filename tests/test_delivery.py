@@ -22,7 +22,7 @@ from tests.delivery_support import (
     publish_input,
     wait_for_status,
 )
-from tests.receiver import Receiver, run_receiver, sequence, status
+from tests.receiver import Receiver, sequence, status
 from tests.support import Stack, run_stack
 
 SCHEDULE = (0.0, 0.2, 0.4)
@@ -34,15 +34,8 @@ async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> A
         mongodb_url,
         tmp_path_factory.mktemp("delivery"),
         retry_schedule=SCHEDULE,
-        queue_name=f"test:{uuid.uuid4().hex[:6]}",
     )
     async with run_stack(settings) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def receiver() -> AsyncIterator[Receiver]:
-    async with run_receiver() as running:
         yield running
 
 

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from tests.conftest import REDIS_URL, make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
-from tests.receiver import Receiver, run_receiver, sleep
+from tests.receiver import Receiver, sleep
 from tests.support import Stack, run_stack
 from webhooks.settings import Settings
 
@@ -40,15 +40,8 @@ async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> A
         delivery_timeout=DELIVERY_TIMEOUT,
         sweep_interval=1,
         sweep_grace=1,
-        queue_name=f"test:{uuid.uuid4().hex[:6]}",
     )
     async with run_stack(settings, worker=False) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def receiver() -> AsyncIterator[Receiver]:
-    async with run_receiver() as running:
         yield running
 
 

@@ -16,7 +16,7 @@ from standardwebhooks import Webhook as StandardWebhook
 
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, delivery, publish, wait_for_status
-from tests.receiver import Receiver, run_receiver, sleep, status
+from tests.receiver import Receiver, sleep, status
 from tests.support import GraphQLClient, Stack, run_stack
 from webhooks.embedded import free_port, spawn, stop, wait_for_port
 
@@ -54,15 +54,8 @@ async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> A
         mongodb_url,
         tmp_path_factory.mktemp("recovery"),
         retry_schedule=SCHEDULE,
-        queue_name=f"test:{uuid.uuid4().hex[:6]}",
     )
     async with run_stack(settings) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def receiver() -> AsyncIterator[Receiver]:
-    async with run_receiver() as running:
         yield running
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
-from tests.receiver import Receiver, run_receiver, sleep, status
+from tests.receiver import Receiver, sleep, status
 from tests.support import Stack, run_stack
 from webhooks.settings import DEFAULT_RETRY_SCHEDULE
 
@@ -31,24 +31,15 @@ async def stacks(
     mongodb_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Stack, Stack]]:
     """One stack with the default settings (schedule and timeout), one with a single attempt per delivery."""
-    default = make_settings(
-        mongodb_url, tmp_path_factory.mktemp("timing"), queue_name=f"test:{uuid.uuid4().hex[:6]}"
-    )
+    default = make_settings(mongodb_url, tmp_path_factory.mktemp("timing"))
     single = make_settings(
         mongodb_url,
         tmp_path_factory.mktemp("timing1"),
         retry_schedule=(0.0,),
-        queue_name=f"test:{uuid.uuid4().hex[:6]}",
     )
     assert default.retry_schedule == DEFAULT_RETRY_SCHEDULE and default.delivery_timeout == 10
     async with run_stack(default) as a, run_stack(single) as b:
         yield a, b
-
-
-@pytest.fixture(scope="module")
-async def receiver() -> AsyncIterator[Receiver]:
-    async with run_receiver() as running:
-        yield running
 
 
 def trickle_headers_then_bytes(seconds: int) -> Any:

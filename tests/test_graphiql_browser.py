@@ -35,7 +35,7 @@ from websockets.asyncio.client import ClientConnection
 from graphql_api import graphiql
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook
-from tests.receiver import Receiver, run_receiver
+from tests.receiver import Receiver
 from tests.test_subscriptions import TEST_WEBHOOK, Api, run_api
 from webhooks.embedded import free_port
 from webhooks.pubsub import ATTEMPTS_CHANNEL
@@ -43,9 +43,17 @@ from webhooks.pubsub import ATTEMPTS_CHANNEL
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps",
-    "--disable-extensions", "--mute-audio", "--window-size=1400,1000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--mute-audio",
+    "--window-size=1400,1000",
 )
 
 
@@ -101,8 +109,9 @@ class Page:
         return result
 
     async def eval(self, expression: str) -> Any:
-        reply = await self.send("Runtime.evaluate", expression=expression, awaitPromise=True,
-                                returnByValue=True)
+        reply = await self.send(
+            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
+        )
         assert "exceptionDetails" not in reply, reply["exceptionDetails"]
         return reply["result"].get("value")
 
@@ -122,9 +131,17 @@ def chromium(profile: Path) -> Iterator[int]:
     """Headless chromium with DevTools on a free port; yields the port."""
     port = free_port()
     proc = subprocess.Popen(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
-         "--remote-debugging-address=127.0.0.1", "about:blank"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={profile}",
+            f"--remote-debugging-port={port}",
+            "--remote-debugging-address=127.0.0.1",
+            "about:blank",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -182,13 +199,16 @@ SET_EDITORS = """
 })()
 """
 RUN = "document.querySelector('.graphiql-execute-button').click(), true"
-RESULT = "(document.querySelector('.result-window .CodeMirror') || {CodeMirror: {getValue: () => ''}})" \
-         ".CodeMirror.getValue()"
+RESULT = (
+    "(document.querySelector('.result-window .CodeMirror') || {CodeMirror: {getValue: () => ''}})"
+    ".CodeMirror.getValue()"
+)
 
 
 async def run_in_graphiql(page: Page, query: str, headers: dict[str, str]) -> None:
-    await page.eval(SET_EDITORS % {"headers": json.dumps(json.dumps(headers, indent=2)),
-                                   "query": json.dumps(query)})
+    await page.eval(
+        SET_EDITORS % {"headers": json.dumps(json.dumps(headers, indent=2)), "query": json.dumps(query)}
+    )
     await page.eval(RUN)
 
 
@@ -198,9 +218,12 @@ def result_containing(text: str) -> str:
 
 
 def foreign_requests(page: Page, origin: str) -> list[str]:
-    return [u for u in page.requests
-            if urlsplit(u).scheme not in ("data", "blob", "about")
-            and urlsplit(u).netloc != urlsplit(origin).netloc]
+    return [
+        u
+        for u in page.requests
+        if urlsplit(u).scheme not in ("data", "blob", "about")
+        and urlsplit(u).netloc != urlsplit(origin).netloc
+    ]
 
 
 def websockets_opened(page: Page) -> list[str]:
@@ -216,8 +239,9 @@ async def wait_until(predicate: Any, what: str, timeout: float = 15.0) -> None:
 
 async def open_graphiql(page: Page, origin: str) -> None:
     await page.send("Page.navigate", url=f"{origin}/graphql")
-    await page.wait_for("!!document.querySelector('.graphiql-query-editor .CodeMirror')",
-                        what="GraphiQL to render")
+    await page.wait_for(
+        "!!document.querySelector('.graphiql-query-editor .CodeMirror')", what="GraphiQL to render"
+    )
 
 
 # --------------------------------------------------------------------------------------------- tests
@@ -226,22 +250,13 @@ async def open_graphiql(page: Page, origin: str) -> None:
 @pytest.fixture(scope="module")
 async def browser_api(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     require_tools()
-    settings = make_settings(mongodb_url, tmp_path_factory.mktemp("browser"),
-                             queue_name=f"test:{uuid.uuid4().hex[:6]}")
+    settings = make_settings(mongodb_url, tmp_path_factory.mktemp("browser"))
     # A worker too: testWebhook's delivery is made by it, and its attempt reaches the live feed.
     async with run_api(settings, worker=True) as running:
         yield running
 
 
-@pytest.fixture(scope="module")
-async def receiver() -> AsyncIterator[Receiver]:
-    async with run_receiver() as running:
-        yield running
-
-
-async def test_graphiql_runs_a_query_from_this_service_alone(
-    browser_api: Api, tmp_path: Path
-) -> None:
+async def test_graphiql_runs_a_query_from_this_service_alone(browser_api: Api, tmp_path: Path) -> None:
     api = browser_api
     account = await api.account()
     origin = api.url  # http://127.0.0.1:PORT
@@ -249,21 +264,26 @@ async def test_graphiql_runs_a_query_from_this_service_alone(
         async with open_page(devtools_port) as page:
             # the page loads and GraphiQL renders
             await page.send("Page.navigate", url=f"{origin}/graphql")
-            await page.wait_for("!!document.querySelector('.graphiql-query-editor .CodeMirror')",
-                                what="GraphiQL to render")
+            await page.wait_for(
+                "!!document.querySelector('.graphiql-query-editor .CodeMirror')", what="GraphiQL to render"
+            )
             assert await page.eval("document.title") == "HatchBeacon Webhooks · GraphiQL"
             # a query with the API key in the headers pane shows its result in the result pane
             auth = {"Authorization": f"Bearer {account.api_key}"}
             await run_in_graphiql(page, "{ eventTypes { name } }", auth)
-            shown = await page.wait_for(f"(() => {{ const v = {RESULT}; "
-                                        "return v.includes('job_application_created') && v; })()",
-                                        what="the query result")
+            shown = await page.wait_for(
+                f"(() => {{ const v = {RESULT}; return v.includes('job_application_created') && v; }})()",
+                what="the query result",
+            )
             names = [t["name"] for t in json.loads(shown)["data"]["eventTypes"]]
             assert "job_application_created" in names
             # nothing was requested from any other host
-            foreign = [u for u in page.requests
-                       if urlsplit(u).scheme not in ("data", "blob", "about")
-                       and urlsplit(u).netloc != urlsplit(origin).netloc]
+            foreign = [
+                u
+                for u in page.requests
+                if urlsplit(u).scheme not in ("data", "blob", "about")
+                and urlsplit(u).netloc != urlsplit(origin).netloc
+            ]
             assert page.requests and not foreign, foreign
 
 
@@ -283,8 +303,10 @@ async def test_graphiql_runs_a_subscription_over_a_websocket(
             await open_graphiql(page, origin)
             # the subscription, with the key in the headers pane, is registered with the live feed
             await run_in_graphiql(page, SUBSCRIPTION, auth)
-            await wait_until(lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 1,
-                             what="the subscription to reach the server")
+            await wait_until(
+                lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 1,
+                what="the subscription to reach the server",
+            )
             assert [urlsplit(u).path for u in websockets_opened(page)] == ["/graphql"]
             # a delivery made meanwhile shows up in the result pane
             tested = (await account.gql.execute(TEST_WEBHOOK, {"id": webhook_id}))["testWebhook"]
@@ -299,8 +321,10 @@ async def test_graphiql_runs_a_subscription_over_a_websocket(
             # the subscription never went over HTTP; stopping it in GraphiQL ends it on the server
             assert not [body for body in page.posted if "deliveryAttempts" in body], page.posted
             await page.eval(RUN)  # the execute button is the stop button while a subscription runs
-            await wait_until(lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 0,
-                             what="the subscription to end on the server")
+            await wait_until(
+                lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 0,
+                what="the subscription to end on the server",
+            )
             assert page.requests and not foreign_requests(page, origin), foreign_requests(page, origin)
 
 

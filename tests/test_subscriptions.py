@@ -33,7 +33,7 @@ from graphql_api.app import create_app
 from graphql_api.feed import Feed
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
-from tests.receiver import Receiver, run_receiver, status
+from tests.receiver import Receiver, status
 from tests.support import Account, GraphQLClient, run_worker, serve_asgi
 from webhooks.core import Core, open_core
 from webhooks.embedded import free_port, spawn, stop, wait_for_port
@@ -268,12 +268,6 @@ def feed_settings(mongodb_url: str, data_dir: Path, **overrides: Any) -> Setting
 @pytest.fixture(scope="module")
 async def api(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     async with run_api(feed_settings(mongodb_url, tmp_path_factory.mktemp("feed"))) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def receiver() -> AsyncIterator[Receiver]:
-    async with run_receiver() as running:
         yield running
 
 

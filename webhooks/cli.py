@@ -78,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_config=None,
         ws_max_size=1 << 20,
+        ws_per_message_deflate=False,  # live-feed frames are small; compressing each costs CPU per subscriber
         timeout_graceful_shutdown=10,
     )
     return 0
