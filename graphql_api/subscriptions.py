@@ -59,6 +59,7 @@ def attempt_from_message(message: dict[str, Any]) -> DeliveryAttempt:
         duration_ms=message.get("durationMs"),
         status_code=message.get("statusCode"),
         response_headers=message.get("responseHeaders"),
+        request_headers=message.get("requestHeaders"),
         response_body=message.get("responseBody"),
         error_class=message.get("errorClass"),
         error=message.get("error"),

@@ -132,6 +132,9 @@ class DeliveryAttempt:
     error: str | None
     delivery_status: DeliveryStatusEnum
     next_attempt_at: datetime | None
+    request_headers: JSON | None = strawberry.field(
+        default=None, description="The request headers as sent, with signature values redacted."
+    )
 
     @classmethod
     def from_record(cls, a: AttemptRecord) -> DeliveryAttempt:
@@ -146,6 +149,7 @@ class DeliveryAttempt:
             duration_ms=a.duration_ms,
             status_code=a.status_code,
             response_headers=cast(JSON, dict(a.response_headers)),
+            request_headers=cast(JSON, dict(a.request_headers)),
             response_body=a.response_body,
             error_class=a.error_class,
             error=a.error,

@@ -19,7 +19,8 @@ DELIVERY = """
 query($id: ID!) {
   delivery(id: $id) {
     id webhookId eventId event status nextAttemptAt attemptCount
-    attempts { id number trigger startedAt durationMs statusCode responseHeaders responseBody errorClass error
+    attempts { id number trigger startedAt durationMs statusCode requestHeaders responseHeaders responseBody
+               errorClass error
                deliveryStatus nextAttemptAt }
   }
 }"""

@@ -84,6 +84,11 @@ async def test_a_published_event_reaches_the_receiver_in_the_spec_shape_and_sign
     assert (attempt["number"], attempt["trigger"], attempt["statusCode"]) == (1, "AUTOMATIC", 200)
     assert attempt["responseBody"] == "OK" and attempt["deliveryStatus"] == "SUCCEEDED"
     assert attempt["durationMs"] is not None and attempt["nextAttemptAt"] is None
+    # and the request headers as sent are recorded, with the signatures redacted
+    sent = attempt["requestHeaders"]
+    assert sent["X-Webhook-Event"] == "job_application_created"
+    assert sent["X-Webhook-Signature"] == sent["webhook-signature"] == "[redacted]"
+    assert got.headers["X-Webhook-Signature"] not in str(done) and secret not in str(done)
 
 
 async def test_fan_out_goes_only_to_subscribed_webhooks_of_the_publishing_account(

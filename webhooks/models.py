@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -150,6 +150,7 @@ class Attempt:
     error: str | None
     delivery_status: DeliveryStatus
     next_attempt_at: datetime | None
+    request_headers: dict[str, str] = field(default_factory=dict)  # as sent, signatures redacted
 
     @classmethod
     def from_doc(cls, doc: Doc) -> Attempt:
@@ -170,6 +171,7 @@ class Attempt:
             error=doc.get("error"),
             delivery_status=DeliveryStatus(doc["delivery_status"]),
             next_attempt_at=doc.get("next_attempt_at"),
+            request_headers=dict(doc.get("request_headers") or {}),
         )
 
     def to_doc(self) -> Doc:
@@ -190,6 +192,7 @@ class Attempt:
             "error": self.error,
             "delivery_status": self.delivery_status.value,
             "next_attempt_at": self.next_attempt_at,
+            "request_headers": self.request_headers,
         }
 
 

@@ -30,6 +30,7 @@ def attempt_message(attempt: Attempt) -> bytes:
             # Bounded by the sender (first 4 KiB of body), so the live feed shows what the log shows.
             # str(): aiohttp header names are `istr`, which orjson refuses as keys.
             "responseHeaders": {str(k): str(v) for k, v in attempt.response_headers.items()},
+            "requestHeaders": attempt.request_headers,
             "responseBody": attempt.response_body,
             "error": attempt.error,
             "errorClass": attempt.error_class,

@@ -34,7 +34,7 @@ from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
 from workers.policy import count_failures, next_delay, parse_retry_after
 from workers.sender import Sender, SendResult
-from workers.signing import signature_headers
+from workers.signing import redacted, signature_headers
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,16 @@ class Planned:
         return self.number - int(self.doc.get("run_start", 1)) + 1
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt made, waiting to be recorded."""
+
+    planned: Planned
+    started: datetime
+    request_headers: dict[str, str]  # signatures redacted
+    result: SendResult
+
+
 class DeliveryEngine:
     def __init__(
         self,
@@ -97,7 +107,7 @@ class DeliveryEngine:
         self._in_flight: set[ObjectId] = set()
         self._slots = asyncio.Semaphore(sender.max_connections)
         self._loader: Coalescer[tuple[ObjectId, int], Planned | None] = Coalescer(self._load)
-        self._recorder: Coalescer[tuple[Planned, datetime, SendResult], None] = Coalescer(self._record)
+        self._recorder: Coalescer[Outcome, None] = Coalescer(self._record)
 
     async def run(self, items: list[Item]) -> int:
         """Make every due attempt among ``items``; return how many were made.
@@ -116,8 +126,8 @@ class DeliveryEngine:
         # An attempt's clock (and its 10 s deadline) starts when it gets a connection slot, not while it
         # waits for one behind a burst.
         async with self._slots:
-            started, result = await self._attempt(p)
-        await self._recorder.call((p, started, result))
+            outcome = await self._attempt(p)
+        await self._recorder.call(outcome)
 
     async def _load(self, items: list[tuple[ObjectId, int]]) -> list[Planned | None]:
         """One batch of loads: deliveries, their webhooks and bodies, in three queries."""
@@ -156,7 +166,7 @@ class DeliveryEngine:
             answers.append(by_id.pop(delivery_id, None))  # a duplicate item in the batch gets None
         return answers
 
-    async def _attempt(self, p: Planned) -> tuple[datetime, SendResult]:
+    async def _attempt(self, p: Planned) -> Outcome:
         started = utcnow()
         scheduled = p.doc.get("next_attempt_at") or p.doc.get("created_at")
         if isinstance(scheduled, datetime):
@@ -170,9 +180,10 @@ class DeliveryEngine:
             event=p.doc["event"],
             user_agent=self._settings.user_agent,
         )
-        return started, await self._sender.send(p.webhook.url, p.body, headers)
+        result = await self._sender.send(p.webhook.url, p.body, headers)
+        return Outcome(p, started, redacted(headers), result)
 
-    async def _record(self, outcomes: list[tuple[Planned, datetime, SendResult]]) -> list[None]:
+    async def _record(self, outcomes: list[Outcome]) -> list[None]:
         """One batch of outcomes: one insert of attempts, one bulk write of states, then retries and feed."""
         now = utcnow()
         schedule = self._settings.retry_schedule
@@ -181,7 +192,8 @@ class DeliveryEngine:
         retries: list[tuple[ObjectId, int, datetime]] = []
         finals: dict[ObjectId, list[bool]] = defaultdict(list)
         hooks: dict[ObjectId, Webhook] = {}
-        for p, started, result in outcomes:
+        for outcome in outcomes:
+            p, started, result = outcome.planned, outcome.started, outcome.result
             delay = None
             if not result.ok and not p.is_test:
                 delay = next_delay(
@@ -220,6 +232,7 @@ class DeliveryEngine:
                     error=result.error,
                     delivery_status=status,
                     next_attempt_at=next_at,
+                    request_headers=outcome.request_headers,
                 )
             )
             moved[(status, p.number, next_at)].append(p.delivery_id)
