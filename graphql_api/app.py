@@ -19,7 +19,7 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
-from graphql_api.context import Context, bearer_token
+from graphql_api.context import Context
 from graphql_api.feed import Feed
 from graphql_api.graphiql import graphiql_routes, render_graphiql
 from graphql_api.health import health_routes
@@ -63,13 +63,9 @@ class GraphQLView(GraphQL[Context, None]):
         return render_graphiql(request)
 
     async def on_ws_connect(self, context: Context) -> Any:
-        token = bearer_token(
-            context.connection_params.get("Authorization") or context.connection_params.get("authorization")
-        )
-        who = await context.core.api_keys.authenticate(token) if token else None
-        if who is None:
+        """Authenticate once per connection, from ``connection_init``'s payload (close 4403 if refused)."""
+        if await context.principal() is None:
             raise ConnectionRejectionError()
-        context._principal, context._resolved = who, True
         return None
 
 

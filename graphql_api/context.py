@@ -46,7 +46,8 @@ class Context:
     def attempts_loader(self) -> DataLoader[Delivery, list[Attempt]]:
         """Batches ``Delivery.attempts`` of one request into a single query."""
         if self._attempts is None:
-            self._attempts = DataLoader(load_fn=self.core.deliveries.attempts, cache_key_fn=lambda d: d.id)
+            # batching only, no cache: a WebSocket context lives as long as its connection
+            self._attempts = DataLoader(load_fn=self.core.deliveries.attempts, cache=False)
         return self._attempts
 
     def _authorization(self) -> object:

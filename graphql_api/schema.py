@@ -23,6 +23,7 @@ from graphql_api.types import (
 )
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.models import Scope
+from webhooks.pagination import DEFAULT_PAGE_SIZE
 from webhooks.ratelimit import Action
 
 
@@ -38,7 +39,9 @@ class Query:
         return EventType.all()
 
     @strawberry.field(description="The account's webhooks, newest first.")
-    async def webhooks(self, info: Info, first: int = 20, after: str | None = None) -> WebhookConnection:
+    async def webhooks(
+        self, info: Info, first: int | None = DEFAULT_PAGE_SIZE, after: str | None = None
+    ) -> WebhookConnection:
         who = await info.context.require(Scope.MANAGE_WEBHOOKS)
         try:
             page = await info.context.core.webhooks.page(who, first, after)
@@ -64,7 +67,7 @@ class Query:
         webhook_id: strawberry.ID | None = None,
         status: DeliveryStatusEnum | None = None,
         event: str | None = None,
-        first: int = 20,
+        first: int | None = DEFAULT_PAGE_SIZE,
         after: str | None = None,
     ) -> DeliveryConnection:
         who = await info.context.require(Scope.MANAGE_WEBHOOKS)

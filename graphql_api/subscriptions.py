@@ -21,6 +21,7 @@ what was published meanwhile); ``deliveries`` is the complete record.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,7 @@ from graphql import GraphQLError
 from graphql_api.context import Info
 from graphql_api.feed import Feed, FeedClosed, SubscriberTooSlow
 from graphql_api.types import DeliveryAttempt, Webhook
+from webhooks import metrics
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.ids import parse_id
 from webhooks.models import AttemptTrigger, DeliveryStatus, Principal, Scope
@@ -101,33 +103,40 @@ def _too_slow() -> GraphQLError:
     return GraphQLError(SubscriberTooSlow().args[0], extensions={"code": TOO_SLOW_CODE})
 
 
+async def _envelopes(
+    feed: Feed, channel: str, account_id: str, webhook_id: str | None
+) -> AsyncGenerator[Any, None]:
+    """The values published for one subscriber, until the feed closes; a too-slow subscriber is ended."""
+    metrics.subscription_opened()
+    try:
+        with feed.subscribe(channel, account_id, webhook_id) as sub:
+            while True:
+                try:
+                    envelope = await sub.get()
+                except SubscriberTooSlow:
+                    raise _too_slow() from None
+                except FeedClosed:
+                    return
+                yield envelope.value
+    finally:
+        metrics.subscription_closed()
+
+
 async def _attempts(
     feed: Feed, account_id: str, webhook_id: str | None
 ) -> AsyncGenerator[DeliveryAttempt, None]:
-    with feed.subscribe(ATTEMPTS_CHANNEL, account_id, webhook_id) as sub:
-        while True:
-            try:
-                envelope = await sub.get()
-            except SubscriberTooSlow:
-                raise _too_slow() from None
-            except FeedClosed:
-                return
-            yield envelope.value
+    async with contextlib.aclosing(_envelopes(feed, ATTEMPTS_CHANNEL, account_id, webhook_id)) as values:
+        async for attempt in values:
+            yield attempt
 
 
 async def _statuses(
     info: Info, feed: Feed, who: Principal, webhook_id: str | None
 ) -> AsyncGenerator[Webhook, None]:
     repo = info.context.core.webhook_repo
-    with feed.subscribe(STATUS_CHANNEL, str(who.account_id), webhook_id) as sub:
-        while True:
-            try:
-                envelope = await sub.get()
-            except SubscriberTooSlow:
-                raise _too_slow() from None
-            except FeedClosed:
-                return
-            record = await repo.get(who.account_id, envelope.value)
+    async with contextlib.aclosing(_envelopes(feed, STATUS_CHANNEL, str(who.account_id), webhook_id)) as ids:
+        async for changed in ids:
+            record = await repo.get(who.account_id, changed)
             if record is not None:
                 yield Webhook.from_record(record)
 

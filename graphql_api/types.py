@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Generic, TypeVar, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 import strawberry
+from bson import ObjectId
 from strawberry.scalars import JSON
 
 from webhooks import errors as core_errors
@@ -99,6 +101,21 @@ class Edge(Generic[N]):
     node: N
 
 
+class _HasId(Protocol):
+    @property
+    def id(self) -> ObjectId: ...
+
+
+R = TypeVar("R", bound=_HasId)
+
+
+def relay_page(page: Page[R], node: Callable[[R], N]) -> tuple[list[Edge[N]], PageInfo]:
+    """Relay edges (cursor = the record's id) and page info for one page of records."""
+    edges = [Edge(cursor=encode_cursor(r.id), node=node(r)) for r in page.items]
+    info = PageInfo(has_next_page=page.has_next_page, end_cursor=edges[-1].cursor if edges else None)
+    return edges, info
+
+
 @strawberry.type
 class WebhookConnection:
     edges: list[Edge[Webhook]]
@@ -106,13 +123,8 @@ class WebhookConnection:
 
     @classmethod
     def from_page(cls, page: Page[WebhookRecord]) -> WebhookConnection:
-        edges = [Edge(cursor=encode_cursor(w.id), node=Webhook.from_record(w)) for w in page.items]
-        return cls(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next_page, end_cursor=edges[-1].cursor if edges else None
-            ),
-        )
+        edges, info = relay_page(page, Webhook.from_record)
+        return cls(edges=edges, page_info=info)
 
 
 @strawberry.type
@@ -197,10 +209,5 @@ class DeliveryConnection:
 
     @classmethod
     def from_page(cls, page: Page[DeliveryRecord]) -> DeliveryConnection:
-        edges = [Edge(cursor=encode_cursor(d.id), node=Delivery.from_record(d)) for d in page.items]
-        return cls(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next_page, end_cursor=edges[-1].cursor if edges else None
-            ),
-        )
+        edges, info = relay_page(page, Delivery.from_record)
+        return cls(edges=edges, page_info=info)

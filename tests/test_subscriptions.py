@@ -48,7 +48,8 @@ LEGACY_WS = "graphql-ws"
 PROBE_EVENT = "probe.live"
 
 ATTEMPT_FIELDS = """id deliveryId webhookId event number trigger startedAt durationMs statusCode
-                    requestHeaders responseHeaders responseBody errorClass error deliveryStatus nextAttemptAt"""
+                    requestHeaders responseHeaders responseBody errorClass error deliveryStatus
+                    nextAttemptAt"""
 ATTEMPTS = f"subscription($w: ID) {{ deliveryAttempts(webhookId: $w) {{ {ATTEMPT_FIELDS} }} }}"
 STATUS = """subscription($w: ID) {
   webhookStatusChanged(webhookId: $w) { id name enabled disabledReason disabledAt } }"""

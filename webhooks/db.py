@@ -8,6 +8,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
 from webhooks.settings import Settings
 
@@ -33,6 +34,27 @@ class Collections:
             deliveries=db["deliveries"],
             attempts=db["attempts"],
         )
+
+
+DUPLICATE_KEY = 11000
+
+
+async def insert_new(collection: AsyncCollection[Doc], docs: list[Doc]) -> list[bool]:
+    """``insert_many`` that leaves documents whose unique keys already exist: False for those.
+
+    Any other write error is raised. Used where a write may be replayed (idempotent publishes, re-run jobs).
+    """
+    if not docs:
+        return []
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        taken = {int(e["index"]) for e in errors}
+        return [i not in taken for i in range(len(docs))]
+    return [True] * len(docs)
 
 
 def connect(settings: Settings) -> AsyncMongoClient[Doc]:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,12 +154,3 @@ def start_stores(data_dir: Path, *, quiet: bool = True) -> EmbeddedStores:
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
         processes=procs,
     )
-
-
-@contextlib.contextmanager
-def stores(data_dir: Path, *, quiet: bool = True) -> Iterator[EmbeddedStores]:
-    running = start_stores(data_dir, quiet=quiet)
-    try:
-        yield running
-    finally:
-        running.stop()

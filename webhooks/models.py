@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any
 
 from bson import ObjectId
 
@@ -194,6 +193,3 @@ class Attempt:
             "next_attempt_at": self.next_attempt_at,
             "request_headers": self.request_headers,
         }
-
-
-JSONValue = Any

@@ -33,7 +33,13 @@ def decode_cursor(cursor: str | None) -> ObjectId | None:
     return ObjectId(hex_id)
 
 
-def check_page_size(first: int) -> int:
+DEFAULT_PAGE_SIZE = 20
+
+
+def check_page_size(first: int | None) -> int:
+    """``first``, or the default when the client sent null."""
+    if first is None:
+        return DEFAULT_PAGE_SIZE
     if not 1 <= first <= MAX_PAGE_SIZE:
         raise UserErrors.one("first", ErrorCode.INVALID, f"first must be between 1 and {MAX_PAGE_SIZE}")
     return first

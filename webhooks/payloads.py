@@ -22,14 +22,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeAlias
 
 import orjson
 
 from webhooks.errors import ErrorCode, UserError, UserErrors
 from webhooks.events import TEST_EVENT, TEST_MESSAGE, WIRE_NAMES
-from webhooks.timeutil import iso_ms
+from webhooks.timeutil import as_utc, iso_ms
 
 JsonValue: TypeAlias = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
 
@@ -254,11 +254,6 @@ def normalize_json(value: object, path: str = "details", *, max_depth: int = MAX
     return normalized
 
 
-def _aware(value: datetime) -> datetime:
-    """Naive datetimes (as pymongo returns them) are UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
 def _text(errors: list[UserError], field: str, value: object, max_length: int) -> str | None:
     """``value`` stripped, or None (with the problem recorded) when it is refused."""
     if not isinstance(value, str):
@@ -336,7 +331,7 @@ def build_event_body(event: str, log: AuditLog, details: object, *, now: datetim
         {
             # Refused parts are left out so the size can still be estimated: every problem at once.
             "event": str.__str__(event) if valid_event else "",
-            "timestamp": iso_ms(_aware(now)),
+            "timestamp": iso_ms(as_utc(now)),
             "data": {
                 "log": {
                     "action": action,
@@ -345,7 +340,7 @@ def build_event_body(event: str, log: AuditLog, details: object, *, now: datetim
                     "userId": user_id,
                     "userName": user_name,
                     "userEmail": user_email,
-                    "timestamp": iso_ms(_aware(log_time)),
+                    "timestamp": iso_ms(as_utc(log_time)),
                 },
                 "details": normalized_details,
             },
@@ -371,7 +366,7 @@ def build_test_body(webhook_id: str, webhook_name: str, *, now: datetime) -> byt
     return dumps_js(
         {
             "event": TEST_EVENT,
-            "timestamp": iso_ms(_aware(now)),
+            "timestamp": iso_ms(as_utc(now)),
             "data": {"message": TEST_MESSAGE, "webhookId": webhook_id, "webhookName": webhook_name},
         }
     )

@@ -39,9 +39,6 @@ class RateLimiter:
             Action.TEST_WEBHOOK: settings.rate_limit_test_per_minute,
         }
 
-    def limit(self, action: Action) -> int:
-        return self._limits[action]
-
     async def hit(self, action: Action, account_id: ObjectId, *, now: float | None = None) -> Verdict:
         now = time.time() if now is None else now
         window = int(now // WINDOW_SECONDS)

@@ -11,6 +11,11 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A naive datetime (as a client or pymongo may give it) is taken as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def iso_ms(value: datetime) -> str:
     """``2024-01-20T10:30:00.000Z``: the timestamp format of every payload."""
     value = value.astimezone(UTC)

@@ -32,7 +32,7 @@ from webhooks.repositories.events import EventRepository
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
-from workers.policy import count_failures, next_delay, parse_retry_after
+from workers.policy import count_failures, next_delay, parse_retry_after, should_disable
 from workers.sender import Sender, SendResult
 from workers.signing import redacted, signature_headers
 
@@ -191,7 +191,6 @@ class DeliveryEngine:
         moved: dict[tuple[DeliveryStatus, int, datetime | None], list[ObjectId]] = defaultdict(list)
         retries: list[tuple[ObjectId, int, datetime]] = []
         finals: dict[ObjectId, list[bool]] = defaultdict(list)
-        hooks: dict[ObjectId, Webhook] = {}
         for outcome in outcomes:
             p, started, result = outcome.planned, outcome.started, outcome.result
             delay = None
@@ -212,7 +211,6 @@ class DeliveryEngine:
                 retries.append((p.delivery_id, p.number + 1, next_at))
             if status is not DeliveryStatus.PENDING and not p.is_test:
                 finals[p.webhook.id].append(status is DeliveryStatus.SUCCEEDED)
-                hooks[p.webhook.id] = p.webhook
             _observe(p, result, status)
             attempts.append(
                 Attempt(
@@ -255,36 +253,44 @@ class DeliveryEngine:
         retention = timedelta(days=self._settings.delivery_retention_days)
         docs = [{**a.to_doc(), "expires_at": now + retention} for a in attempts]
         await self._deliveries.record_attempts(docs, updates)
-        for delivery_id, number, at in retries:
-            await self._queue.enqueue_attempt(delivery_id, number, at)
-        await self._count(
-            finals, hooks
-        )  # state first: a live-feed hiccup must not skip the auto-disable count
+        # MongoDB now holds the outcome; everything after it is Redis and must not undo it: counting comes
+        # first (it is never redone), a retry that fails to queue is re-queued by the sweeper, and the live
+        # feed is best effort.
+        await self._count(finals)
+        await self._queue_retries(retries)
         try:
             await self._publisher.attempts(attempts)
-        except Exception:  # the live feed is best effort; the delivery log in MongoDB is the record
+        except Exception:
             log.exception("could not publish %d attempts to the live feed", len(attempts))
         return [None] * len(outcomes)
 
-    async def _count(self, finals: dict[ObjectId, list[bool]], hooks: dict[ObjectId, Webhook]) -> None:
+    async def _queue_retries(self, retries: list[tuple[ObjectId, int, datetime]]) -> None:
+        queued = await asyncio.gather(
+            *(self._queue.enqueue_attempt(d, n, at) for d, n, at in retries), return_exceptions=True
+        )
+        failed = sum(isinstance(q, BaseException) for q in queued)
+        if failed:
+            log.warning("could not queue %d retries; the sweeper will", failed)
+
+    async def _count(self, finals: dict[ObjectId, list[bool]]) -> None:
         threshold = self._settings.disable_after_failures
-        # (a webhook loaded with no failures on record needs no reset: skip that write)
-        resets = [
-            w
-            for w, outcomes in finals.items()
-            if count_failures(outcomes).reset and hooks[w].consecutive_failures != 0
-        ]
-        await self._webhooks.reset_failures(resets)
+        await self._webhooks.reset_failures([w for w, o in finals.items() if count_failures(o).reset])
         for webhook_id, outcomes in finals.items():
             change = count_failures(outcomes)
             if change.add:
-                disabled = await self._webhooks.record_failures(webhook_id, change.add, threshold)
+                count = await self._webhooks.add_failures(webhook_id, change.add)
+                if count is None or not should_disable(count, threshold):
+                    continue
+                disabled = await self._webhooks.disable_once(webhook_id, threshold)
                 if disabled is not None:
                     metrics.webhook_disabled()
                     log.warning(
                         "webhook %s disabled after %d consecutive failed deliveries", webhook_id, threshold
                     )
-                    await self._publisher.webhook_status(disabled)
+                    try:
+                        await self._publisher.webhook_status(disabled)
+                    except Exception:
+                        log.exception("could not publish the status change of webhook %s", webhook_id)
 
 
 def _observe(p: Planned, result: SendResult, status: DeliveryStatus) -> None:

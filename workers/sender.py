@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 
 from webhooks.ssrf import (
     BlockedDestination,
@@ -56,7 +58,9 @@ class Sender:
         self.max_connections = max_connections
         self._allow_private = allow_private
         self._resolver: Resolver = resolver if resolver is not None else SystemResolver()
-        self._proxy = proxy
+        # Credentials in the proxy URL travel as proxy_auth, so that no error message (recorded in the
+        # delivery log, which customers read) can ever carry them.
+        self._proxy, self._proxy_auth = _split_proxy(proxy)
         # Through a proxy the connector only ever connects to the proxy (an operator-chosen address,
         # often private), so it is not checked; the destination is pre-checked in ``_check_host`` and
         # the proxy itself must enforce the policy for the addresses it resolves.
@@ -95,16 +99,19 @@ class Sender:
             async with asyncio.timeout(self._timeout):
                 await self._check_host(url)
                 async with self._session.post(
-                    url, data=body, headers=headers, allow_redirects=False, proxy=self._proxy
+                    url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    proxy=self._proxy,
+                    proxy_auth=self._proxy_auth,
                 ) as resp:
                     chunk = await _read_prefix(resp.content, MAX_RESPONSE_BODY)
                     return SendResult(
                         outcome=classify_status(resp.status),
                         duration_ms=elapsed(),
                         status_code=resp.status,
-                        response_headers={
-                            str(k): v for k, v in list(resp.headers.items())[:MAX_RESPONSE_HEADERS]
-                        },
+                        response_headers=_printable_headers(resp.headers),
                         response_body=chunk.decode("utf-8", errors="replace"),
                         error=None if 200 <= resp.status < 300 else _status_error(resp.status),
                     )
@@ -114,6 +121,24 @@ class Sender:
             )
         except Exception as exc:  # every transport failure is an outcome, recorded, never raised
             return _failure(exc, elapsed())
+
+
+def _split_proxy(proxy: str | None) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    if not proxy:
+        return None, None
+    url = yarl.URL(proxy)
+    auth = aiohttp.BasicAuth(url.user or "", url.password or "") if url.user is not None else None
+    return str(url.with_user(None)), auth
+
+
+def _clean(text: str) -> str:
+    """A receiver's header may hold bytes that are not UTF-8 (aiohttp keeps them as lone surrogates, which
+    MongoDB cannot store): replace them, so one odd receiver cannot stop a batch from being recorded."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _printable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {_clean(str(k)): _clean(v) for k, v in list(headers.items())[:MAX_RESPONSE_HEADERS]}
 
 
 def _status_error(status: int) -> str:

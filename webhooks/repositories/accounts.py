@@ -16,9 +16,6 @@ class AccountRepository:
         result = await self._cols.accounts.insert_one({"name": name, "created_at": utcnow()})
         return ObjectId(result.inserted_id)
 
-    async def exists(self, account_id: ObjectId) -> bool:
-        return await self._cols.accounts.find_one({"_id": account_id}, {"_id": 1}) is not None
-
 
 class ApiKeyRepository:
     def __init__(self, cols: Collections) -> None:

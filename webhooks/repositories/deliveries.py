@@ -6,9 +6,8 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import DESCENDING, UpdateMany, UpdateOne
-from pymongo.errors import BulkWriteError
 
-from webhooks.db import Collections, Doc
+from webhooks.db import Collections, Doc, insert_new
 from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus
 from webhooks.pagination import Page
 
@@ -58,11 +57,7 @@ class DeliveryRepository:
         """Insert; ids already present are left as they are (a replayed publish is idempotent)."""
         if not docs:
             return
-        try:
-            await self._col.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise
+        await insert_new(self._col, docs)
 
     async def get(self, account_id: ObjectId, delivery_id: ObjectId) -> Delivery | None:
         doc = await self._col.find_one({"_id": delivery_id, "account_id": account_id})
@@ -130,24 +125,25 @@ class DeliveryRepository:
     ) -> None:
         """Append the attempt log and move the deliveries on, in two batched writes."""
         if attempt_docs:
-            try:
-                await self._attempts.insert_many(attempt_docs, ordered=False)
-            except BulkWriteError as exc:  # a re-run job may record an attempt number again: keep the first
-                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                    raise
+            await insert_new(self._attempts, attempt_docs)  # a re-run job's attempt again: keep the first
         if updates:
             await self._col.bulk_write(list(updates), ordered=False)
 
     async def restart(
         self, account_id: ObjectId, ids: list[ObjectId], statuses: list[DeliveryStatus], now: datetime
     ) -> list[Doc]:
-        """Start a new manual run for deliveries currently in ``statuses``; return them as they were."""
+        """Start a new manual run for deliveries currently in ``statuses``; return the ones restarted.
+
+        Each update is conditional on the state just read, and only the deliveries this call moved (marked
+        with its own run id) are returned: a delivery that changed meanwhile is neither counted nor queued.
+        """
         query: Doc = {
             "_id": {"$in": ids},
             "account_id": account_id,
             "status": {"$in": [s.value for s in statuses]},
         }
         docs = await self._col.find(query).to_list()
+        run_id = ObjectId()
         updates: list[UpdateOne] = []
         for doc in docs:
             updates.append(
@@ -158,15 +154,18 @@ class DeliveryRepository:
                             "status": DeliveryStatus.PENDING.value,
                             "run_start": doc["attempt_count"] + 1,
                             "run_trigger": AttemptTrigger.MANUAL.value,
+                            "run_id": run_id,
                             "next_attempt_at": now,
                             "updated_at": now,
                         }
                     },
                 )
             )
-        if updates:
-            await self._col.bulk_write(updates, ordered=False)
-        return docs
+        if not updates:
+            return []
+        await self._col.bulk_write(updates, ordered=False)
+        moved = {d["_id"] async for d in self._col.find({"_id": {"$in": ids}, "run_id": run_id}, {"_id": 1})}
+        return [d for d in docs if d["_id"] in moved]
 
     async def ids_in_window(
         self,

@@ -3,12 +3,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from bson import Binary, ObjectId
-from pymongo.errors import BulkWriteError
 
-from webhooks.db import Collections, Doc
+from webhooks.db import Collections, Doc, insert_new
 from webhooks.models import Event
-
-DUPLICATE_KEY = 11000
 
 
 def event_doc(
@@ -43,15 +40,7 @@ class EventRepository:
 
     async def insert_many(self, docs: list[Doc]) -> list[bool]:
         """Insert events (built by ``event_doc``); False for one whose idempotency key is already used."""
-        try:
-            await self._col.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            taken = {int(e["index"]) for e in errors}
-            return [i not in taken for i in range(len(docs))]
-        return [True] * len(docs)
+        return await insert_new(self._col, docs)
 
     async def by_idempotency_key(self, account_id: ObjectId, key: str, since: datetime) -> Doc | None:
         return await self._col.find_one(

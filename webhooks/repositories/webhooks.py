@@ -42,10 +42,6 @@ class WebhookRepository:
         doc = await self._col.find_one({"_id": webhook_id, "account_id": account_id})
         return Webhook.from_doc(doc) if doc else None
 
-    async def get_doc_by_id(self, webhook_id: ObjectId) -> Doc | None:
-        """Unscoped read for the worker, which acts on ids it was given by a scoped write."""
-        return await self._col.find_one({"_id": webhook_id})
-
     async def get_many(self, ids: list[ObjectId]) -> dict[ObjectId, Webhook]:
         return {d["_id"]: Webhook.from_doc(d) async for d in self._col.find({"_id": {"$in": ids}})}
 
@@ -131,18 +127,17 @@ class WebhookRepository:
 
     # -- delivery outcomes (worker side) -------------------------------------------------------------
 
-    async def record_failures(self, webhook_id: ObjectId, count: int, threshold: int) -> Webhook | None:
-        """Add ``count`` failed deliveries; disable exactly once when the threshold is crossed.
-
-        Returns the webhook if *this* call disabled it.
-        """
+    async def add_failures(self, webhook_id: ObjectId, count: int) -> int | None:
+        """Add ``count`` failed deliveries (atomically); the new consecutive count, None if deleted."""
         doc = await self._col.find_one_and_update(
             {"_id": webhook_id},
             {"$inc": {"consecutive_failures": count}},
             return_document=ReturnDocument.AFTER,
         )
-        if doc is None or doc["consecutive_failures"] < threshold:
-            return None
+        return None if doc is None else int(doc["consecutive_failures"])
+
+    async def disable_once(self, webhook_id: ObjectId, threshold: int) -> Webhook | None:
+        """Disable an enabled webhook still at or over ``threshold``; the webhook if *this* call did it."""
         now = utcnow()
         disabled = await self._col.find_one_and_update(
             {"_id": webhook_id, "enabled": True, "consecutive_failures": {"$gte": threshold}},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,7 +24,9 @@ from webhooks.repositories.events import EventRepository, event_doc
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.webhooks import not_found
 from webhooks.settings import Settings
-from webhooks.timeutil import utcnow
+from webhooks.timeutil import as_utc, utcnow
+
+log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY = 200
 MAX_RECOVER = 10_000
@@ -98,7 +103,9 @@ class DeliveryService:
             # lost a race for the same idempotency key: answer with the winner
             assert idempotency_key is not None
             earlier = await self._events.by_idempotency_key(
-                who.account_id, idempotency_key, now - timedelta(days=1)
+                who.account_id,
+                idempotency_key,
+                now - timedelta(hours=self._settings.idempotency_window_hours),
             )
             if earlier is None:
                 raise UserErrors.one(
@@ -106,7 +113,7 @@ class DeliveryService:
                 )
             return await self._replay(earlier)
         pending = [d["_id"] for d in deliveries if d["status"] == DeliveryStatus.PENDING.value]
-        await self._queue.enqueue_first_attempts(stored["_id"], pending)
+        await self._enqueue(self._queue.enqueue_first_attempts(stored["_id"], pending))
         return Published(stored["_id"], [Delivery.from_doc(d) for d in deliveries], replayed=False)
 
     async def _store_batch(self, items: list[tuple[Doc, list[Doc]]]) -> list[bool]:
@@ -141,6 +148,17 @@ class DeliveryService:
         await self._deliveries.insert_many(docs)
         return Published(event["_id"], await self._by_ids([d["_id"] for d in docs]), replayed=True)
 
+    @staticmethod
+    async def _enqueue(*jobs: Awaitable[bool]) -> None:
+        """Queue after the MongoDB write. The write is the commitment: if Redis fails here, the client still
+        gets its answer (a retry would duplicate the event) and the sweeper queues the delivery later."""
+        queued = await asyncio.gather(*jobs, return_exceptions=True)
+        failed = [q for q in queued if isinstance(q, BaseException)]
+        if failed:
+            log.warning(
+                "could not queue %d jobs (%s); the sweeper will", len(failed), type(failed[0]).__name__
+            )
+
     # -- test, retry, recover ----------------------------------------------------------------------
 
     async def test(self, who: Principal, webhook_id: str) -> Delivery:
@@ -172,7 +190,7 @@ class DeliveryService:
             test=True,
         )
         await self._store.call((event, [doc]))
-        await self._queue.enqueue_attempt(delivery_id, 1)
+        await self._enqueue(self._queue.enqueue_attempt(delivery_id, 1))
         return Delivery.from_doc(doc)
 
     async def retry(self, who: Principal, delivery_id: str) -> Delivery:
@@ -199,7 +217,7 @@ class DeliveryService:
         oid = parse_id(webhook_id, "webhookId")
         if await self._webhooks.get(who.account_id, oid) is None:
             raise not_found("webhook", webhook_id, "webhookId")
-        until = until or utcnow()
+        since, until = as_utc(since), as_utc(until) if until else utcnow()  # naive means UTC
         if since >= until:
             raise UserErrors.one("since", ErrorCode.INVALID, "since must be earlier than until")
         statuses = [DeliveryStatus.FAILED, DeliveryStatus.HELD]
@@ -212,8 +230,7 @@ class DeliveryService:
         self, who: Principal, ids: list[ObjectId], statuses: list[DeliveryStatus]
     ) -> list[Doc]:
         docs = await self._deliveries.restart(who.account_id, ids, statuses, utcnow())
-        for doc in docs:
-            await self._queue.enqueue_attempt(doc["_id"], doc["attempt_count"] + 1)
+        await self._enqueue(*(self._queue.enqueue_attempt(d["_id"], d["attempt_count"] + 1) for d in docs))
         return docs
 
     # -- the delivery log --------------------------------------------------------------------------
@@ -225,7 +242,7 @@ class DeliveryService:
         webhook_id: str | None,
         status: DeliveryStatus | None,
         event: str | None,
-        first: int,
+        first: int | None,
         after: str | None,
     ) -> Page[Delivery]:
         oid = parse_id(webhook_id, "webhookId") if webhook_id is not None else None

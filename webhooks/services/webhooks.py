@@ -93,14 +93,19 @@ class WebhookService:
         if errors:
             raise UserErrors(errors)
         limit = self._settings.max_webhooks_per_account
+        over_limit = UserErrors.one(
+            None, ErrorCode.LIMIT_EXCEEDED, f"an account can have at most {limit} webhooks"
+        )
         if await self._repo.count(who.account_id) >= limit:
-            raise UserErrors.one(
-                None, ErrorCode.LIMIT_EXCEEDED, f"an account can have at most {limit} webhooks"
-            )
+            raise over_limit
         secret = new_signing_secret()
         webhook = await self._repo.insert(
             who.account_id, clean_name, clean_url, clean_events, self._box.encrypt(secret)
         )
+        # Concurrent creates can pass the check together: count again and take ours back if over.
+        if await self._repo.count(who.account_id) > limit:
+            await self._repo.delete(who.account_id, webhook.id)
+            raise over_limit
         return CreatedWebhook(webhook, secret)
 
     async def get(self, who: Principal, webhook_id: str) -> Webhook:
@@ -111,13 +116,7 @@ class WebhookService:
             raise not_found("webhook", webhook_id)
         return webhook
 
-    async def find(self, who: Principal, webhook_id: str) -> Webhook | None:
-        try:
-            return await self.get(who, webhook_id)
-        except UserErrors:
-            return None
-
-    async def page(self, who: Principal, first: int, after: str | None) -> Page[Webhook]:
+    async def page(self, who: Principal, first: int | None, after: str | None) -> Page[Webhook]:
         return await self._repo.page(who.account_id, check_page_size(first), decode_cursor(after))
 
     async def update(
@@ -203,9 +202,6 @@ class WebhookService:
                 "id", ErrorCode.CONFLICT, "the webhook changed meanwhile (deleted or rotated); try again"
             )
         return CreatedWebhook(rotated, secret)
-
-    def secret_of(self, webhook: Webhook) -> str:
-        return self._box.decrypt(webhook.secret_enc)
 
 
 def not_found(kind: str, raw_id: str, field: str = "id") -> UserErrors:
