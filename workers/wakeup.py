@@ -59,8 +59,9 @@ class WakeableWorker(Worker):
     async def _sleep_until_tasks_complete(self) -> None:
         """Graceful stop: wait for the jobs still running (arq's version also waits for finished tasks
         that its poll loop has not yet cleared)."""
-        while any(not task.done() for task in self.tasks.values()):
-            await asyncio.sleep(0.1)
+        running = [task for task in self.tasks.values() if not task.done()]
+        if running:  # no new job starts meanwhile: allow_pick_jobs is off
+            await asyncio.wait(running)
 
     async def _listen(self, key: str, woken: asyncio.Event) -> None:
         """Block on the wake list (one Redis call per token, or per idle second) and set ``woken``."""
