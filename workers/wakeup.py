@@ -56,11 +56,18 @@ class WakeableWorker(Worker):
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's, but a stop signal that arrives while a batch of jobs is being claimed ends the claiming."""
+        for job_id in job_ids:
+            if not self.allow_pick_jobs:
+                return
+            await super().start_jobs([job_id])
+
     async def _sleep_until_tasks_complete(self) -> None:
         """Graceful stop: wait for the jobs still running (arq's version also waits for finished tasks
         that its poll loop has not yet cleared)."""
-        running = [task for task in self.tasks.values() if not task.done()]
-        if running:  # no new job starts meanwhile: allow_pick_jobs is off
+        while running := [task for task in self.tasks.values() if not task.done()]:
+            # (again after each wait: a job claimed while the signal arrived may start just after it)
             await asyncio.wait(running)
 
     async def _listen(self, key: str, woken: asyncio.Event) -> None:
