@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -107,3 +108,26 @@ async def run_stack(settings: Any, *, worker: bool = True) -> AsyncIterator[Stac
         if worker:
             await stack.enter_async_context(run_worker(settings))
         yield Stack(settings=settings, core=core, http=http)
+
+
+def service_env(settings: Any, **extra: str) -> dict[str, str]:
+    """Environment for a `webhooks serve` or `webhooks worker` subprocess sharing ``settings``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("WEBHOOKS_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env.update(
+        {
+            "WEBHOOKS_MONGODB_URL": str(settings.mongodb_url),
+            "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
+            "WEBHOOKS_REDIS_URL": str(settings.redis_url),
+            "WEBHOOKS_SECRET_KEYS": ",".join(settings.secret_keys),
+            "WEBHOOKS_QUEUE_NAME": settings.queue_name,
+            "WEBHOOKS_ALLOW_HTTP": "true",
+            "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
+            "WEBHOOKS_DATA_DIR": str(settings.data_dir),
+            **extra,
+        }
+    )
+    return env

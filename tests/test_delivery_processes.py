@@ -6,7 +6,6 @@ The worker runs as `python -m webhooks.cli worker` in its own process; the API r
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from aiohttp import web
 from tests.conftest import REDIS_URL, make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import Receiver, sleep
-from tests.support import Stack, run_stack
+from tests.support import Stack, run_stack, service_env
 from webhooks.settings import Settings
 
 SCHEDULE = (0.0, 1.0, 1.0, 1.0)
@@ -46,24 +45,13 @@ async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> A
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
-    env.update(
-        {
-            "WEBHOOKS_MONGODB_URL": str(settings.mongodb_url),
-            "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
-            "WEBHOOKS_REDIS_URL": str(settings.redis_url),
-            "WEBHOOKS_SECRET_KEYS": ",".join(settings.secret_keys),
-            "WEBHOOKS_QUEUE_NAME": settings.queue_name,
-            "WEBHOOKS_ALLOW_HTTP": "true",
-            "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
-            "WEBHOOKS_RETRY_SCHEDULE": ",".join(str(d) for d in settings.retry_schedule),
-            "WEBHOOKS_DELIVERY_TIMEOUT": str(settings.delivery_timeout),
-            "WEBHOOKS_SWEEP_INTERVAL": "1",
-            "WEBHOOKS_SWEEP_GRACE": "1",
-            "WEBHOOKS_DATA_DIR": str(settings.data_dir),
-        }
+    return service_env(
+        settings,
+        WEBHOOKS_RETRY_SCHEDULE=",".join(str(d) for d in settings.retry_schedule),
+        WEBHOOKS_DELIVERY_TIMEOUT=str(settings.delivery_timeout),
+        WEBHOOKS_SWEEP_INTERVAL="1",
+        WEBHOOKS_SWEEP_GRACE="1",
     )
-    return env
 
 
 @contextmanager

@@ -10,7 +10,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import run_receiver, status
-from tests.support import run_stack
+from tests.support import run_stack, service_env
 from webhooks.embedded import free_port, spawn, stop, valkey_binary, wait_for_port
 from webhooks.logging_setup import JsonFormatter
 from webhooks.settings import Settings
@@ -37,22 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for a `webhooks worker` subprocess that shares ``settings``' stores and queue."""
-    env = {
-        **os.environ,
-        "WEBHOOKS_MONGODB_URL": str(settings.mongodb_url),
-        "WEBHOOKS_REDIS_URL": str(settings.redis_url),
-        "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
-        "WEBHOOKS_SECRET_KEYS": ",".join(settings.secret_keys),
-        "WEBHOOKS_QUEUE_NAME": settings.queue_name,
-        "WEBHOOKS_ALLOW_HTTP": "true",
-        "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
-        "WEBHOOKS_DATA_DIR": str(settings.data_dir),
-        "WEBHOOKS_LOG_FORMAT": "json",
-        "WEBHOOKS_WORKER_HEARTBEAT_INTERVAL": "0.5",
-        **extra,
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    return env
+    return service_env(
+        settings, WEBHOOKS_LOG_FORMAT="json", WEBHOOKS_WORKER_HEARTBEAT_INTERVAL="0.5", **extra
+    )
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:

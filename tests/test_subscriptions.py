@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ from graphql_api.feed import Feed
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import Receiver, status
-from tests.support import Account, GraphQLClient, run_worker, serve_asgi
+from tests.support import Account, GraphQLClient, run_worker, serve_asgi, service_env
 from webhooks.core import Core, open_core
 from webhooks.embedded import free_port, spawn, stop, wait_for_port
 from webhooks.models import Attempt, AttemptTrigger, DeliveryStatus, Scope
@@ -417,16 +416,7 @@ async def test_legacy_graphql_ws_subprotocol(api: Api, receiver: Receiver, redis
 def second_api(settings: Settings) -> Iterator[str]:
     """Another API process (``webhooks serve``) on the same MongoDB and Redis."""
     port = free_port()
-    env = {
-        **os.environ,
-        "WEBHOOKS_MONGODB_URL": str(settings.mongodb_url),
-        "WEBHOOKS_REDIS_URL": str(settings.redis_url),
-        "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
-        "WEBHOOKS_SECRET_KEYS": ",".join(settings.secret_keys),
-        "WEBHOOKS_QUEUE_NAME": settings.queue_name,
-        "WEBHOOKS_ALLOW_HTTP": "true",
-        "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
-    }
+    env = service_env(settings)
     proc = spawn([sys.executable, "-m", "webhooks.cli", "serve", "--port", str(port)], env=env, quiet=True)
     try:
         wait_for_port(port, proc, "second API")
