@@ -13,7 +13,6 @@ from starlette.routing import BaseRoute, Route
 
 from webhooks import metrics
 from webhooks.core import Core
-from webhooks.models import DeliveryStatus
 from webhooks.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ async def healthz(request: Request) -> Response:
 async def readiness(core: Core, timeout: float = CHECK_TIMEOUT) -> dict[str, str]:
     mongodb, redis = await asyncio.gather(
         _check(core.client.admin.command("ping"), timeout),
-        _check(core.queue.pool.ping(), timeout),
+        _check(core.redis.ping(), timeout),
     )
     return {"mongodb": mongodb, "redis": redis}
 
@@ -71,23 +70,39 @@ async def readyz(request: Request) -> Response:
 
 
 async def _queue_depth(core: Core) -> float:
-    return float(await core.queue.pool.zcard(core.queue.queue_name))
+    return float(await core.lanes.depth())
 
 
 async def _overdue(core: Core) -> float:
     before = utcnow() - timedelta(seconds=core.settings.sweep_grace)
-    count = await core.cols.deliveries.count_documents(
-        {"status": DeliveryStatus.PENDING.value, "next_attempt_at": {"$lt": before}},
-        limit=OVERDUE_COUNT_LIMIT,
-        maxTimeMS=int(SCRAPE_TIMEOUT * 1000),
+    count = await core.delivery_repo.count_overdue(
+        before, OVERDUE_COUNT_LIMIT, max_time_ms=int(SCRAPE_TIMEOUT * 1000)
     )
     return float(count)
+
+
+async def _waiting_on_limit(core: Core) -> float:
+    return float(await core.lanes.waiting_on_limit(utcnow()))
+
+
+async def _open_breakers(core: Core) -> float:
+    return float(await core.lanes.open_breakers())
 
 
 async def scrape_gauges(core: Core) -> list[metrics.ScrapeGauge]:
     """Queue depth and overdue deliveries, each skipped (and logged) if its store does not answer in time."""
     wanted: list[tuple[str, str, Callable[[Core], Awaitable[float]]]] = [
-        ("webhooks_queue_depth", "Jobs waiting in the arq queue (due now or scheduled later).", _queue_depth),
+        (
+            "webhooks_queue_depth",
+            "Attempts waiting in the webhooks' lanes (due now or scheduled later).",
+            _queue_depth,
+        ),
+        (
+            "webhooks_attempts_waiting_on_limit",
+            "Due attempts waiting because their webhook has its in-flight limit of attempts running.",
+            _waiting_on_limit,
+        ),
+        ("webhooks_breakers_open", "Webhooks whose circuit breaker is open.", _open_breakers),
         (
             "webhooks_deliveries_overdue",
             f"Pending deliveries whose next attempt is overdue by more than the sweep grace (capped at "

@@ -104,12 +104,17 @@ class RequestGuard:
 
 async def _refuse(send: Send, status: int, message: str) -> None:
     body = json.dumps({"errors": [{"message": message}]}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -144,8 +149,10 @@ class OperationLimits(SchemaExtension):
         ec = self.execution_context
         settings = _settings_of(ec.context)
         ec.parse_options["max_tokens"] = settings.max_tokens
-        rules: list[type[ASTValidationRule]] = [_depth_rule(settings.max_query_depth),
-                                                _alias_rule(settings.max_aliases)]
+        rules: list[type[ASTValidationRule]] = [
+            _depth_rule(settings.max_query_depth),
+            _alias_rule(settings.max_aliases),
+        ]
         if not settings.introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
         ec.validation_rules = (*ec.validation_rules, *rules)

@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from arq.connections import ArqRedis
 from pymongo import AsyncMongoClient
 
 from webhooks.crypto import SecretBox, load_secret_box
 from webhooks.db import Collections, Doc, collections, connect, ensure_indexes
+from webhooks.lanes import Lanes
 from webhooks.pubsub import Publisher
-from webhooks.queue import DeliveryQueue
+from webhooks.queue import connect_redis, lanes_of
 from webhooks.ratelimit import RateLimiter
 from webhooks.repositories.accounts import AccountRepository, ApiKeyRepository
 from webhooks.repositories.deliveries import DeliveryRepository
@@ -33,7 +35,8 @@ class Core:
     client: AsyncMongoClient[Doc]
     cols: Collections
     box: SecretBox
-    queue: DeliveryQueue
+    redis: ArqRedis
+    lanes: Lanes
     publisher: Publisher
     accounts: AccountRepository
     api_keys: ApiKeyRepository
@@ -46,14 +49,15 @@ class Core:
     rate_limiter: RateLimiter
 
     @classmethod
-    def build(cls, settings: Settings, client: AsyncMongoClient[Doc], queue: DeliveryQueue) -> Core:
+    def build(cls, settings: Settings, client: AsyncMongoClient[Doc], redis: ArqRedis) -> Core:
         cols = collections(client, settings)
         box = load_secret_box(settings)
         webhook_repo = WebhookRepository(cols)
         event_repo = EventRepository(cols)
-        delivery_repo = DeliveryRepository(cols)
+        delivery_repo = DeliveryRepository(cols, event_repo)
         resolver = resolver_factory()
-        publisher = Publisher(queue.pool)
+        publisher = Publisher(redis)
+        lanes = lanes_of(redis, settings)
 
         async def check_destination(url: str, field: str) -> None:
             await check_url_destination(
@@ -65,7 +69,8 @@ class Core:
             client=client,
             cols=cols,
             box=box,
-            queue=queue,
+            redis=redis,
+            lanes=lanes,
             publisher=publisher,
             accounts=AccountRepository(cols),
             api_keys=ApiKeyRepository(cols),
@@ -75,9 +80,9 @@ class Core:
             webhooks=WebhookService(
                 webhook_repo, box, settings, check_destination, notify_status=publisher.webhook_status
             ),
-            deliveries=DeliveryService(settings, webhook_repo, event_repo, delivery_repo, queue),
+            deliveries=DeliveryService(settings, webhook_repo, event_repo, delivery_repo, lanes),
             resolver=resolver,
-            rate_limiter=RateLimiter(queue.pool, settings),
+            rate_limiter=RateLimiter(redis, settings),
         )
 
 
@@ -85,13 +90,13 @@ class Core:
 async def open_core(settings: Settings) -> AsyncIterator[Core]:
     client = connect(settings)
     try:
-        queue = await DeliveryQueue.connect(settings)
+        redis = await connect_redis(settings)
         try:
-            core = Core.build(settings, client, queue)
+            core = Core.build(settings, client, redis)
             await ensure_indexes(core.cols)
             yield core
         finally:
-            await queue.close()
+            await redis.aclose()
     finally:
         await client.close()
 

@@ -22,7 +22,6 @@ class Collections:
     webhooks: AsyncCollection[Doc]
     events: AsyncCollection[Doc]
     deliveries: AsyncCollection[Doc]
-    attempts: AsyncCollection[Doc]
 
     @classmethod
     def of(cls, db: AsyncDatabase[Doc]) -> Collections:
@@ -32,7 +31,6 @@ class Collections:
             webhooks=db["webhooks"],
             events=db["events"],
             deliveries=db["deliveries"],
-            attempts=db["attempts"],
         )
 
 
@@ -88,6 +86,22 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="account_idempotency_key",
         ),
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
+        # the outbox: events whose planned deliveries are not all written yet (partial: few entries)
+        IndexModel(
+            [("account_id", ASCENDING), ("open", ASCENDING), ("_id", DESCENDING)],
+            partialFilterExpression={"open": True},
+            name="account_open_newest",
+        ),
+        IndexModel(
+            [("open", ASCENDING), ("_id", ASCENDING)],
+            partialFilterExpression={"open": True},
+            name="open_oldest",
+        ),
+        IndexModel(
+            [("planned.delivery_id", ASCENDING)],
+            partialFilterExpression={"open": True},
+            name="open_planned_delivery",
+        ),
     ],
     "deliveries": [
         IndexModel(
@@ -96,12 +110,6 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("account_id", ASCENDING), ("_id", DESCENDING)], name="account_newest"),
         IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="sweeper_due"),
-        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
-    ],
-    "attempts": [
-        IndexModel(
-            [("delivery_id", ASCENDING), ("number", ASCENDING)], unique=True, name="delivery_attempts"
-        ),
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
     ],
 }

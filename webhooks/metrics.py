@@ -57,8 +57,16 @@ ATTEMPT_DURATION = Histogram(
 )
 DISPATCH_DELAY = Histogram(
     "webhooks_delivery_dispatch_delay_seconds",
-    "Delay between the time an attempt was scheduled for and the time a worker started it.",
+    "Delay between the time an attempt was scheduled for and the time a worker started it, by what it "
+    "waited for: none (on time), worker (every worker busy), webhook_limit (its webhook's in-flight "
+    "limit), breaker (its webhook's open breaker).",
+    ["wait"],
     buckets=_DELAY_BUCKETS,
+)
+BREAKER_CHANGES = Counter(
+    "webhooks_breaker_transitions",
+    "Webhook circuit breakers that opened or closed.",
+    ["to"],
 )
 WEBHOOKS_DISABLED = Counter(
     "webhooks_webhooks_auto_disabled",
@@ -124,8 +132,13 @@ def delivery_finished(status: str, event: str) -> None:
     DELIVERIES.labels(status=status.lower(), event=event_label(event)).inc()
 
 
-def dispatch_delay(seconds: float) -> None:
-    DISPATCH_DELAY.observe(max(seconds, 0.0))
+def dispatch_delay(seconds: float, wait: str) -> None:
+    """``wait``: none, worker, webhook_limit or breaker."""
+    DISPATCH_DELAY.labels(wait=wait).observe(max(seconds, 0.0))
+
+
+def breaker_changed(opened: bool) -> None:
+    BREAKER_CHANGES.labels(to="open" if opened else "closed").inc()
 
 
 def webhook_disabled() -> None:

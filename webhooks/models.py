@@ -61,6 +61,7 @@ class Webhook:
     created_at: datetime
     updated_at: datetime
     previous_secrets: tuple[PreviousSecret, ...] = ()
+    max_in_flight: int | None = None  # None: the setting's default (WEBHOOKS_WEBHOOK_MAX_IN_FLIGHT)
 
     @classmethod
     def from_doc(cls, doc: Doc) -> Webhook:
@@ -80,11 +81,24 @@ class Webhook:
             previous_secrets=tuple(
                 PreviousSecret(p["secret_enc"], p["expires_at"]) for p in doc.get("previous_secrets") or ()
             ),
+            max_in_flight=doc.get("max_in_flight"),
         )
+
+    def in_flight_limit(self, default: int) -> int:
+        return self.max_in_flight if self.max_in_flight is not None else default
 
     def signing_secrets_enc(self, now: datetime) -> list[str]:
         """The current secret first, then every previous one still inside its grace period."""
         return [self.secret_enc, *(p.secret_enc for p in self.previous_secrets if p.expires_at > now)]
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One delivery an event must make: written to the event (the outbox) before anything is queued."""
+
+    delivery_id: ObjectId
+    webhook_id: ObjectId
+    held: bool  # the webhook was disabled at publish time: recorded HELD, not sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +108,39 @@ class Event:
     event: str
     body: bytes
     created_at: datetime
+    planned: tuple[Planned, ...] = ()
+    test: bool = False
 
     @classmethod
     def from_doc(cls, doc: Doc) -> Event:
-        return cls(doc["_id"], doc["account_id"], doc["event"], bytes(doc["body"]), doc["created_at"])
+        return cls(
+            id=doc["_id"],
+            account_id=doc["account_id"],
+            event=doc["event"],
+            body=bytes(doc["body"]),
+            created_at=doc["created_at"],
+            planned=tuple(
+                Planned(p["delivery_id"], p["webhook_id"], bool(p.get("held")))
+                for p in doc.get("planned") or ()
+            ),
+            test=bool(doc.get("test")),
+        )
+
+    def pending_delivery(self, planned: Planned) -> Delivery:
+        """A planned delivery not yet written: PENDING, its first attempt due at the event's creation."""
+        return Delivery(
+            id=planned.delivery_id,
+            account_id=self.account_id,
+            webhook_id=planned.webhook_id,
+            event_id=self.id,
+            event=self.event,
+            status=DeliveryStatus.HELD if planned.held else DeliveryStatus.PENDING,
+            test=self.test,
+            attempt_count=0,
+            next_attempt_at=None if planned.held else self.created_at,
+            created_at=self.created_at,
+            updated_at=self.created_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +156,8 @@ class Delivery:
     next_attempt_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    run_start: int = 1  # the first attempt number of the current run (a manual retry starts a new run)
+    run_trigger: AttemptTrigger = AttemptTrigger.AUTOMATIC
 
     @classmethod
     def from_doc(cls, doc: Doc) -> Delivery:
@@ -128,7 +173,20 @@ class Delivery:
             next_attempt_at=doc.get("next_attempt_at"),
             created_at=doc["created_at"],
             updated_at=doc.get("updated_at") or doc["created_at"],
+            run_start=int(doc.get("run_start", 1)),
+            run_trigger=AttemptTrigger(doc.get("run_trigger", AttemptTrigger.AUTOMATIC.value)),
         )
+
+    def trigger_of(self, number: int) -> AttemptTrigger:
+        """What started attempt ``number``: a test, a manual retry (first of its run), or the schedule."""
+        if self.test:
+            return AttemptTrigger.TEST
+        if number == self.run_start and self.run_trigger is AttemptTrigger.MANUAL:
+            return AttemptTrigger.MANUAL
+        return AttemptTrigger.AUTOMATIC
+
+    def attempt_in_run(self, number: int) -> int:
+        return number - self.run_start + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,15 +208,18 @@ class Attempt:
     delivery_status: DeliveryStatus
     next_attempt_at: datetime | None
     request_headers: dict[str, str] = field(default_factory=dict)  # as sent, signatures redacted
+    scheduled_at: datetime | None = None  # when it was due
+    late_reason: str | None = None  # why it started late (``webhooks.lanes.LateReason``), None if on time
 
     @classmethod
-    def from_doc(cls, doc: Doc) -> Attempt:
+    def from_doc(cls, doc: Doc, delivery: Doc) -> Attempt:
+        """An attempt embedded in its delivery document (``delivery``)."""
         return cls(
             id=doc["_id"],
-            delivery_id=doc["delivery_id"],
-            account_id=doc["account_id"],
-            webhook_id=doc["webhook_id"],
-            event=doc["event"],
+            delivery_id=delivery["_id"],
+            account_id=delivery["account_id"],
+            webhook_id=delivery["webhook_id"],
+            event=delivery["event"],
             number=doc["number"],
             trigger=AttemptTrigger(doc["trigger"]),
             started_at=doc["started_at"],
@@ -171,15 +232,14 @@ class Attempt:
             delivery_status=DeliveryStatus(doc["delivery_status"]),
             next_attempt_at=doc.get("next_attempt_at"),
             request_headers=dict(doc.get("request_headers") or {}),
+            scheduled_at=doc.get("scheduled_at"),
+            late_reason=doc.get("late_reason"),
         )
 
     def to_doc(self) -> Doc:
+        """As embedded in its delivery document (which holds the ids it shares)."""
         return {
             "_id": self.id,
-            "delivery_id": self.delivery_id,
-            "account_id": self.account_id,
-            "webhook_id": self.webhook_id,
-            "event": self.event,
             "number": self.number,
             "trigger": self.trigger.value,
             "started_at": self.started_at,
@@ -192,4 +252,6 @@ class Attempt:
             "delivery_status": self.delivery_status.value,
             "next_attempt_at": self.next_attempt_at,
             "request_headers": self.request_headers,
+            "scheduled_at": self.scheduled_at,
+            "late_reason": self.late_reason,
         }

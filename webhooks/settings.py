@@ -44,7 +44,14 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(default=5.0, gt=0)
     sweep_grace: float = Field(default=5.0, ge=0)
     worker_poll_delay: float = Field(default=0.05, gt=0)
-    worker_max_jobs: int = Field(default=50, ge=1)
+    worker_max_jobs: int = Field(default=50, ge=1)  # arq jobs (the sweeper) per worker
+    # Isolation (webhooks.lanes): attempts in flight per webhook across all workers (a webhook's
+    # ``maxInFlight`` overrides it, from 1 to ``webhook_max_in_flight_cap``), attempts in flight per worker
+    # process, and the consecutive timeouts/connection failures that open a webhook's breaker.
+    webhook_max_in_flight: int = Field(default=10, ge=1)
+    webhook_max_in_flight_cap: int = Field(default=100, ge=1)
+    worker_max_in_flight: int = Field(default=500, ge=1)
+    breaker_open_after: int = Field(default=5, ge=1)
     user_agent: str = "HatchBeacon-Webhooks/1.0"
     queue_name: str = "webhooks:deliveries"
 

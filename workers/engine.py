@@ -1,76 +1,82 @@
-"""The delivery engine: run a batch of attempts, record them in bulk, schedule retries, disable webhooks.
+"""The delivery engine: make one claimed attempt, free its webhook's slot, record it, schedule what follows.
 
-Flow for ``(delivery id, attempt number)`` items: load (deliveries, webhooks, event bodies) → sign and POST
-concurrently → one ``insert_many`` of attempts and one ``bulk_write`` of delivery states → failure counters /
-auto-disable → retries queued → live feed. Loads and records are coalesced across concurrent jobs
-(``workers.coalesce``), so a burst costs a few large writes rather than many small ones.
-An item whose delivery has moved on (another run already made that attempt) is skipped, so duplicate jobs
-are harmless.
+Each attempt runs on its own (``run``): no attempt waits for another webhook's receiver. Loads, slot
+releases and records go through coalescers, so concurrent attempts share their round trips: a burst costs
+a few large writes, not many small ones. Write budget: a first attempt writes its delivery document once
+(with the attempt in it); a later attempt appends to it.
+
+Order after an attempt: the slot is released first (the receiver-facing limit is what it guards), then
+MongoDB records the outcome, then Redis work that must not undo it (failure counters, retries, the feed).
+An attempt whose delivery has moved on (another run made it already) is skipped, so duplicates are
+harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from bson import ObjectId
-from pymongo import UpdateMany, UpdateOne
 
 from webhooks import metrics
+from webhooks.cache import SizedLRU, TTLCache
 from webhooks.coalesce import Coalescer
 from webhooks.crypto import SecretBox
-from webhooks.db import Doc
-from webhooks.models import Attempt, AttemptTrigger, DeliveryStatus, Webhook
+from webhooks.lanes import Claimed, Enqueue, Finished, Kind, LaneItem, Lanes, LateReason
+from webhooks.lanes import Outcome as BreakerOutcome
+from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, Webhook
 from webhooks.pubsub import Publisher
-from webhooks.queue import DeliveryQueue, Item
-from webhooks.repositories.deliveries import DeliveryRepository
+from webhooks.repositories.deliveries import DeliveryRepository, Recorded, Unsent
 from webhooks.repositories.events import EventRepository
 from webhooks.repositories.webhooks import WebhookRepository
+from webhooks.services.deliveries import stored_attempt
 from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
-from workers.policy import count_failures, next_delay, parse_retry_after, should_disable
+from workers.policy import OutcomeClass, count_failures, next_delay, parse_retry_after, should_disable
 from workers.sender import Sender, SendResult
 from workers.signing import redacted, signature_headers
 
 log = logging.getLogger(__name__)
+
+WEBHOOK_CACHE_TTL = 1.0  # seconds: a disabled or deleted webhook is never served longer than this
+EVENT_CACHE_BYTES = 32 * 1024 * 1024  # event bodies are immutable: kept while memory allows
+LATE_AFTER_MS = 500.0  # an attempt that starts later than this after its due time says why
+UNREACHABLE = frozenset(
+    {
+        OutcomeClass.TIMEOUT,
+        OutcomeClass.CONNECTION_ERROR,
+        OutcomeClass.TLS_ERROR,
+        OutcomeClass.BLOCKED_DESTINATION,
+    }
+)
+
+WAIT_LABELS = {
+    None: "none",
+    LateReason.WORKER_BUSY: "worker",
+    LateReason.WEBHOOK_LIMIT: "webhook_limit",
+    LateReason.BREAKER_OPEN: "breaker",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Planned:
     """One attempt about to be made."""
 
-    doc: Doc
-    number: int
+    claimed: Claimed
+    delivery: Delivery  # as it is before this attempt
     webhook: Webhook
     body: bytes
+    scheduled_at: datetime
+    stored: bool  # the delivery document exists
 
     @property
-    def delivery_id(self) -> ObjectId:
-        oid: ObjectId = self.doc["_id"]
-        return oid
-
-    @property
-    def is_test(self) -> bool:
-        return bool(self.doc.get("test"))
-
-    @property
-    def trigger(self) -> AttemptTrigger:
-        if self.is_test:
-            return AttemptTrigger.TEST
-        if (
-            self.number == self.doc.get("run_start", 1)
-            and self.doc.get("run_trigger") == AttemptTrigger.MANUAL.value
-        ):
-            return AttemptTrigger.MANUAL
-        return AttemptTrigger.AUTOMATIC
-
-    @property
-    def attempt_in_run(self) -> int:
-        return self.number - int(self.doc.get("run_start", 1)) + 1
+    def number(self) -> int:
+        return self.claimed.item.number
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,7 @@ class Outcome:
 
     planned: Planned
     started: datetime
+    late: LateReason | None
     request_headers: dict[str, str]  # signatures redacted
     result: SendResult
 
@@ -92,7 +99,7 @@ class DeliveryEngine:
         events: EventRepository,
         webhooks: WebhookRepository,
         box: SecretBox,
-        queue: DeliveryQueue,
+        lanes: Lanes,
         publisher: Publisher,
         sender: Sender,
     ) -> None:
@@ -101,103 +108,159 @@ class DeliveryEngine:
         self._events = events
         self._webhooks = webhooks
         self._box = box
-        self._queue = queue
+        self._lanes = lanes
         self._publisher = publisher
         self._sender = sender
-        self._in_flight: set[ObjectId] = set()
-        self._slots = asyncio.Semaphore(sender.max_connections)
-        self._loader: Coalescer[tuple[ObjectId, int], Planned | None] = Coalescer(self._load)
+        self._retention = timedelta(days=settings.delivery_retention_days)
+        self._in_flight: set[tuple[str, int]] = set()
+        self._webhook_cache: TTLCache[ObjectId, Webhook] = TTLCache(WEBHOOK_CACHE_TTL)
+        self._event_cache: SizedLRU[ObjectId, Event] = SizedLRU(
+            EVENT_CACHE_BYTES, lambda e: len(e.body) + 256
+        )
+        self._loader: Coalescer[Claimed, Planned | None] = Coalescer(self._load)
+        self._releaser: Coalescer[Finished, None] = Coalescer(self._release)
         self._recorder: Coalescer[Outcome, None] = Coalescer(self._record)
 
-    async def run(self, items: list[Item]) -> int:
-        """Make every due attempt among ``items``; return how many were made.
+    def forget_webhook(self, webhook_id: ObjectId) -> None:
+        """Drop a cached webhook (it changed: see ``webhooks.invalidation``)."""
+        self._webhook_cache.drop(webhook_id)
 
-        Loads and records go through coalescers, so concurrent jobs share their database round trips.
-        """
-        loaded = await asyncio.gather(*(self._loader.call((ObjectId(d), int(n))) for d, n in items))
-        planned = [p for p in loaded if p is not None]
+    async def run(self, claimed: Claimed) -> None:
+        """Make one claimed attempt. Its slot is always released: after the attempt, or given back to the
+        lane if the worker stops first (a cancelled attempt is made again later)."""
+        key = (claimed.item.delivery_id, claimed.item.number)
+        released = False
         try:
-            await asyncio.gather(*(self._attempt_and_record(p) for p in planned))
+            planned = await self._loader.call(claimed)
+            if planned is None:
+                released = True
+                await self._releaser.call(Finished(claimed.item, BreakerOutcome.SKIPPED))
+                return
+            outcome = await self._attempt(planned)
+            released = True
+            await self._releaser.call(Finished(claimed.item, _breaker_outcome(outcome.result)))
+            await self._recorder.call(outcome)
+        except asyncio.CancelledError:
+            if not released:
+                with contextlib.suppress(Exception):
+                    back = Finished(claimed.item, BreakerOutcome.RETURNED, due=claimed.due)
+                    await self._lanes.release([back], utcnow(), open_after=self._settings.breaker_open_after)
+            raise
         finally:
-            self._in_flight.difference_update(p.delivery_id for p in planned)
-        return len(planned)
+            self._in_flight.discard(key)
 
-    async def _attempt_and_record(self, p: Planned) -> None:
-        # An attempt's clock (and its 10 s deadline) starts when it gets a connection slot, not while it
-        # waits for one behind a burst.
-        async with self._slots:
-            outcome = await self._attempt(p)
-        await self._recorder.call(outcome)
+    # -- load ------------------------------------------------------------------------------------------
 
-    async def _load(self, items: list[tuple[ObjectId, int]]) -> list[Planned | None]:
-        """One batch of loads: deliveries, their webhooks and bodies, in three queries."""
-        wanted: dict[ObjectId, int] = {}
-        for delivery_id, number in items:
-            if delivery_id not in self._in_flight:  # the same attempt queued twice: make it once
-                wanted.setdefault(delivery_id, number)
-        docs = await self._deliveries.docs_by_ids(list(wanted)) if wanted else []
-        current = [
-            d
-            for d in docs
-            if d["status"] == DeliveryStatus.PENDING.value and d["attempt_count"] == wanted[d["_id"]] - 1
-        ]
-        by_id: dict[ObjectId, Planned] = {}
-        if current:
-            webhooks = await self._webhooks.get_many(list({d["webhook_id"] for d in current}))
-            bodies = await self._events.get_many(list({d["event_id"] for d in current}))
-            now = utcnow()
-            stopped: list[UpdateOne] = []
-            for doc in current:
-                webhook = webhooks.get(doc["webhook_id"])
-                event = bodies.get(doc["event_id"])
-                if webhook is None or event is None:  # webhook deleted or event expired
-                    stopped.append(_finish(doc, DeliveryStatus.FAILED, now))
-                    metrics.delivery_finished(DeliveryStatus.FAILED.value, doc["event"])
-                elif not webhook.enabled and not doc.get("test"):  # recoverable after re-enabling
-                    stopped.append(_finish(doc, DeliveryStatus.HELD, now))
-                    metrics.delivery_finished(DeliveryStatus.HELD.value, doc["event"])
-                else:
-                    by_id[doc["_id"]] = Planned(doc, wanted[doc["_id"]], webhook, event.body)
-            if stopped:
-                await self._deliveries.record_attempts([], stopped)
-        self._in_flight.update(by_id)
+    async def _load(self, batch: list[Claimed]) -> list[Planned | None]:
+        """One batch of loads: written deliveries, event bodies and webhooks (both cached)."""
+        stored = await self._deliveries.stored_by_ids(
+            [ObjectId(c.item.delivery_id) for c in batch if c.item.kind is Kind.STORED]
+        )
+        events = await self._events_by_ids({ObjectId(c.item.event_id) for c in batch})
+        webhooks = await self._webhooks_by_ids({ObjectId(c.item.webhook_id) for c in batch})
+        now = utcnow()
+        unsent: list[Unsent] = []
         answers: list[Planned | None] = []
-        for delivery_id, _ in items:
-            answers.append(by_id.pop(delivery_id, None))  # a duplicate item in the batch gets None
+        for c in batch:
+            item = c.item
+            key = (item.delivery_id, item.number)
+            event = events.get(ObjectId(item.event_id))
+            delivery = _delivery_of(item, event, stored)
+            if key in self._in_flight or delivery is None:  # a duplicate, or moved on meanwhile
+                answers.append(None)
+                continue
+            webhook = webhooks.get(delivery.webhook_id)
+            if webhook is None or event is None:  # webhook deleted, or event past its retention
+                unsent.append(Unsent(delivery, DeliveryStatus.FAILED, stored=item.kind is Kind.STORED))
+                answers.append(None)
+            elif not webhook.enabled and not delivery.test:  # recoverable after re-enabling
+                unsent.append(Unsent(delivery, DeliveryStatus.HELD, stored=item.kind is Kind.STORED))
+                answers.append(None)
+            else:
+                self._in_flight.add(key)
+                scheduled = delivery.next_attempt_at or delivery.created_at
+                stored_doc = item.kind is Kind.STORED
+                answers.append(Planned(c, delivery, webhook, event.body, scheduled, stored_doc))
+        if unsent:
+            await self._deliveries.record_unsent(unsent, now, self._retention)
+            for u in unsent:
+                metrics.delivery_finished(u.status.value, u.delivery.event)
         return answers
+
+    async def _events_by_ids(self, ids: set[ObjectId]) -> dict[ObjectId, Event]:
+        found = {i: e for i in ids if (e := self._event_cache.get(i)) is not None}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            for event_id, event in (await self._events.get_many(missing)).items():
+                self._event_cache.put(event_id, event)
+                found[event_id] = event
+        return found
+
+    async def _webhooks_by_ids(self, ids: set[ObjectId]) -> dict[ObjectId, Webhook]:
+        found = {i: w for i in ids if (w := self._webhook_cache.get(i)) is not None}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            for webhook_id, webhook in (await self._webhooks.get_many(missing)).items():
+                self._webhook_cache.put(webhook_id, webhook)
+                found[webhook_id] = webhook
+        return found
+
+    # -- attempt ---------------------------------------------------------------------------------------
 
     async def _attempt(self, p: Planned) -> Outcome:
         started = utcnow()
-        scheduled = p.doc.get("next_attempt_at") or p.doc.get("created_at")
-        if isinstance(scheduled, datetime):
-            metrics.dispatch_delay((started - scheduled).total_seconds())
+        late = p.claimed.late_reason(started, LATE_AFTER_MS)
+        metrics.dispatch_delay((started - p.scheduled_at).total_seconds(), WAIT_LABELS[late])
         secrets = [self._box.decrypt(enc) for enc in p.webhook.signing_secrets_enc(started)]
         headers = signature_headers(
             secrets,
-            msg_id=str(p.delivery_id),
+            msg_id=str(p.delivery.id),
             timestamp=int(time.time()),
             body=p.body,
-            event=p.doc["event"],
+            event=p.delivery.event,
             user_agent=self._settings.user_agent,
         )
         result = await self._sender.send(p.webhook.url, p.body, headers)
-        return Outcome(p, started, redacted(headers), result)
+        return Outcome(p, started, late, redacted(headers), result)
+
+    # -- after the attempt -----------------------------------------------------------------------------
+
+    async def _release(self, finished: list[Finished]) -> list[None]:
+        changes = await self._lanes.release(finished, utcnow(), open_after=self._settings.breaker_open_after)
+        for change in changes:
+            metrics.breaker_changed(change.opened)
+            webhook = self._webhook_cache.get(ObjectId(change.webhook_id))
+            log.log(
+                logging.WARNING if change.opened else logging.INFO,
+                "breaker of webhook %s %s",
+                change.webhook_id,
+                f"opened after {change.failures} consecutive unreachable attempts"
+                if change.opened
+                else "closed",
+            )
+            if webhook is not None:
+                try:
+                    await self._publisher.webhook_status(webhook)
+                except Exception:
+                    log.exception("could not publish the breaker change of webhook %s", change.webhook_id)
+        return [None] * len(finished)
 
     async def _record(self, outcomes: list[Outcome]) -> list[None]:
-        """One batch of outcomes: one insert of attempts, one bulk write of states, then retries and feed."""
+        """One batch of outcomes: one insert of new deliveries, one bulk write of the others, then the
+        failure counters, retries and the live feed."""
         now = utcnow()
         schedule = self._settings.retry_schedule
-        attempts: list[Attempt] = []
-        moved: dict[tuple[DeliveryStatus, int, datetime | None], list[ObjectId]] = defaultdict(list)
-        retries: list[tuple[ObjectId, int, datetime]] = []
+        recorded: list[Recorded] = []
+        retries: list[Enqueue] = []
         finals: dict[ObjectId, list[bool]] = defaultdict(list)
         for outcome in outcomes:
-            p, started, result = outcome.planned, outcome.started, outcome.result
+            p, result = outcome.planned, outcome.result
+            delivery = p.delivery
             delay = None
-            if not result.ok and not p.is_test:
+            if not result.ok and not delivery.test:
                 delay = next_delay(
                     schedule,
-                    p.attempt_in_run,
+                    delivery.attempt_in_run(p.number),
                     status=result.status_code,
                     retry_after=parse_retry_after(result.response_headers.get("Retry-After")),
                     retry_after_cap=self._settings.retry_after_cap,
@@ -208,69 +271,48 @@ class DeliveryEngine:
                 status, next_at = DeliveryStatus.FAILED, None
             else:
                 status, next_at = DeliveryStatus.PENDING, now + timedelta(seconds=delay)
-                retries.append((p.delivery_id, p.number + 1, next_at))
-            if status is not DeliveryStatus.PENDING and not p.is_test:
+                limit = p.webhook.in_flight_limit(self._settings.webhook_max_in_flight)
+                retry = stored_attempt(_with_attempts(delivery, p.number))
+                retries.append(Enqueue(retry, due=next_at, limit=limit))
+            if status is not DeliveryStatus.PENDING and not delivery.test:
                 finals[p.webhook.id].append(status is DeliveryStatus.SUCCEEDED)
             _observe(p, result, status)
-            attempts.append(
-                Attempt(
-                    id=ObjectId(),
-                    delivery_id=p.delivery_id,
-                    account_id=p.doc["account_id"],
-                    webhook_id=p.webhook.id,
-                    event=p.doc["event"],
-                    number=p.number,
-                    trigger=p.trigger,
-                    started_at=started,
-                    duration_ms=result.duration_ms,
-                    status_code=result.status_code,
-                    response_headers=result.response_headers,
-                    response_body=result.response_body,
-                    error_class=None if result.ok else result.outcome.value,
-                    error=result.error,
-                    delivery_status=status,
-                    next_attempt_at=next_at,
-                    request_headers=outcome.request_headers,
-                )
+            attempt = Attempt(
+                id=ObjectId(),
+                delivery_id=delivery.id,
+                account_id=delivery.account_id,
+                webhook_id=delivery.webhook_id,
+                event=delivery.event,
+                number=p.number,
+                trigger=delivery.trigger_of(p.number),
+                started_at=outcome.started,
+                duration_ms=result.duration_ms,
+                status_code=result.status_code,
+                response_headers=result.response_headers,
+                response_body=result.response_body,
+                error_class=None if result.ok else result.outcome.value,
+                error=result.error,
+                delivery_status=status,
+                next_attempt_at=next_at,
+                request_headers=outcome.request_headers,
+                scheduled_at=p.scheduled_at,
+                late_reason=outcome.late.value if outcome.late else None,
             )
-            moved[(status, p.number, next_at)].append(p.delivery_id)
-        # Deliveries that moved the same way share one update_many (far fewer write commands in a burst);
-        # the attempt_count condition keeps a stale duplicate run from moving a delivery twice.
-        updates = [
-            UpdateMany(
-                {"_id": {"$in": ids}, "attempt_count": number - 1},
-                {
-                    "$set": {
-                        "status": status.value,
-                        "attempt_count": number,
-                        "next_attempt_at": next_at,
-                        "updated_at": now,
-                    }
-                },
-            )
-            for (status, number, next_at), ids in moved.items()
-        ]
-        retention = timedelta(days=self._settings.delivery_retention_days)
-        docs = [{**a.to_doc(), "expires_at": now + retention} for a in attempts]
-        await self._deliveries.record_attempts(docs, updates)
+            recorded.append(Recorded(delivery, attempt, status, next_at, now, first=not p.stored))
+        await self._deliveries.record_outcomes(recorded, self._retention)
         # MongoDB now holds the outcome; everything after it is Redis and must not undo it: counting comes
         # first (it is never redone), a retry that fails to queue is re-queued by the sweeper, and the live
         # feed is best effort.
         await self._count(finals)
-        await self._queue_retries(retries)
         try:
-            await self._publisher.attempts(attempts)
+            await self._lanes.add(retries, wake=False)  # the dispatcher times retries itself
         except Exception:
-            log.exception("could not publish %d attempts to the live feed", len(attempts))
+            log.warning("could not queue %d retries; the sweeper will", len(retries), exc_info=True)
+        try:
+            await self._publisher.attempts([r.attempt for r in recorded])
+        except Exception:
+            log.exception("could not publish %d attempts to the live feed", len(recorded))
         return [None] * len(outcomes)
-
-    async def _queue_retries(self, retries: list[tuple[ObjectId, int, datetime]]) -> None:
-        queued = await asyncio.gather(
-            *(self._queue.enqueue_attempt(d, n, at) for d, n, at in retries), return_exceptions=True
-        )
-        failed = sum(isinstance(q, BaseException) for q in queued)
-        if failed:
-            log.warning("could not queue %d retries; the sweeper will", failed)
 
     async def _count(self, finals: dict[ObjectId, list[bool]]) -> None:
         threshold = self._settings.disable_after_failures
@@ -283,6 +325,7 @@ class DeliveryEngine:
                     continue
                 disabled = await self._webhooks.disable_once(webhook_id, threshold)
                 if disabled is not None:
+                    self._webhook_cache.drop(webhook_id)
                     metrics.webhook_disabled()
                     log.warning(
                         "webhook %s disabled after %d consecutive failed deliveries", webhook_id, threshold
@@ -293,39 +336,56 @@ class DeliveryEngine:
                         log.exception("could not publish the status change of webhook %s", webhook_id)
 
 
+def _delivery_of(item: LaneItem, event: Event | None, stored: dict[ObjectId, Delivery]) -> Delivery | None:
+    """The delivery an item attempts, if that attempt is still the next one to make."""
+    if item.kind is Kind.NEW:
+        if event is None or item.number != 1:
+            return None
+        delivery_id = ObjectId(item.delivery_id)
+        planned = next((p for p in event.planned if p.delivery_id == delivery_id), None)
+        return event.pending_delivery(planned) if planned is not None and not planned.held else None
+    delivery = stored.get(ObjectId(item.delivery_id))
+    if delivery is None or delivery.status is not DeliveryStatus.PENDING:
+        return None
+    return delivery if delivery.attempt_count == item.number - 1 else None
+
+
+def _with_attempts(delivery: Delivery, attempts: int) -> Delivery:
+    return replace(delivery, attempt_count=attempts)
+
+
+def _breaker_outcome(result: SendResult) -> BreakerOutcome:
+    if result.ok:
+        return BreakerOutcome.OK
+    return BreakerOutcome.UNREACHABLE if result.outcome in UNREACHABLE else BreakerOutcome.ANSWERED
+
+
 def _observe(p: Planned, result: SendResult, status: DeliveryStatus) -> None:
     """Metrics and one log line per attempt (ids, outcome, status code, duration; never URLs or headers)."""
     metrics.attempt_made(result.outcome.value, result.status_code, result.duration_ms)
     if status is not DeliveryStatus.PENDING:
-        metrics.delivery_finished(status.value, p.doc["event"])
+        metrics.delivery_finished(status.value, p.delivery.event)
     outcome = metrics.attempt_outcome(result.outcome.value, result.status_code)
     log.log(
         logging.INFO if result.ok else logging.WARNING,
         "attempt %d of delivery %s to webhook %s: %s in %d ms -> %s",
         p.number,
-        p.delivery_id,
+        p.delivery.id,
         p.webhook.id,
         outcome,
         result.duration_ms,
         status.value.lower(),
         extra={
             "fields": {
-                "delivery_id": str(p.delivery_id),
+                "delivery_id": str(p.delivery.id),
                 "webhook_id": str(p.webhook.id),
-                "event": p.doc["event"],
+                "event": p.delivery.event,
                 "attempt": p.number,
-                "trigger": p.trigger.value.lower(),
+                "trigger": p.delivery.trigger_of(p.number).value.lower(),
                 "outcome": outcome,
                 "status_code": result.status_code,
                 "duration_ms": result.duration_ms,
                 "delivery_status": status.value.lower(),
             }
         },
-    )
-
-
-def _finish(doc: Doc, status: DeliveryStatus, now: datetime) -> UpdateOne:
-    return UpdateOne(
-        {"_id": doc["_id"], "attempt_count": doc["attempt_count"], "status": DeliveryStatus.PENDING.value},
-        {"$set": {"status": status.value, "next_attempt_at": None, "updated_at": now}},
     )

@@ -1,27 +1,42 @@
-"""The arq worker process: ``webhooks worker`` builds and runs it from settings."""
+"""The arq worker process: ``webhooks worker`` builds and runs it from settings.
+
+arq runs the process (start-up and shut-down hooks, signals, its health-check key) and the sweeper, as a
+cron job that one worker runs per tick. Delivery attempts come from the lanes (``workers.dispatcher``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import math
+import signal
 from typing import Any
 
+from arq import cron
 from arq.worker import Worker, func
 
 from webhooks import metrics
 from webhooks.core import open_core
-from webhooks.queue import DELIVER_JOB, job_timeout, redis_settings
+from webhooks.queue import SWEEP_JOB, redis_settings
 from webhooks.settings import Settings
+from workers.dispatcher import Dispatcher
 from workers.engine import DeliveryEngine
 from workers.health import heartbeat_loop
-from workers.jobs import deliver, sweeper_loop
-from workers.leases import JobLeases
 from workers.sender import Sender
-from workers.wakeup import WakeableWorker
+from workers.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
+
+
+async def sweep(ctx: dict[str, Any]) -> int:
+    sweeper: Sweeper = ctx["sweeper"]
+    return await sweeper.sweep()
+
+
+def sweep_seconds(settings: Settings) -> set[int]:
+    """The seconds of each minute at which the sweeper runs (arq cron granularity: whole seconds)."""
+    step = min(60, max(1, round(settings.sweep_interval)))
+    return set(range(0, 60, step))
 
 
 def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bool = True) -> Worker:
@@ -33,26 +48,33 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             allow_private=settings.allow_private_destinations,
             resolver=core.resolver,
             proxy=settings.egress_proxy,
+            max_connections=settings.worker_max_in_flight,
         )
         stack.push_async_callback(sender.close)
         ctx["stack"] = stack
         ctx["core"] = core
-        ctx["engine"] = DeliveryEngine(
+        engine = DeliveryEngine(
             settings=settings,
             deliveries=core.delivery_repo,
             events=core.event_repo,
             webhooks=core.webhook_repo,
             box=core.box,
-            queue=core.queue,
+            lanes=core.lanes,
             publisher=core.publisher,
             sender=sender,
         )
-        if sweeper:
-            task = asyncio.create_task(sweeper_loop(core))
-            ctx["sweeper"] = task
+        ctx["engine"] = engine
+        ctx["sweeper"] = Sweeper(settings, core.lanes, core.event_repo, core.delivery_repo, core.webhook_repo)
+        dispatcher = Dispatcher(
+            redis=core.redis,
+            lanes=core.lanes,
+            attempt=engine.run,
+            max_in_flight=settings.worker_max_in_flight,
+            attempt_deadline=settings.delivery_timeout,
+        )
+        ctx["dispatcher"] = dispatcher
+        ctx["dispatch_task"] = asyncio.create_task(dispatcher.run())
         ctx["heartbeat"] = asyncio.create_task(heartbeat_loop(ctx["redis"], settings))
-        ctx["leases"] = leases = JobLeases(ctx["redis"], settings.queue_name)
-        ctx["lease_refresher"] = asyncio.create_task(leases.refresh_forever())
         if settings.worker_metrics_port and not ctx.get("metrics_served"):
             metrics.serve(settings.worker_metrics_port)
             ctx["metrics_served"] = True
@@ -60,7 +82,12 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         log.info("worker started")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        for name in ("sweeper", "heartbeat", "lease_refresher"):
+        dispatcher: Dispatcher | None = ctx.get("dispatcher")
+        if dispatcher is not None:
+            # SIGTERM/SIGINT: no new attempts; running ones get the shutdown wait to finish, then are
+            # cancelled and go back to their lanes (the sweeper covers a killed process).
+            await dispatcher.drain(settings.worker_shutdown_wait)
+        for name in ("dispatch_task", "heartbeat"):
             task = ctx.get(name)
             if task is not None:
                 task.cancel()
@@ -71,22 +98,31 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             await stack.aclose()
         log.info("worker stopped")
 
-    return WakeableWorker(
-        functions=[func(deliver, name=DELIVER_JOB)],
+    cron_jobs = []
+    if sweeper:
+        cron_jobs.append(
+            cron(sweep, name="sweeper", second=sweep_seconds(settings), run_at_startup=True, unique=True)
+        )
+    worker = Worker(
+        functions=[func(sweep, name=SWEEP_JOB)],  # also runnable on demand
+        cron_jobs=cron_jobs,
         queue_name=settings.queue_name,
         redis_settings=redis_settings(settings),
         on_startup=startup,
         on_shutdown=shutdown,
         poll_delay=settings.worker_poll_delay,
         max_jobs=settings.worker_max_jobs,
-        job_timeout=job_timeout(settings),
         keep_result=0,
-        max_tries=1000,
         handle_signals=handle_signals,
-        # SIGTERM/SIGINT: stop taking jobs, give in-flight ones this long to finish, then cancel what is left
-        # (arq re-queues a cancelled job; the sweeper covers a killed process).
-        job_completion_wait=math.ceil(settings.worker_shutdown_wait),
     )
+
+    def stop_claiming(_: signal.Signals) -> None:
+        dispatcher: Dispatcher | None = worker.ctx.get("dispatcher")
+        if dispatcher is not None:
+            dispatcher.stop_claiming()
+
+    worker.on_stop = stop_claiming  # arq's public hook, called when a stop signal arrives
+    return worker
 
 
 def run_worker(settings: Settings) -> None:

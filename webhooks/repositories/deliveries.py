@@ -1,70 +1,208 @@
+"""Deliveries: one document per delivery, its attempts embedded, written when its first attempt finishes.
+
+Until then a delivery exists only in its event's outbox (``webhooks.repositories.events``): the reads here
+(the delivery log, ``get``) merge those planned deliveries in as PENDING, so clients see no difference.
+Write budget: a delivery that succeeds at once costs one document insert; each later attempt one update.
+
+Account-scoped reads take the account id; the few internal, worker-side lookups say so in their names
+(``stored_by_ids``, ``overdue``, ``existing``).
+"""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import DESCENDING, UpdateMany, UpdateOne
+from pymongo import DESCENDING, UpdateOne
 
 from webhooks.db import Collections, Doc, insert_new
 from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus
 from webhooks.pagination import Page
+from webhooks.repositories.events import EventRepository
 
 # The list query looks at a bounded window of ids (ObjectIds start with their creation time) and widens it
 # only while it finds too few: on SecantusDB a sort+limit reads every match, so the window keeps it flat.
 FIRST_WINDOW = timedelta(hours=1)
 WINDOW_GROWTH = 8
 CLOCK_SKEW = timedelta(minutes=1)
+# A delivery's id is made just before its event's, so an event planning deliveries in a window has an id
+# in the window or at most this much after it.
+EVENT_ID_LAG = timedelta(minutes=1)
 
 
-def delivery_doc(
-    *,
-    delivery_id: ObjectId,
-    account_id: ObjectId,
-    webhook_id: ObjectId,
-    event_id: ObjectId,
-    event: str,
-    now: datetime,
-    retention: timedelta,
-    held: bool = False,
-    test: bool = False,
-) -> Doc:
+def delivery_doc(delivery: Delivery, *, expires_at: datetime, attempts: Sequence[Attempt] = ()) -> Doc:
     return {
-        "_id": delivery_id,
-        "account_id": account_id,
-        "webhook_id": webhook_id,
-        "event_id": event_id,
-        "event": event,
-        "status": (DeliveryStatus.HELD if held else DeliveryStatus.PENDING).value,
-        "test": test,
-        "attempt_count": 0,
-        "run_start": 1,
-        "run_trigger": (AttemptTrigger.TEST if test else AttemptTrigger.AUTOMATIC).value,
-        "next_attempt_at": None if held else now,
-        "created_at": now,
-        "updated_at": now,
-        "expires_at": now + retention,
+        "_id": delivery.id,
+        "account_id": delivery.account_id,
+        "webhook_id": delivery.webhook_id,
+        "event_id": delivery.event_id,
+        "event": delivery.event,
+        "status": delivery.status.value,
+        "test": delivery.test,
+        "attempt_count": delivery.attempt_count,
+        "run_start": delivery.run_start,
+        "run_trigger": delivery.run_trigger.value,
+        "next_attempt_at": delivery.next_attempt_at,
+        "created_at": delivery.created_at,
+        "updated_at": delivery.updated_at,
+        "expires_at": expires_at,
+        "attempts": [a.to_doc() for a in attempts],
     }
 
 
-class DeliveryRepository:
-    def __init__(self, cols: Collections) -> None:
-        self._col = cols.deliveries
-        self._attempts = cols.attempts
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A finished attempt and the state it moves its delivery to."""
 
-    async def insert_many(self, docs: list[Doc]) -> None:
-        """Insert; ids already present are left as they are (a replayed publish is idempotent)."""
-        if not docs:
-            return
+    delivery: Delivery  # as it was before this attempt
+    attempt: Attempt
+    status: DeliveryStatus
+    next_attempt_at: datetime | None
+    now: datetime
+    first: bool  # the delivery has no document yet: this attempt writes it
+
+
+@dataclass(frozen=True, slots=True)
+class Unsent:
+    """A delivery stopped without an attempt (webhook deleted or disabled before its turn)."""
+
+    delivery: Delivery
+    status: DeliveryStatus
+    stored: bool
+
+
+class DeliveryRepository:
+    def __init__(self, cols: Collections, events: EventRepository) -> None:
+        self._col = cols.deliveries
+        self._events = events
+
+    # -- writes ----------------------------------------------------------------------------------------
+
+    async def insert_new(self, docs: list[Doc]) -> None:
+        """Insert; ids already present are left as they are (replays and re-runs are idempotent)."""
         await insert_new(self._col, docs)
 
-    async def get(self, account_id: ObjectId, delivery_id: ObjectId) -> Delivery | None:
-        doc = await self._col.find_one({"_id": delivery_id, "account_id": account_id})
-        return Delivery.from_doc(doc) if doc else None
+    async def record_outcomes(self, recorded: Sequence[Recorded], retention: timedelta) -> None:
+        """Finished attempts, in at most two writes: first attempts insert their delivery (a re-run's
+        duplicate keeps the first), later ones append to it if it has not moved on meanwhile."""
+        inserts: list[Doc] = []
+        updates: list[UpdateOne] = []
+        for r in recorded:
+            if r.first:
+                moved = _moved(r.delivery, r.status, r.attempt.number, r.next_attempt_at, r.now)
+                inserts.append(delivery_doc(moved, expires_at=r.now + retention, attempts=[r.attempt]))
+            else:
+                updates.append(
+                    UpdateOne(
+                        {
+                            "_id": r.delivery.id,
+                            "attempt_count": r.attempt.number - 1,
+                            "status": DeliveryStatus.PENDING.value,
+                        },
+                        {
+                            "$set": {
+                                "status": r.status.value,
+                                "attempt_count": r.attempt.number,
+                                "next_attempt_at": r.next_attempt_at,
+                                "updated_at": r.now,
+                            },
+                            "$push": {"attempts": r.attempt.to_doc()},
+                        },
+                    )
+                )
+        if inserts:
+            await insert_new(self._col, inserts)
+        if updates:
+            await self._col.bulk_write(updates, ordered=False)
 
-    async def docs_by_ids(self, ids: list[ObjectId]) -> list[Doc]:
-        return await self._col.find({"_id": {"$in": ids}}).to_list()
+    async def record_unsent(self, unsent: Sequence[Unsent], now: datetime, retention: timedelta) -> None:
+        inserts = [
+            delivery_doc(_moved(u.delivery, u.status, 0, None, now), expires_at=now + retention)
+            for u in unsent
+            if not u.stored
+        ]
+        updates = [
+            UpdateOne(
+                {
+                    "_id": u.delivery.id,
+                    "attempt_count": u.delivery.attempt_count,
+                    "status": DeliveryStatus.PENDING.value,
+                },
+                {"$set": {"status": u.status.value, "next_attempt_at": None, "updated_at": now}},
+            )
+            for u in unsent
+            if u.stored
+        ]
+        if inserts:
+            await insert_new(self._col, inserts)
+        if updates:
+            await self._col.bulk_write(updates, ordered=False)
+
+    async def restart(
+        self, account_id: ObjectId, ids: list[ObjectId], statuses: list[DeliveryStatus], now: datetime
+    ) -> list[Delivery]:
+        """Start a new manual run for deliveries currently in ``statuses``; return the ones restarted.
+
+        Each update is conditional on the state just read, and only the deliveries this call moved (marked
+        with its own run id) are returned: a delivery that changed meanwhile is neither counted nor queued.
+        """
+        query: Doc = {
+            "_id": {"$in": ids},
+            "account_id": account_id,
+            "status": {"$in": [s.value for s in statuses]},
+        }
+        docs = await self._col.find(query, {"attempts": 0}).to_list()
+        run_id = ObjectId()
+        updates = [
+            UpdateOne(
+                {"_id": doc["_id"], "status": doc["status"], "attempt_count": doc["attempt_count"]},
+                {
+                    "$set": {
+                        "status": DeliveryStatus.PENDING.value,
+                        "run_start": doc["attempt_count"] + 1,
+                        "run_trigger": AttemptTrigger.MANUAL.value,
+                        "run_id": run_id,
+                        "next_attempt_at": now,
+                        "updated_at": now,
+                    }
+                },
+            )
+            for doc in docs
+        ]
+        if not updates:
+            return []
+        await self._col.bulk_write(updates, ordered=False)
+        moved = {d["_id"] async for d in self._col.find({"_id": {"$in": ids}, "run_id": run_id}, {"_id": 1})}
+        return [
+            Delivery.from_doc(
+                {
+                    **d,
+                    "status": DeliveryStatus.PENDING.value,
+                    "run_start": d["attempt_count"] + 1,
+                    "run_trigger": AttemptTrigger.MANUAL.value,
+                    "next_attempt_at": now,
+                }
+            )
+            for d in docs
+            if d["_id"] in moved
+        ]
+
+    # -- account-scoped reads --------------------------------------------------------------------------
+
+    async def get(self, account_id: ObjectId, delivery_id: ObjectId) -> Delivery | None:
+        doc = await self._col.find_one({"_id": delivery_id, "account_id": account_id}, {"attempts": 0})
+        if doc is not None:
+            return Delivery.from_doc(doc)
+        event = await self._events.planning(account_id, delivery_id)
+        if event is None:
+            return None
+        planned = next(p for p in event.planned if p.delivery_id == delivery_id)
+        # written between the two reads?
+        doc = await self._col.find_one({"_id": delivery_id}, {"attempts": 0})
+        return Delivery.from_doc(doc) if doc else event.pending_delivery(planned)
 
     async def page(
         self,
@@ -77,7 +215,8 @@ class DeliveryRepository:
         after: ObjectId | None,
         oldest: datetime,
     ) -> Page[Delivery]:
-        """Newest first. Served by (account_id[, webhook_id], _id desc), scanning an adaptive id window."""
+        """Newest first. Served by (account_id[, webhook_id], _id desc), scanning an adaptive id window;
+        deliveries not yet written (PENDING in their event's outbox) are merged in."""
         base: Doc = {"account_id": account_id}
         if webhook_id is not None:
             base["webhook_id"] = webhook_id
@@ -85,87 +224,63 @@ class DeliveryRepository:
             base["status"] = status.value
         if event is not None:
             base["event"] = event
+        with_planned = status in (None, DeliveryStatus.PENDING)
         # the first page starts just after now (a minute of margin for clock skew between processes)
         upper = after or ObjectId.from_datetime(datetime.now(tz=oldest.tzinfo) + CLOCK_SKEW)
         floor = ObjectId.from_datetime(oldest)
         window = FIRST_WINDOW
-        found: list[Doc] = []
+        found: list[Delivery] = []
         while True:
-            lower = ObjectId.from_datetime(upper.generation_time - window)
-            lower = max(lower, floor)
+            lower = max(ObjectId.from_datetime(upper.generation_time - window), floor)
+            wanted = first + 1 - len(found)
             query = {**base, "_id": {"$lt": upper, "$gte": lower}}
-            found += (
-                await self._col.find(query).sort("_id", DESCENDING).limit(first + 1 - len(found)).to_list()
+            docs = (
+                await self._col.find(query, {"attempts": 0}).sort("_id", DESCENDING).limit(wanted).to_list()
             )
+            batch = [Delivery.from_doc(d) for d in docs]
+            if with_planned:
+                batch += await self._planned(account_id, webhook_id, event, lower, upper)
+                batch.sort(key=lambda d: d.id, reverse=True)
+            found += batch[:wanted]
             if len(found) > first or lower <= floor:
                 break
             upper, window = lower, window * WINDOW_GROWTH
-        return Page([Delivery.from_doc(d) for d in found[:first]], has_next_page=len(found) > first)
+        return Page(found[:first], has_next_page=len(found) > first)
+
+    async def _planned(
+        self,
+        account_id: ObjectId,
+        webhook_id: ObjectId | None,
+        event: str | None,
+        lower: ObjectId,
+        upper: ObjectId,
+    ) -> list[Delivery]:
+        """Planned deliveries in ``[lower, upper)`` that are not written yet."""
+        events = await self._events.open_in_window(
+            account_id, lower, ObjectId.from_datetime(upper.generation_time + EVENT_ID_LAG), event
+        )
+        candidates = {
+            p.delivery_id: e.pending_delivery(p)
+            for e in events
+            for p in e.planned
+            if not p.held
+            and lower <= p.delivery_id < upper
+            and (webhook_id is None or p.webhook_id == webhook_id)
+        }
+        if not candidates:
+            return []
+        written = await self.existing(list(candidates))
+        return [d for i, d in candidates.items() if i not in written]
 
     async def attempts_of(self, delivery_ids: list[ObjectId]) -> dict[ObjectId, list[Attempt]]:
-        """The attempts of several deliveries, oldest first, in one query (index ``delivery_attempts``)."""
+        """The attempts of several deliveries (of one account: the caller holds them), oldest first."""
         found: dict[ObjectId, list[Attempt]] = {d: [] for d in delivery_ids}
-        cursor = self._attempts.find({"delivery_id": {"$in": delivery_ids}}).sort(
-            [("delivery_id", 1), ("number", 1)]
-        )
-        async for doc in cursor:
-            found[doc["delivery_id"]].append(Attempt.from_doc(doc))
-        return found
-
-    async def overdue(self, before: datetime, limit: int) -> list[Doc]:
-        """Pending deliveries whose next attempt is overdue (the sweeper's scan, bounded)."""
-        cursor = self._col.find(
-            {"status": DeliveryStatus.PENDING.value, "next_attempt_at": {"$lt": before}},
-            {"_id": 1, "event_id": 1, "attempt_count": 1, "next_attempt_at": 1},
-        ).limit(limit)
-        return await cursor.to_list()
-
-    async def record_attempts(
-        self, attempt_docs: list[Doc], updates: Sequence[UpdateOne | UpdateMany]
-    ) -> None:
-        """Append the attempt log and move the deliveries on, in two batched writes."""
-        if attempt_docs:
-            await insert_new(self._attempts, attempt_docs)  # a re-run job's attempt again: keep the first
-        if updates:
-            await self._col.bulk_write(list(updates), ordered=False)
-
-    async def restart(
-        self, account_id: ObjectId, ids: list[ObjectId], statuses: list[DeliveryStatus], now: datetime
-    ) -> list[Doc]:
-        """Start a new manual run for deliveries currently in ``statuses``; return the ones restarted.
-
-        Each update is conditional on the state just read, and only the deliveries this call moved (marked
-        with its own run id) are returned: a delivery that changed meanwhile is neither counted nor queued.
-        """
-        query: Doc = {
-            "_id": {"$in": ids},
-            "account_id": account_id,
-            "status": {"$in": [s.value for s in statuses]},
-        }
-        docs = await self._col.find(query).to_list()
-        run_id = ObjectId()
-        updates: list[UpdateOne] = []
-        for doc in docs:
-            updates.append(
-                UpdateOne(
-                    {"_id": doc["_id"], "status": doc["status"], "attempt_count": doc["attempt_count"]},
-                    {
-                        "$set": {
-                            "status": DeliveryStatus.PENDING.value,
-                            "run_start": doc["attempt_count"] + 1,
-                            "run_trigger": AttemptTrigger.MANUAL.value,
-                            "run_id": run_id,
-                            "next_attempt_at": now,
-                            "updated_at": now,
-                        }
-                    },
-                )
+        fields = {"account_id": 1, "webhook_id": 1, "event": 1, "attempts": 1}
+        async for doc in self._col.find({"_id": {"$in": delivery_ids}}, fields):
+            found[doc["_id"]] = sorted(
+                (Attempt.from_doc(a, doc) for a in doc.get("attempts") or ()), key=lambda a: a.number
             )
-        if not updates:
-            return []
-        await self._col.bulk_write(updates, ordered=False)
-        moved = {d["_id"] async for d in self._col.find({"_id": {"$in": ids}, "run_id": run_id}, {"_id": 1})}
-        return [d for d in docs if d["_id"] in moved]
+        return found
 
     async def ids_in_window(
         self,
@@ -190,3 +305,37 @@ class DeliveryRepository:
         }
         docs = await self._col.find(query, {"_id": 1}).sort("_id", DESCENDING).limit(limit).to_list()
         return [d["_id"] for d in docs]
+
+    # -- internal, worker side (not account-scoped) ----------------------------------------------------
+
+    async def stored_by_ids(self, ids: list[ObjectId]) -> dict[ObjectId, Delivery]:
+        if not ids:
+            return {}
+        cursor = self._col.find({"_id": {"$in": ids}}, {"attempts": 0})
+        return {d["_id"]: Delivery.from_doc(d) async for d in cursor}
+
+    async def existing(self, ids: list[ObjectId]) -> set[ObjectId]:
+        """Which of these deliveries are written."""
+        if not ids:
+            return set()
+        return {d["_id"] async for d in self._col.find({"_id": {"$in": ids}}, {"_id": 1})}
+
+    async def overdue(self, before: datetime, limit: int) -> list[Delivery]:
+        """Written, pending deliveries whose next attempt is overdue (the sweeper's scan, bounded)."""
+        cursor = self._col.find(
+            {"status": DeliveryStatus.PENDING.value, "next_attempt_at": {"$lt": before}}, {"attempts": 0}
+        ).limit(limit)
+        return [Delivery.from_doc(d) async for d in cursor]
+
+    async def count_overdue(self, before: datetime, limit: int, max_time_ms: int) -> int:
+        return await self._col.count_documents(
+            {"status": DeliveryStatus.PENDING.value, "next_attempt_at": {"$lt": before}},
+            limit=limit,
+            maxTimeMS=max_time_ms,
+        )
+
+
+def _moved(
+    delivery: Delivery, status: DeliveryStatus, attempts: int, next_at: datetime | None, now: datetime
+) -> Delivery:
+    return replace(delivery, status=status, attempt_count=attempts, next_attempt_at=next_at, updated_at=now)

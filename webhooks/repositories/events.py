@@ -1,37 +1,55 @@
+"""Events: the stored body, and the outbox of the deliveries it must make.
+
+An event document lists its planned fan-out and stays ``open`` until every planned delivery has been
+written (its first attempt finished, or it was recorded HELD); the sweeper closes it. Until then, the
+event is where an unwritten delivery lives: the delivery log and ``delivery(id)`` read it from here,
+and the sweeper rebuilds lost lane entries from it.
+"""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from bson import Binary, ObjectId
 
 from webhooks.db import Collections, Doc, insert_new
-from webhooks.models import Event
+from webhooks.models import Event, Planned
 
 
 def event_doc(
     *,
+    event_id: ObjectId,
     account_id: ObjectId,
     event: str,
     body: bytes,
     now: datetime,
     retention: timedelta,
     idempotency_key: str | None,
-    planned: list[tuple[ObjectId, ObjectId, bool]],
+    planned: Sequence[Planned],
+    test: bool = False,
 ) -> Doc:
-    """An event with its planned fan-out ``(delivery id, webhook id, held)``: the durable record of what
-    must be delivered, written before anything is queued."""
     doc: Doc = {
-        "_id": ObjectId(),
+        "_id": event_id,
         "account_id": account_id,
         "event": event,
         "body": Binary(body),
         "created_at": now,
         "expires_at": now + retention,
-        "planned": [{"delivery_id": d, "webhook_id": w, "held": h} for d, w, h in planned],
+        "planned": [
+            {"delivery_id": p.delivery_id, "webhook_id": p.webhook_id, "held": p.held} for p in planned
+        ],
+        "test": test,
     }
+    if any(not p.held for p in planned):
+        doc["open"] = True
     if idempotency_key is not None:
         doc["idempotency_key"] = idempotency_key
     return doc
+
+
+def _plan(doc: Doc) -> Event:
+    return Event.from_doc({**doc, "body": b""})
 
 
 class EventRepository:
@@ -42,10 +60,11 @@ class EventRepository:
         """Insert events (built by ``event_doc``); False for one whose idempotency key is already used."""
         return await insert_new(self._col, docs)
 
-    async def by_idempotency_key(self, account_id: ObjectId, key: str, since: datetime) -> Doc | None:
-        return await self._col.find_one(
+    async def by_idempotency_key(self, account_id: ObjectId, key: str, since: datetime) -> Event | None:
+        doc = await self._col.find_one(
             {"account_id": account_id, "idempotency_key": key, "created_at": {"$gte": since}}
         )
+        return Event.from_doc(doc) if doc else None
 
     async def release_idempotency_key(self, account_id: ObjectId, key: str, before: datetime) -> None:
         """An expired key (older than the window) may be used again."""
@@ -55,4 +74,41 @@ class EventRepository:
         )
 
     async def get_many(self, ids: list[ObjectId]) -> dict[ObjectId, Event]:
+        """Events with their bodies (internal, worker side: not account-scoped)."""
         return {d["_id"]: Event.from_doc(d) async for d in self._col.find({"_id": {"$in": ids}})}
+
+    # -- the outbox ------------------------------------------------------------------------------------
+
+    async def open_in_window(
+        self, account_id: ObjectId, lower: ObjectId, upper: ObjectId, event: str | None
+    ) -> list[Event]:
+        """Open events of one account whose ids fall in ``[lower, upper)`` (bodies left out)."""
+        query: Doc = {"account_id": account_id, "open": True, "_id": {"$gte": lower, "$lt": upper}}
+        if event is not None:
+            query["event"] = event
+        return [_plan(d) async for d in self._col.find(query, _projection())]
+
+    async def planning(self, account_id: ObjectId, delivery_id: ObjectId) -> Event | None:
+        """The open event that plans ``delivery_id`` (bodies left out)."""
+        doc = await self._col.find_one(
+            {"planned.delivery_id": delivery_id, "account_id": account_id, "open": True}, _projection()
+        )
+        return _plan(doc) if doc else None
+
+    async def open_after(self, after: ObjectId | None, before: datetime, limit: int) -> list[Event]:
+        """Open events created before ``before``, oldest first from ``after`` (internal: the sweeper)."""
+        bounds: Doc = {"$lt": ObjectId.from_datetime(before)}
+        if after is not None:
+            bounds["$gt"] = after
+        cursor = self._col.find({"open": True, "_id": bounds}, _projection()).sort("_id", 1).limit(limit)
+        return [_plan(d) async for d in cursor]
+
+    async def close(self, ids: list[ObjectId]) -> None:
+        """Every planned delivery of these events is written: they leave the outbox (internal)."""
+        if ids:
+            await self._col.update_many({"_id": {"$in": ids}, "open": True}, {"$unset": {"open": ""}})
+
+
+def _projection() -> Doc:
+    """What the delivery log and the sweeper read of an event: never its body."""
+    return {"account_id": 1, "event": 1, "created_at": 1, "planned": 1, "test": 1}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -15,10 +13,10 @@ from webhooks.db import Doc
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.events import TEST_EVENT, EventName
 from webhooks.ids import parse_id
-from webhooks.models import Attempt, Delivery, DeliveryStatus, Principal
+from webhooks.lanes import Enqueue, Kind, LaneItem, Lanes
+from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, Planned, Principal
 from webhooks.pagination import Page, check_page_size, decode_cursor
 from webhooks.payloads import AuditLog, build_event_body, build_test_body
-from webhooks.queue import DeliveryQueue
 from webhooks.repositories.deliveries import DeliveryRepository, delivery_doc
 from webhooks.repositories.events import EventRepository, event_doc
 from webhooks.repositories.webhooks import WebhookRepository
@@ -35,7 +33,8 @@ MAX_RECOVER = 10_000
 @dataclass(frozen=True, slots=True)
 class Published:
     event_id: ObjectId
-    deliveries: list[Delivery]  # as just written; on a replay, as they are now
+    event: str  # the stored event's name (on a replay, the first request's)
+    deliveries: list[Delivery]  # as just planned; on a replay, as they are now
     replayed: bool
 
 
@@ -46,13 +45,13 @@ class DeliveryService:
         webhooks: WebhookRepository,
         events: EventRepository,
         deliveries: DeliveryRepository,
-        queue: DeliveryQueue,
+        lanes: Lanes,
     ) -> None:
         self._settings = settings
         self._webhooks = webhooks
         self._events = events
         self._deliveries = deliveries
-        self._queue = queue
+        self._lanes = lanes
         self._store: Coalescer[tuple[Doc, list[Doc]], bool] = Coalescer(self._store_batch)
 
     @property
@@ -69,7 +68,8 @@ class DeliveryService:
         details: object,
         idempotency_key: str | None = None,
     ) -> Published:
-        """Store the event once, one delivery per subscribed webhook, then queue the first attempts."""
+        """Store the event with its planned fan-out (the outbox), then put the first attempts in the
+        webhooks' lanes. No delivery document is written until its first attempt finishes."""
         if idempotency_key is not None:
             idempotency_key = idempotency_key.strip()
             if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
@@ -82,81 +82,82 @@ class DeliveryService:
         body = build_event_body(
             event.value, log, details, now=now, max_bytes=self._settings.max_payload_bytes
         )
+        window_start = now - timedelta(hours=self._settings.idempotency_window_hours)
         if idempotency_key is not None:
-            window_start = now - timedelta(hours=self._settings.idempotency_window_hours)
             earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, window_start)
             if earlier is not None:
                 return await self._replay(earlier)
             await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
         targets = await self._webhooks.subscribed(who.account_id, event.value)
-        stored = event_doc(
-            account_id=who.account_id,
-            event=event.value,
-            body=body,
-            now=now,
-            retention=self._retention,
-            idempotency_key=idempotency_key,
-            planned=[(ObjectId(), w.id, not w.enabled) for w in targets],
-        )
-        deliveries = self._delivery_docs(stored)
-        if not await self._store.call((stored, deliveries)):
+        planned = [Planned(ObjectId(), w.id, held=not w.enabled) for w in targets]
+        stored = Event(ObjectId(), who.account_id, event.value, body, now, tuple(planned))
+        if not await self._store_event(stored, idempotency_key):
             # lost a race for the same idempotency key: answer with the winner
             assert idempotency_key is not None
-            earlier = await self._events.by_idempotency_key(
-                who.account_id,
-                idempotency_key,
-                now - timedelta(hours=self._settings.idempotency_window_hours),
-            )
+            earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, window_start)
             if earlier is None:
                 raise UserErrors.one(
                     "idempotencyKey", ErrorCode.CONFLICT, "idempotencyKey is in use, try again"
                 )
             return await self._replay(earlier)
-        pending = [d["_id"] for d in deliveries if d["status"] == DeliveryStatus.PENDING.value]
-        await self._enqueue(self._queue.enqueue_first_attempts(stored["_id"], pending))
-        return Published(stored["_id"], [Delivery.from_doc(d) for d in deliveries], replayed=False)
+        limits = {w.id: w.in_flight_limit(self._settings.webhook_max_in_flight) for w in targets}
+        await self._enqueue(
+            [
+                Enqueue(_first_attempt(stored, p), due=now, limit=limits[p.webhook_id])
+                for p in planned
+                if not p.held
+            ]
+        )
+        return Published(
+            stored.id, stored.event, [stored.pending_delivery(p) for p in planned], replayed=False
+        )
+
+    async def _store_event(self, event: Event, idempotency_key: str | None) -> bool:
+        """Write the event and its HELD deliveries (coalesced with concurrent publishes)."""
+        doc = event_doc(
+            event_id=event.id,
+            account_id=event.account_id,
+            event=event.event,
+            body=event.body,
+            now=event.created_at,
+            retention=self._retention,
+            idempotency_key=idempotency_key,
+            planned=event.planned,
+            test=event.test,
+        )
+        return await self._store.call((doc, self._held_docs(event)))
 
     async def _store_batch(self, items: list[tuple[Doc, list[Doc]]]) -> list[bool]:
-        """Events and their deliveries of concurrent publishes, in two writes (deliveries after events)."""
+        """Events and their held deliveries of concurrent publishes, in at most two writes."""
         stored = await self._events.insert_many([event for event, _ in items])
-        await self._deliveries.insert_many(
-            [d for (_, deliveries), ok in zip(items, stored, strict=True) if ok for d in deliveries]
+        await self._deliveries.insert_new(
+            [d for (_, held), ok in zip(items, stored, strict=True) if ok for d in held]
         )
         return stored
 
-    def _delivery_docs(self, event: Doc) -> list[Doc]:
-        return [
-            delivery_doc(
-                delivery_id=p["delivery_id"],
-                account_id=event["account_id"],
-                webhook_id=p["webhook_id"],
-                event_id=event["_id"],
-                event=event["event"],
-                now=event["created_at"],
-                retention=self._retention,
-                held=p["held"],
-            )
-            for p in event["planned"]
-        ]
+    def _held_docs(self, event: Event) -> list[Doc]:
+        expires = event.created_at + self._retention
+        return [delivery_doc(event.pending_delivery(p), expires_at=expires) for p in event.planned if p.held]
 
-    async def _replay(self, event: Doc) -> Published:
+    async def _replay(self, event: Event) -> Published:
         """A repeated idempotency key: complete a fan-out that was cut short; send nothing new.
 
-        (A pending delivery that was written but never queued is picked up by the sweeper.)
+        (A first attempt that was planned but never queued is put back in its lane by the sweeper.)
         """
-        docs = self._delivery_docs(event)
-        await self._deliveries.insert_many(docs)
-        return Published(event["_id"], await self._by_ids([d["_id"] for d in docs]), replayed=True)
+        await self._deliveries.insert_new(self._held_docs(event))
+        ids = [p.delivery_id for p in event.planned]
+        stored = await self._deliveries.stored_by_ids(ids)
+        deliveries = [stored.get(p.delivery_id) or event.pending_delivery(p) for p in event.planned]
+        return Published(event.id, event.event, deliveries, replayed=True)
 
-    @staticmethod
-    async def _enqueue(*jobs: Awaitable[bool]) -> None:
+    async def _enqueue(self, entries: list[Enqueue]) -> None:
         """Queue after the MongoDB write. The write is the commitment: if Redis fails here, the client still
-        gets its answer (a retry would duplicate the event) and the sweeper queues the delivery later."""
-        queued = await asyncio.gather(*jobs, return_exceptions=True)
-        failed = [q for q in queued if isinstance(q, BaseException)]
-        if failed:
+        gets its answer (a retry would duplicate the event) and the sweeper queues the attempts later."""
+        try:
+            await self._lanes.add(entries)
+        except Exception as exc:
             log.warning(
-                "could not queue %d jobs (%s); the sweeper will", len(failed), type(failed[0]).__name__
+                "could not queue %d attempts (%s); the sweeper will", len(entries), type(exc).__name__
             )
 
     # -- test, retry, recover ----------------------------------------------------------------------
@@ -169,29 +170,12 @@ class DeliveryService:
             raise not_found("webhook", webhook_id)
         now = utcnow()
         body = build_test_body(str(webhook.id), webhook.name, now=now)
-        delivery_id = ObjectId()
-        event = event_doc(
-            account_id=who.account_id,
-            event=TEST_EVENT,
-            body=body,
-            now=now,
-            retention=self._retention,
-            idempotency_key=None,
-            planned=[(delivery_id, webhook.id, False)],
-        )
-        doc = delivery_doc(
-            delivery_id=delivery_id,
-            account_id=who.account_id,
-            webhook_id=webhook.id,
-            event_id=event["_id"],
-            event=TEST_EVENT,
-            now=now,
-            retention=self._retention,
-            test=True,
-        )
-        await self._store.call((event, [doc]))
-        await self._enqueue(self._queue.enqueue_attempt(delivery_id, 1))
-        return Delivery.from_doc(doc)
+        planned = Planned(ObjectId(), webhook.id, held=False)
+        event = Event(ObjectId(), who.account_id, TEST_EVENT, body, now, (planned,), test=True)
+        await self._store_event(event, None)
+        limit = webhook.in_flight_limit(self._settings.webhook_max_in_flight)
+        await self._enqueue([Enqueue(_first_attempt(event, planned), due=now, limit=limit)])
+        return event.pending_delivery(planned)
 
     async def retry(self, who: Principal, delivery_id: str) -> Delivery:
         """A fresh manual attempt of one delivery that is not already pending."""
@@ -203,12 +187,10 @@ class DeliveryService:
             raise UserErrors.one(
                 "id", ErrorCode.CONFLICT, "this delivery is already pending; wait for it to finish"
             )
-        restarted = await self._restart(who, [oid], [delivery.status])
+        restarted = await self._restart(who, delivery.webhook_id, [oid], [delivery.status])
         if not restarted:
             raise UserErrors.one("id", ErrorCode.CONFLICT, "this delivery changed meanwhile; try again")
-        refreshed = await self._deliveries.get(who.account_id, oid)
-        assert refreshed is not None
-        return refreshed
+        return restarted[0]
 
     async def recover(
         self, who: Principal, webhook_id: str, since: datetime, until: datetime | None, dry_run: bool
@@ -224,14 +206,18 @@ class DeliveryService:
         ids = await self._deliveries.ids_in_window(who.account_id, oid, statuses, since, until, MAX_RECOVER)
         if dry_run:
             return len(ids)
-        return len(await self._restart(who, ids, statuses))
+        return len(await self._restart(who, oid, ids, statuses))
 
     async def _restart(
-        self, who: Principal, ids: list[ObjectId], statuses: list[DeliveryStatus]
-    ) -> list[Doc]:
-        docs = await self._deliveries.restart(who.account_id, ids, statuses, utcnow())
-        await self._enqueue(*(self._queue.enqueue_attempt(d["_id"], d["attempt_count"] + 1) for d in docs))
-        return docs
+        self, who: Principal, webhook_id: ObjectId, ids: list[ObjectId], statuses: list[DeliveryStatus]
+    ) -> list[Delivery]:
+        now = utcnow()
+        restarted = await self._deliveries.restart(who.account_id, ids, statuses, now)
+        webhook = await self._webhooks.get(who.account_id, webhook_id)
+        default = self._settings.webhook_max_in_flight
+        limit = webhook.in_flight_limit(default) if webhook is not None else default
+        await self._enqueue([Enqueue(stored_attempt(d), due=now, limit=limit) for d in restarted])
+        return restarted
 
     # -- the delivery log --------------------------------------------------------------------------
 
@@ -261,11 +247,22 @@ class DeliveryService:
         oid = parse_id(delivery_id)
         return await self._deliveries.get(who.account_id, oid)
 
-    async def _by_ids(self, ids: list[ObjectId]) -> list[Delivery]:
-        docs = {d["_id"]: d for d in await self._deliveries.docs_by_ids(ids)}
-        return [Delivery.from_doc(docs[i]) for i in ids if i in docs]
-
     async def attempts(self, deliveries: list[Delivery]) -> list[list[Attempt]]:
         """Attempts of each delivery (already scoped: the caller holds deliveries of its own account)."""
         found = await self._deliveries.attempts_of([d.id for d in deliveries])
         return [found[d.id] for d in deliveries]
+
+
+def _first_attempt(event: Event, planned: Planned) -> LaneItem:
+    return LaneItem(str(planned.webhook_id), str(planned.delivery_id), 1, str(event.id), Kind.NEW)
+
+
+def stored_attempt(delivery: Delivery) -> LaneItem:
+    """The next attempt of a written delivery."""
+    return LaneItem(
+        str(delivery.webhook_id),
+        str(delivery.id),
+        delivery.attempt_count + 1,
+        str(delivery.event_id),
+        Kind.STORED,
+    )

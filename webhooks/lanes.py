@@ -1,0 +1,415 @@
+"""Per-webhook lanes in Redis: fair dispatch, a per-webhook in-flight limit and a circuit breaker.
+
+arq's queue is one due-time-ordered list: it has no per-key concurrency and no fairness, so one dead
+endpoint's backlog delays everyone (DESIGN.md §8). Delivery attempts are therefore scheduled here, on
+structures kept in arq's own Redis (all keys under the queue name):
+
+``<q>:lane:<webhook>``      ZSET  attempts waiting for that webhook, scored by due time (ms)
+``<q>:sched``               ZSET  webhooks with waiting attempts, scored by when they next deserve a turn
+``<q>:inflight:<webhook>``  ZSET  attempts being made, scored by when their slot expires (ms)
+``<q>:limits``              HASH  webhook -> its in-flight limit (rewritten by every enqueue)
+``<q>:breaker:<webhook>``   HASH  ``failures`` (consecutive timeouts/connection errors), ``open`` (since, ms)
+``<q>:limited``             HASH  webhook -> when a claim last found it at its limit (why attempts are late)
+``<q>:wake``                LIST  a token per enqueue or freed slot; idle dispatchers block on it
+
+A claim walks ``sched`` from its head: each webhook due for a turn gets up to ``min(free slots, quantum)``
+of its due attempts, then goes to the back of the line (score = now), so a backlog of 100,000 costs every
+other webhook one turn per round, not 100,000 (round-robin; Shreedhar and Varghese's DRR with equal
+quanta). A webhook at its limit leaves the line until a slot is released, or until its oldest slot
+expires: slots carry an expiry, so a killed worker cannot leak them. An open breaker lowers the limit to
+one: a single probe at a time until one succeeds.
+
+MongoDB stays the source of truth: everything here is a cache that the sweeper rebuilds (``readd``),
+so a FLUSHALL loses nothing. The scripts touch keys they compute from the queue name: fine on a single
+Redis (with or without Sentinel), not meant for Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+
+from redis.asyncio import Redis
+
+WAKE_TOKENS = 16  # enough to wake every dispatcher of a burst; the list never grows past this
+
+
+class Kind(Enum):
+    """What the engine must load for an attempt."""
+
+    NEW = "n"  # first attempt of a delivery not yet written: its event holds the plan
+    STORED = "s"  # the delivery document exists (retries, manual runs)
+
+
+@dataclass(frozen=True, slots=True)
+class LaneItem:
+    """One attempt to make. Encoded as the lane member ``<delivery>:<number>:<event>:<kind>``."""
+
+    webhook_id: str
+    delivery_id: str
+    number: int
+    event_id: str
+    kind: Kind
+
+    @property
+    def member(self) -> str:
+        return f"{self.delivery_id}:{self.number}:{self.event_id}:{self.kind.value}"
+
+    @classmethod
+    def parse(cls, webhook_id: str, member: str) -> LaneItem:
+        delivery_id, number, event_id, kind = member.split(":")
+        return cls(webhook_id, delivery_id, int(number), event_id, Kind(kind))
+
+
+class LateReason(Enum):
+    """Why an attempt started after its due time (shown in the delivery log)."""
+
+    WEBHOOK_LIMIT = "WEBHOOK_LIMIT"  # its webhook had its in-flight limit of attempts running
+    BREAKER_OPEN = "BREAKER_OPEN"  # its webhook's breaker was open: one probe at a time
+    WORKER_BUSY = "WORKER_BUSY"  # every worker was busy
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    item: LaneItem
+    due: datetime
+    limited: bool  # its webhook was at its limit at some point after the attempt fell due
+    breaker_open: bool
+
+    def late_reason(self, started: datetime, tolerance_ms: float) -> LateReason | None:
+        if (started - self.due).total_seconds() * 1000 <= tolerance_ms:
+            return None
+        if self.breaker_open:
+            return LateReason.BREAKER_OPEN
+        return LateReason.WEBHOOK_LIMIT if self.limited else LateReason.WORKER_BUSY
+
+
+class Outcome(Enum):
+    """What a finished attempt tells the breaker."""
+
+    OK = "ok"  # 2xx: closes the breaker
+    UNREACHABLE = "dead"  # timeout or connection failure: counts towards opening it
+    ANSWERED = (
+        "other"  # any other answer: the endpoint is alive, but not healthy; the breaker keeps its state
+    )
+    RETURNED = "back"  # not attempted (worker stopping): back into the lane, breaker untouched
+    SKIPPED = "skip"  # not attempted (moved on, or its webhook is gone): the slot is freed, nothing else
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    item: LaneItem
+    outcome: Outcome
+    due: datetime | None = None  # for RETURNED: its original due time
+
+
+class BreakerState(Enum):
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"  # tripped: the next attempt is a probe
+    HALF_OPEN = "HALF_OPEN"  # tripped, and a probe is in flight
+
+
+@dataclass(frozen=True, slots=True)
+class LaneState:
+    breaker: BreakerState
+    breaker_since: datetime | None
+    unreachable_streak: int
+    in_flight: int
+    waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    item: LaneItem
+    due: datetime
+    limit: int
+
+
+def to_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(ms: float) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+# ARGV: prefix, wake?, then (webhook, member, due_ms, limit, only_if_absent) * n
+_ADD = """
+local p = ARGV[1]
+local n = 0
+for i = 3, #ARGV, 5 do
+  local wh, member, due, limit, nx = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  redis.call('HSET', p .. ':limits', wh, limit)
+  local skip = false
+  if nx == '1' then
+    local held = redis.call('ZSCORE', p .. ':inflight:' .. wh, member)
+    local queued = redis.call('ZSCORE', p .. ':lane:' .. wh, member)
+    skip = held ~= false or queued ~= false
+  end
+  if not skip then
+    redis.call('ZADD', p .. ':lane:' .. wh, due, member)
+    redis.call('ZADD', p .. ':sched', 'LT', due, wh)
+    n = n + 1
+  end
+end
+if n > 0 and ARGV[2] == '1' then
+  redis.call('LPUSH', p .. ':wake', '1')
+  redis.call('LTRIM', p .. ':wake', 0, WAKE_TOKENS - 1)
+end
+return n
+""".replace("WAKE_TOKENS", str(WAKE_TOKENS))
+
+# ARGV: prefix, now_ms, max_items, default_limit, slot_ms, quantum, max_visits
+# -> {flat list of (webhook, member, due_ms, limited, breaker_open), next_score or false}
+_CLAIM = """
+local p, now, max_items = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local default_limit, slot, quantum, max_visits = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+  tonumber(ARGV[7])
+local sched = p .. ':sched'
+local out = {}
+local taken, visits = 0, 0
+while taken < max_items and visits < max_visits do
+  local head = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
+  if #head == 0 or tonumber(head[2]) > now then break end
+  visits = visits + 1
+  local wh = head[1]
+  local lane, inflight = p .. ':lane:' .. wh, p .. ':inflight:' .. wh
+  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+  local limit = tonumber(redis.call('HGET', p .. ':limits', wh) or default_limit)
+  local open = redis.call('HGET', p .. ':breaker:' .. wh, 'open')
+  if open then limit = 1 end
+  local busy = redis.call('ZCARD', inflight)
+  local want = math.min(limit - busy, quantum, max_items - taken)
+  if want > 0 then
+    local limited = tonumber(redis.call('HGET', p .. ':limited', wh) or '0')
+    local items = redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'WITHSCORES', 'LIMIT', 0, want)
+    for i = 1, #items, 2 do
+      redis.call('ZREM', lane, items[i])
+      redis.call('ZADD', inflight, now + slot, items[i])
+      local due = tonumber(items[i + 1])
+      out[#out + 1] = wh
+      out[#out + 1] = items[i]
+      out[#out + 1] = items[i + 1]
+      out[#out + 1] = (limited >= due) and '1' or '0'
+      out[#out + 1] = open and '1' or '0'
+      taken = taken + 1
+      busy = busy + 1
+    end
+  end
+  local nxt = redis.call('ZRANGE', lane, 0, 0, 'WITHSCORES')
+  if #nxt == 0 then
+    redis.call('ZREM', sched, wh)
+  elseif busy >= limit then
+    if tonumber(nxt[2]) <= now then redis.call('HSET', p .. ':limited', wh, now) end
+    local oldest = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', sched, math.max(tonumber(oldest[2]), tonumber(nxt[2])), wh)
+  else
+    redis.call('ZADD', sched, math.max(now, tonumber(nxt[2])), wh)
+  end
+end
+local head = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
+return {out, head[2] or false}
+"""
+
+# ARGV: prefix, now_ms, open_after, then (webhook, member, outcome, due_ms) * n
+# -> flat list of (webhook, 'opened' | 'closed', failures)
+_RELEASE = """
+local p, now, open_after = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local changes = {}
+local woke = false
+for i = 4, #ARGV, 4 do
+  local wh, member, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local lane, bkey = p .. ':lane:' .. wh, p .. ':breaker:' .. wh
+  redis.call('ZREM', p .. ':inflight:' .. wh, member)
+  if outcome == 'ok' then
+    if redis.call('HGET', bkey, 'open') then
+      changes[#changes + 1] = wh
+      changes[#changes + 1] = 'closed'
+      changes[#changes + 1] = 0
+    end
+    redis.call('DEL', bkey)
+  elseif outcome == 'dead' then
+    local failures = redis.call('HINCRBY', bkey, 'failures', 1)
+    if failures >= open_after and not redis.call('HGET', bkey, 'open') then
+      redis.call('HSET', bkey, 'open', now)
+      changes[#changes + 1] = wh
+      changes[#changes + 1] = 'opened'
+      changes[#changes + 1] = failures
+    end
+  elseif outcome == 'back' then
+    redis.call('ZADD', lane, 'NX', tonumber(ARGV[i + 3]), member)
+  end
+  local nxt = redis.call('ZRANGE', lane, 0, 0, 'WITHSCORES')
+  if #nxt > 0 then
+    redis.call('ZADD', p .. ':sched', 'LT', math.max(now, tonumber(nxt[2])), wh)
+    woke = true
+  end
+end
+if woke then
+  redis.call('LPUSH', p .. ':wake', '1')
+  redis.call('LTRIM', p .. ':wake', 0, WAKE_TOKENS - 1)
+end
+return changes
+""".replace("WAKE_TOKENS", str(WAKE_TOKENS))
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerChange:
+    webhook_id: str
+    opened: bool
+    failures: int
+
+
+class Lanes:
+    """The one module that knows the lane structures (see the module docstring)."""
+
+    def __init__(self, redis: Redis, queue_name: str, *, default_limit: int = 10) -> None:
+        self._redis = redis
+        self.prefix = queue_name
+        self.default_limit = default_limit
+        self._add = redis.register_script(_ADD)
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+
+    @property
+    def wake_key(self) -> str:
+        return f"{self.prefix}:wake"
+
+    def _lane(self, webhook_id: str) -> str:
+        return f"{self.prefix}:lane:{webhook_id}"
+
+    def _inflight(self, webhook_id: str) -> str:
+        return f"{self.prefix}:inflight:{webhook_id}"
+
+    def _breaker(self, webhook_id: str) -> str:
+        return f"{self.prefix}:breaker:{webhook_id}"
+
+    async def add(
+        self, entries: Sequence[Enqueue], *, only_if_absent: bool = False, wake: bool = True
+    ) -> int:
+        """Put attempts in their webhooks' lanes (idempotent per attempt); how many were added.
+
+        ``only_if_absent`` (the sweeper): leave an attempt alone while it is queued or in flight.
+        """
+        if not entries:
+            return 0
+        args: list[str | int] = [self.prefix, "1" if wake else "0"]
+        for e in entries:
+            args += [e.item.webhook_id, e.item.member, to_ms(e.due), e.limit, "1" if only_if_absent else "0"]
+        return int(await self._add(args=args))
+
+    async def claim(
+        self, now: datetime, max_items: int, *, slot_seconds: float, quantum: int = 10, max_visits: int = 200
+    ) -> tuple[list[Claimed], datetime | None]:
+        """Take up to ``max_items`` due attempts, round-robin across webhooks, each holding a slot of its
+        webhook for ``slot_seconds`` (or until released). Also: when the next webhook is due, if any."""
+        raw = await self._claim(
+            args=[
+                self.prefix,
+                to_ms(now),
+                max_items,
+                self.default_limit,
+                int(slot_seconds * 1000),
+                quantum,
+                max_visits,
+            ]
+        )
+        flat, next_score = raw
+        claimed = [
+            Claimed(
+                item=LaneItem.parse(_s(flat[i]), _s(flat[i + 1])),
+                due=from_ms(float(flat[i + 2])),
+                limited=_s(flat[i + 3]) == "1",
+                breaker_open=_s(flat[i + 4]) == "1",
+            )
+            for i in range(0, len(flat), 5)
+        ]
+        return claimed, from_ms(float(next_score)) if next_score else None
+
+    async def release(
+        self, finished: Sequence[Finished], now: datetime, *, open_after: int
+    ) -> list[BreakerChange]:
+        """Free the slots of finished attempts, update breakers; the breakers that opened or closed."""
+        if not finished:
+            return []
+        args: list[str | int] = [self.prefix, to_ms(now), open_after]
+        for f in finished:
+            due = to_ms(f.due) if f.due is not None else to_ms(now)
+            args += [f.item.webhook_id, f.item.member, f.outcome.value, due]
+        flat = await self._release(args=args)
+        return [
+            BreakerChange(_s(flat[i]), _s(flat[i + 1]) == "opened", int(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
+
+    async def set_limit(self, webhook_id: str, limit: int) -> None:
+        await self._redis.hset(f"{self.prefix}:limits", webhook_id, str(limit))  # type: ignore[misc]
+
+    async def states(self, webhook_ids: Sequence[str], now: datetime) -> dict[str, LaneState]:
+        """Breaker, in-flight and waiting counts of several webhooks, in one round trip."""
+        if not webhook_ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for wh in webhook_ids:
+                pipe.hgetall(self._breaker(wh))
+                pipe.zcount(self._inflight(wh), to_ms(now), "+inf")
+                pipe.zcard(self._lane(wh))
+            raw = await pipe.execute()
+        found: dict[str, LaneState] = {}
+        for i, wh in enumerate(webhook_ids):
+            breaker = {_s(k): _s(v) for k, v in raw[3 * i].items()}
+            in_flight, waiting = int(raw[3 * i + 1]), int(raw[3 * i + 2])
+            opened = breaker.get("open")
+            state = BreakerState.CLOSED
+            if opened is not None:
+                state = BreakerState.HALF_OPEN if in_flight else BreakerState.OPEN
+            found[wh] = LaneState(
+                breaker=state,
+                breaker_since=from_ms(float(opened)) if opened is not None else None,
+                unreachable_streak=int(breaker.get("failures", 0)),
+                in_flight=in_flight,
+                waiting=waiting,
+            )
+        return found
+
+    async def open_breakers(self) -> int:
+        """How many webhooks have an open breaker (a scan: for metrics scrapes, not hot paths)."""
+        count = 0
+        async for key in self._redis.scan_iter(match=f"{self.prefix}:breaker:*", count=500):
+            if await self._redis.hexists(_s(key), "open"):  # type: ignore[misc]
+                count += 1
+        return count
+
+    async def waiting_on_limit(self, now: datetime) -> int:
+        """Due attempts of webhooks that are at their in-flight limit (parked until a slot frees)."""
+        parked = await self._redis.zrangebyscore(f"{self.prefix}:sched", f"({to_ms(now)}", "+inf")
+        if not parked:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for wh in parked:
+                pipe.zcount(self._lane(_s(wh)), "-inf", to_ms(now))
+            counts = await pipe.execute()
+        return sum(int(c) for c in counts)
+
+    async def depth(self) -> int:
+        """Attempts waiting in every lane (due now or later)."""
+        webhooks = await self._redis.zrange(f"{self.prefix}:sched", 0, -1)
+        if not webhooks:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for wh in webhooks:
+                pipe.zcard(self._lane(_s(wh)))
+            counts = await pipe.execute()
+        return sum(int(c) for c in counts)
+
+    async def wake(self) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(self.wake_key, b"1")
+            pipe.ltrim(self.wake_key, 0, WAKE_TOKENS - 1)
+            await pipe.execute()
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,128 @@
+"""The worker's dispatch loop: claim due attempts from the lanes, run each on its own, sleep until more.
+
+Up to ``worker_max_in_flight`` attempts run at once in one process; each is an asyncio task, so a slow
+receiver holds one task (and one slot of its own webhook), never a worker. The loop sleeps until a wake
+token (an enqueue or a freed slot, pushed by ``webhooks.lanes``), the next due attempt (timed by asyncio,
+so retries fire on time), a local attempt finishing, or ``MAX_IDLE_WAIT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from webhooks.lanes import Claimed, Lanes
+from webhooks.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_IDLE_WAIT = 1.0  # seconds: the longest sleep, so a missed wake token costs at most this
+CLAIM_BATCH = 200  # attempts taken per claim (one Lua call)
+SLOT_MARGIN = 30.0  # seconds a slot outlives the attempt deadline (recording, a slow store)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        lanes: Lanes,
+        attempt: Callable[[Claimed], Coroutine[Any, Any, None]],
+        max_in_flight: int,
+        attempt_deadline: float,
+    ) -> None:
+        self._redis = redis
+        self._lanes = lanes
+        self._attempt = attempt
+        self._max = max_in_flight
+        self._slot_seconds = attempt_deadline + SLOT_MARGIN
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._woken = asyncio.Event()
+        self._claiming = True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def run(self) -> None:
+        listener = asyncio.create_task(self._listen())
+        try:
+            while self._claiming:
+                self._woken.clear()
+                full, next_due = await self._claim()
+                if not full:  # after a full batch there may be more: claim again at once
+                    await self._sleep(next_due)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    def stop_claiming(self) -> None:
+        """From a signal handler: take no new attempts (running ones go on)."""
+        self._claiming = False
+        self._woken.set()
+
+    async def drain(self, wait: float) -> None:
+        """Stop claiming; give running attempts ``wait`` seconds, then cancel the rest (they go back to their
+        lanes, see ``DeliveryEngine.run``)."""
+        self.stop_claiming()
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=wait)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("cancelled %d attempts still running after %.0f s", len(late), wait)
+                await asyncio.wait(late)
+            log.info("dispatcher stopped: %d attempts cancelled", len(late))
+        else:
+            log.info("dispatcher stopped: 0 attempts cancelled")
+
+    async def _claim(self) -> tuple[bool, datetime | None]:
+        """Start what is due; whether a full batch was taken, and when the next attempt falls due."""
+        free = self._max - len(self._tasks)
+        if free <= 0:
+            return False, None  # woken when a running attempt finishes
+        want = min(free, CLAIM_BATCH)
+        try:
+            claimed, next_due = await self._lanes.claim(utcnow(), want, slot_seconds=self._slot_seconds)
+        except Exception:
+            log.warning("could not claim attempts; retrying", exc_info=True)
+            return False, None
+        for c in claimed:
+            task = asyncio.create_task(self._attempt(c))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+        return len(claimed) == want, next_due
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("attempt failed unexpectedly", exc_info=task.exception())
+        self._woken.set()
+
+    async def _sleep(self, next_due: datetime | None) -> None:
+        wait = MAX_IDLE_WAIT
+        if next_due is not None:
+            wait = min(wait, max(0.0, (next_due - utcnow()).total_seconds()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), timeout=wait)
+
+    async def _listen(self) -> None:
+        """Block on the wake list (one Redis call per token, or per idle second) and set ``_woken``."""
+        while True:
+            try:
+                got: Awaitable[object] = self._redis.blpop([self._lanes.wake_key], timeout=1)  # type: ignore[assignment]
+                if await got:
+                    self._woken.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("wake-up listener lost Redis; retrying", exc_info=True)
+                self._woken.set()  # fall back to polling while Redis is away
+                await asyncio.sleep(MAX_IDLE_WAIT)
