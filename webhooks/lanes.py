@@ -10,6 +10,7 @@ structures kept in arq's own Redis (all keys under the queue name):
 ``<q>:limits``              HASH  webhook -> its in-flight limit (rewritten by every enqueue)
 ``<q>:breaker:<webhook>``   HASH  ``failures`` (consecutive timeouts/connection errors), ``open`` (since, ms)
 ``<q>:limited``             HASH  webhook -> when a claim last found it at its limit (why attempts are late)
+``<q>:recording``           ZSET  attempts made whose outcome is being written to MongoDB, scored by expiry
 ``<q>:wake``                LIST  a token per enqueue or freed slot; idle dispatchers block on it
 
 A claim walks ``sched`` from its head: each webhook due for a turn gets up to ``min(free slots, quantum)``
@@ -34,6 +35,8 @@ from enum import Enum
 from redis.asyncio import Redis
 
 WAKE_TOKENS = 16  # enough to wake every dispatcher of a burst; the list never grows past this
+# An attempt made but not yet recorded in MongoDB is left alone by the sweeper for this long (ms).
+RECORDING_MS = 60_000
 
 
 class Kind(Enum):
@@ -135,18 +138,24 @@ def from_ms(ms: float) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-# ARGV: prefix, wake?, then (webhook, member, due_ms, limit, only_if_absent) * n
+# ARGV: prefix, wake?, now_ms, then (webhook, member, due_ms, limit, only_if_absent) * n
 _ADD = """
-local p = ARGV[1]
+local p, now = ARGV[1], tonumber(ARGV[3])
 local n = 0
-for i = 3, #ARGV, 5 do
+for i = 4, #ARGV, 5 do
   local wh, member, due, limit, nx = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
   redis.call('HSET', p .. ':limits', wh, limit)
   local skip = false
   if nx == '1' then
-    local held = redis.call('ZSCORE', p .. ':inflight:' .. wh, member)
+    local inflight = p .. ':inflight:' .. wh
+    local held = redis.call('ZSCORE', inflight, member)
+    if held and tonumber(held) <= now then  -- an expired slot: its worker died
+      redis.call('ZREM', inflight, member)
+      held = false
+    end
     local queued = redis.call('ZSCORE', p .. ':lane:' .. wh, member)
-    skip = held ~= false or queued ~= false
+    local recording = redis.call('ZSCORE', p .. ':recording', member)
+    skip = held ~= false or queued ~= false or (recording ~= false and tonumber(recording) > now)
   end
   if not skip then
     redis.call('ZADD', p .. ':lane:' .. wh, due, member)
@@ -159,7 +168,7 @@ if n > 0 and ARGV[2] == '1' then
   redis.call('LTRIM', p .. ':wake', 0, WAKE_TOKENS - 1)
 end
 return n
-""".replace("WAKE_TOKENS", str(WAKE_TOKENS))
+""".replace("WAKE_TOKENS", str(WAKE_TOKENS)).replace("RECORDING_MS", str(RECORDING_MS))
 
 # ARGV: prefix, now_ms, max_items, default_limit, slot_ms, quantum, max_visits
 # -> {flat list of (webhook, member, due_ms, limited, breaker_open), next_score or false}
@@ -223,6 +232,9 @@ for i = 4, #ARGV, 4 do
   local wh, member, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local lane, bkey = p .. ':lane:' .. wh, p .. ':breaker:' .. wh
   redis.call('ZREM', p .. ':inflight:' .. wh, member)
+  if outcome ~= 'back' and outcome ~= 'skip' then
+    redis.call('ZADD', p .. ':recording', now + RECORDING_MS, member)
+  end
   if outcome == 'ok' then
     if redis.call('HGET', bkey, 'open') then
       changes[#changes + 1] = wh
@@ -252,7 +264,7 @@ if woke then
   redis.call('LTRIM', p .. ':wake', 0, WAKE_TOKENS - 1)
 end
 return changes
-""".replace("WAKE_TOKENS", str(WAKE_TOKENS))
+""".replace("WAKE_TOKENS", str(WAKE_TOKENS)).replace("RECORDING_MS", str(RECORDING_MS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +307,7 @@ class Lanes:
         """
         if not entries:
             return 0
-        args: list[str | int] = [self.prefix, "1" if wake else "0"]
+        args: list[str | int] = [self.prefix, "1" if wake else "0", to_ms(datetime.now(UTC))]
         for e in entries:
             args += [e.item.webhook_id, e.item.member, to_ms(e.due), e.limit, "1" if only_if_absent else "0"]
         return int(await self._add(args=args))
@@ -343,6 +355,44 @@ class Lanes:
             BreakerChange(_s(flat[i]), _s(flat[i + 1]) == "opened", int(flat[i + 2]))
             for i in range(0, len(flat), 3)
         ]
+
+    async def absent(self, items: Sequence[LaneItem], now: datetime) -> list[LaneItem]:
+        """The items that are in no lane, no live slot and not being recorded (a snapshot)."""
+        if not items:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                pipe.zscore(self._lane(item.webhook_id), item.member)
+                pipe.zscore(self._inflight(item.webhook_id), item.member)
+                pipe.zscore(f"{self.prefix}:recording", item.member)
+            raw = await pipe.execute()
+        at = to_ms(now)
+        return [
+            item
+            for i, item in enumerate(items)
+            if raw[3 * i] is None
+            and (raw[3 * i + 1] is None or float(raw[3 * i + 1]) <= at)
+            and (raw[3 * i + 2] is None or float(raw[3 * i + 2]) <= at)
+        ]
+
+    async def recorded(self, items: Sequence[LaneItem], now: datetime) -> None:
+        """These attempts' outcomes are in MongoDB (which the sweeper reads from now on)."""
+        if not items:
+            return
+        key = f"{self.prefix}:recording"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(key, *[i.member for i in items])
+            pipe.zremrangebyscore(key, "-inf", to_ms(now))  # entries of workers that died meanwhile
+            await pipe.execute()
+
+    async def extend(self, items: Sequence[LaneItem], until: datetime) -> None:
+        """Keep the slots of attempts still running (a live worker's lease); a dead worker's expire."""
+        if not items:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                pipe.zadd(self._inflight(item.webhook_id), {item.member: to_ms(until)}, xx=True)
+            await pipe.execute()
 
     async def set_limit(self, webhook_id: str, limit: int) -> None:
         await self._redis.hset(f"{self.prefix}:limits", webhook_id, str(limit))  # type: ignore[misc]

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 MAX_IDLE_WAIT = 1.0  # seconds: the longest sleep, so a missed wake token costs at most this
 CLAIM_BATCH = 200  # attempts taken per claim (one Lua call)
-SLOT_MARGIN = 30.0  # seconds a slot outlives the attempt deadline (recording, a slow store)
+SLOT_TTL = 6.0  # seconds: a slot's lease, renewed while its attempt runs; a dead worker's slots expire
+SLOT_RENEW = 2.0
 
 
 class Dispatcher:
@@ -35,14 +36,13 @@ class Dispatcher:
         lanes: Lanes,
         attempt: Callable[[Claimed], Coroutine[Any, Any, None]],
         max_in_flight: int,
-        attempt_deadline: float,
     ) -> None:
         self._redis = redis
         self._lanes = lanes
         self._attempt = attempt
         self._max = max_in_flight
-        self._slot_seconds = attempt_deadline + SLOT_MARGIN
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Claimed] = {}
+        self._renewer: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
         self._claiming = True
 
@@ -52,6 +52,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         listener = asyncio.create_task(self._listen())
+        self._renewer = asyncio.create_task(self._renew())  # until drained: running attempts keep slots
         try:
             while self._claiming:
                 self._woken.clear()
@@ -82,6 +83,10 @@ class Dispatcher:
             log.info("dispatcher stopped: %d attempts cancelled", len(late))
         else:
             log.info("dispatcher stopped: 0 attempts cancelled")
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
 
     async def _claim(self) -> tuple[bool, datetime | None]:
         """Start what is due; whether a full batch was taken, and when the next attempt falls due."""
@@ -90,18 +95,18 @@ class Dispatcher:
             return False, None  # woken when a running attempt finishes
         want = min(free, CLAIM_BATCH)
         try:
-            claimed, next_due = await self._lanes.claim(utcnow(), want, slot_seconds=self._slot_seconds)
+            claimed, next_due = await self._lanes.claim(utcnow(), want, slot_seconds=SLOT_TTL)
         except Exception:
             log.warning("could not claim attempts; retrying", exc_info=True)
             return False, None
         for c in claimed:
             task = asyncio.create_task(self._attempt(c))
-            self._tasks.add(task)
+            self._tasks[task] = c
             task.add_done_callback(self._done)
         return len(claimed) == want, next_due
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("attempt failed unexpectedly", exc_info=task.exception())
         self._woken.set()
@@ -112,6 +117,16 @@ class Dispatcher:
             wait = min(wait, max(0.0, (next_due - utcnow()).total_seconds()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._woken.wait(), timeout=wait)
+
+    async def _renew(self) -> None:
+        """Renew the slots of running attempts, however long they wait for a slow receiver or store."""
+        while True:
+            await asyncio.sleep(SLOT_RENEW)
+            try:
+                until = utcnow() + timedelta(seconds=SLOT_TTL)
+                await self._lanes.extend([c.item for c in self._tasks.values()], until)
+            except Exception:
+                log.warning("could not renew %d attempt slots", len(self._tasks), exc_info=True)
 
     async def _listen(self) -> None:
         """Block on the wake list (one Redis call per token, or per idle second) and set ``_woken``."""

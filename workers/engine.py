@@ -305,6 +305,10 @@ class DeliveryEngine:
         # feed is best effort.
         await self._count(finals)
         try:
+            await self._lanes.recorded([o.planned.claimed.item for o in outcomes], now)
+        except Exception:
+            log.warning("could not clear %d recording marks; they expire", len(outcomes), exc_info=True)
+        try:
             await self._lanes.add(retries, wake=False)  # the dispatcher times retries itself
         except Exception:
             log.warning("could not queue %d retries; the sweeper will", len(retries), exc_info=True)

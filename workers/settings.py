@@ -70,7 +70,6 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             lanes=core.lanes,
             attempt=engine.run,
             max_in_flight=settings.worker_max_in_flight,
-            attempt_deadline=settings.delivery_timeout,
         )
         ctx["dispatcher"] = dispatcher
         ctx["dispatch_task"] = asyncio.create_task(dispatcher.run())

@@ -50,19 +50,28 @@ class Sweeper:
         events = await self.events.open_after(self._outbox_cursor, before, SWEEP_BATCH)
         # the next tick goes on from here, and starts over once the end is reached
         self._outbox_cursor = events[-1].id if len(events) == SWEEP_BATCH else None
-        planned = [(e, p) for e in events for p in e.planned if not p.held]
-        written = await self.deliveries.existing([p.delivery_id for _, p in planned])
-        missing = [(e, p) for e, p in planned if p.delivery_id not in written]
-        complete = {e.id for e in events} - {e.id for e, _ in missing}
-        await self.events.close(list(complete))
-        limits = await self._limits({p.webhook_id for _, p in missing})
+        planned = {
+            LaneItem(str(p.webhook_id), str(p.delivery_id), 1, str(e.id), Kind.NEW): e
+            for e in events
+            for p in e.planned
+            if not p.held
+        }
+        # Redis first, then MongoDB: an attempt absent from Redis has either been recorded already (the
+        # engine writes MongoDB before it clears its recording mark) or is lost. The other order would
+        # re-queue an attempt recorded between the two reads, and send it twice.
+        absent = await self.lanes.absent(list(planned), utcnow())
+        written = await self.deliveries.existing([ObjectId(i.delivery_id) for i in planned])
+        unwritten = {e.id for i, e in planned.items() if ObjectId(i.delivery_id) not in written}
+        await self.events.close([e.id for e in events if e.id not in unwritten])
+        lost = [i for i in absent if ObjectId(i.delivery_id) not in written]
+        limits = await self._limits({ObjectId(i.webhook_id) for i in lost})
         entries = [
             Enqueue(
-                LaneItem(str(p.webhook_id), str(p.delivery_id), 1, str(e.id), Kind.NEW),
-                due=e.created_at,
-                limit=limits.get(p.webhook_id, self.settings.webhook_max_in_flight),
+                i,
+                due=planned[i].created_at,
+                limit=limits.get(ObjectId(i.webhook_id), self.settings.webhook_max_in_flight),
             )
-            for e, p in missing
+            for i in lost
         ]
         return await self.lanes.add(entries, only_if_absent=True)
 
