@@ -13,7 +13,9 @@ from strawberry.dataloader import DataLoader
 from strawberry.types import Info as _Info
 
 from webhooks.core import Core
+from webhooks.lanes import LaneState
 from webhooks.models import Attempt, Delivery, Principal, Scope
+from webhooks.timeutil import utcnow
 
 UNAUTHENTICATED = "UNAUTHENTICATED"
 FORBIDDEN = "FORBIDDEN"
@@ -41,6 +43,19 @@ class Context:
     _principal: Principal | None = None
     _resolved: bool = False
     _attempts: DataLoader[Delivery, list[Attempt]] | None = None
+    _lane_states: DataLoader[str, LaneState] | None = None
+
+    @property
+    def lane_states_loader(self) -> DataLoader[str, LaneState]:
+        """Batches ``Webhook.breaker`` of one request into one Redis round trip."""
+        if self._lane_states is None:
+
+            async def load(ids: list[str]) -> list[LaneState]:
+                found = await self.core.lanes.states(ids, utcnow())
+                return [found[i] for i in ids]
+
+            self._lane_states = DataLoader(load_fn=load, cache=False)
+        return self._lane_states
 
     @property
     def attempts_loader(self) -> DataLoader[Delivery, list[Attempt]]:

@@ -36,6 +36,7 @@ from graphql_api.types import DeliveryAttempt, Webhook
 from webhooks import metrics
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.ids import parse_id
+from webhooks.lanes import LateReason
 from webhooks.models import AttemptTrigger, DeliveryStatus, Principal, Scope
 from webhooks.pubsub import ATTEMPTS_CHANNEL, STATUS_CHANNEL
 
@@ -67,6 +68,8 @@ def attempt_from_message(message: dict[str, Any]) -> DeliveryAttempt:
         error=message.get("error"),
         delivery_status=DeliveryStatus(message["deliveryStatus"]),
         next_attempt_at=_datetime(message.get("nextAttemptAt")),
+        scheduled_at=_datetime(message.get("scheduledAt")),
+        late_reason=LateReason(message["lateReason"]) if message.get("lateReason") else None,
     )
 
 

@@ -12,6 +12,7 @@ from strawberry.scalars import JSON
 
 from webhooks import errors as core_errors
 from webhooks.events import CATALOG, EventName
+from webhooks.lanes import BreakerState, LaneState, LateReason
 from webhooks.models import Attempt as AttemptRecord
 from webhooks.models import AttemptTrigger, DeliveryStatus
 from webhooks.models import Delivery as DeliveryRecord
@@ -23,6 +24,17 @@ strawberry.enum(EventName, name="WebhookEvent", description="Subscribable events
 strawberry.enum(core_errors.ErrorCode, name="UserErrorCode")
 strawberry.enum(DeliveryStatus, name="DeliveryStatus")
 strawberry.enum(AttemptTrigger, name="AttemptTrigger")
+strawberry.enum(
+    BreakerState,
+    name="BreakerState",
+    description="CLOSED: attempts go out up to maxInFlight at once. OPEN: consecutive timeouts or connection "
+    "failures tripped it; the next attempt is a probe. HALF_OPEN: a probe is in flight; others wait for it.",
+)
+strawberry.enum(
+    LateReason,
+    name="AttemptLateReason",
+    description="Why an attempt started later than scheduled.",
+)
 WebhookEvent = EventName
 UserErrorCode = core_errors.ErrorCode
 DeliveryStatusEnum = DeliveryStatus
@@ -59,6 +71,27 @@ class EventType:
         ]
 
 
+@strawberry.type(description="A webhook's circuit breaker and the attempts it has in flight and waiting.")
+class WebhookBreaker:
+    state: BreakerState
+    since: datetime | None = strawberry.field(description="When the breaker opened (null while CLOSED).")
+    unreachable_streak: int = strawberry.field(
+        description="Consecutive attempts that timed out or could not connect."
+    )
+    in_flight: int = strawberry.field(description="Attempts being made now.")
+    waiting: int = strawberry.field(description="Attempts waiting for their turn (due now or later).")
+
+    @classmethod
+    def from_state(cls, s: LaneState) -> WebhookBreaker:
+        return cls(
+            state=s.breaker,
+            since=s.breaker_since,
+            unreachable_streak=s.unreachable_streak,
+            in_flight=s.in_flight,
+            waiting=s.waiting,
+        )
+
+
 @strawberry.type
 class Webhook:
     id: strawberry.ID
@@ -70,10 +103,28 @@ class Webhook:
     disabled_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    consecutive_failures: int = strawberry.field(
+        default=0, description="Failed deliveries in a row (10 disable the webhook; any success resets it)."
+    )
+    record: strawberry.Private[WebhookRecord | None] = None
+
+    @strawberry.field(description="At most this many attempts to this webhook are in flight at once.")
+    def max_in_flight(self, info: strawberry.Info) -> int:
+        default: int = info.context.core.settings.webhook_max_in_flight
+        return self.record.in_flight_limit(default) if self.record is not None else default
+
+    @strawberry.field(
+        description="The circuit breaker: open after consecutive timeouts or connection failures."
+    )
+    async def breaker(self, info: strawberry.Info) -> WebhookBreaker:
+        state: LaneState = await info.context.lane_states_loader.load(str(self.id))
+        return WebhookBreaker.from_state(state)
 
     @classmethod
     def from_record(cls, w: WebhookRecord) -> Webhook:
         return cls(
+            consecutive_failures=w.consecutive_failures,
+            record=w,
             id=strawberry.ID(str(w.id)),
             name=w.name,
             url=w.url,
@@ -147,6 +198,12 @@ class DeliveryAttempt:
     request_headers: JSON | None = strawberry.field(
         default=None, description="The request headers as sent, with signature values redacted."
     )
+    scheduled_at: datetime | None = strawberry.field(default=None, description="When the attempt was due.")
+    late_reason: LateReason | None = strawberry.field(
+        default=None,
+        description="Why it started late (null when on time): an attempt to a webhook at its in-flight limit "
+        "or behind an open breaker waits for its turn.",
+    )
 
     @classmethod
     def from_record(cls, a: AttemptRecord) -> DeliveryAttempt:
@@ -167,6 +224,8 @@ class DeliveryAttempt:
             error=a.error,
             delivery_status=a.delivery_status,
             next_attempt_at=a.next_attempt_at,
+            scheduled_at=a.scheduled_at,
+            late_reason=LateReason(a.late_reason) if a.late_reason else None,
         )
 
 

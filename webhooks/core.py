@@ -78,7 +78,14 @@ class Core:
             event_repo=event_repo,
             delivery_repo=delivery_repo,
             webhooks=WebhookService(
-                webhook_repo, box, settings, check_destination, notify_status=publisher.webhook_status
+                webhook_repo,
+                box,
+                settings,
+                check_destination,
+                notify_status=publisher.webhook_status,
+                apply_limit=lambda w: lanes.set_limit(
+                    str(w.id), w.in_flight_limit(settings.webhook_max_in_flight)
+                ),
             ),
             deliveries=DeliveryService(settings, webhook_repo, event_repo, delivery_repo, lanes),
             resolver=resolver,

@@ -36,6 +36,8 @@ def attempt_message(attempt: Attempt) -> bytes:
             "errorClass": attempt.error_class,
             "deliveryStatus": attempt.delivery_status.value,
             "nextAttemptAt": iso_ms(attempt.next_attempt_at) if attempt.next_attempt_at else None,
+            "scheduledAt": iso_ms(attempt.scheduled_at) if attempt.scheduled_at else None,
+            "lateReason": attempt.late_reason,
         }
     )
 

@@ -15,6 +15,11 @@ class CreateWebhookInput:
     name: str
     url: str
     events: list[WebhookEvent]
+    max_in_flight: int | None = strawberry.field(
+        default=None,
+        description="At most this many attempts to this webhook at once, across all workers "
+        "(default: the service's WEBHOOKS_WEBHOOK_MAX_IN_FLIGHT).",
+    )
 
 
 @strawberry.input
@@ -23,6 +28,9 @@ class UpdateWebhookInput:
     url: str | None = None
     events: list[WebhookEvent] | None = None
     enabled: bool | None = None
+    max_in_flight: int | None = strawberry.field(
+        default=None, description="At most this many attempts to this webhook at once, across all workers."
+    )
 
 
 @strawberry.type
@@ -50,7 +58,9 @@ async def create_webhook(info: Info, input: CreateWebhookInput) -> CreateWebhook
     ctx = info.context
     who = await ctx.require(Scope.MANAGE_WEBHOOKS)
     try:
-        created = await ctx.core.webhooks.create(who, input.name, input.url, list(input.events))
+        created = await ctx.core.webhooks.create(
+            who, input.name, input.url, list(input.events), max_in_flight=input.max_in_flight
+        )
     except UserErrors as exc:
         return CreateWebhookPayload(errors=user_errors(exc))
     return CreateWebhookPayload(webhook=Webhook.from_record(created.webhook), secret=created.secret)
@@ -67,6 +77,7 @@ async def update_webhook(info: Info, id: strawberry.ID, input: UpdateWebhookInpu
             url=input.url,
             events=list(input.events) if input.events is not None else None,
             enabled=input.enabled,
+            max_in_flight=input.max_in_flight,
         )
     except UserErrors as exc:
         return UpdateWebhookPayload(errors=user_errors(exc))

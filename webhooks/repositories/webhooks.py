@@ -17,7 +17,14 @@ class WebhookRepository:
         self._col = cols.webhooks
 
     async def insert(
-        self, account_id: ObjectId, name: str, url: str, events: list[str], secret_enc: str
+        self,
+        account_id: ObjectId,
+        name: str,
+        url: str,
+        events: list[str],
+        secret_enc: str,
+        *,
+        max_in_flight: int | None = None,
     ) -> Webhook:
         now = utcnow()
         doc: Doc = {
@@ -31,6 +38,7 @@ class WebhookRepository:
             "consecutive_failures": 0,
             "disabled_reason": None,
             "disabled_at": None,
+            "max_in_flight": max_in_flight,
             "created_at": now,
             "updated_at": now,
         }
@@ -43,6 +51,7 @@ class WebhookRepository:
         return Webhook.from_doc(doc) if doc else None
 
     async def get_many(self, ids: list[ObjectId]) -> dict[ObjectId, Webhook]:
+        """Webhooks by id (internal, worker side: not account-scoped)."""
         return {d["_id"]: Webhook.from_doc(d) async for d in self._col.find({"_id": {"$in": ids}})}
 
     async def count(self, account_id: ObjectId) -> int:

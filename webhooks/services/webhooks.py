@@ -54,6 +54,12 @@ def _name(raw: str, errors: list[UserError]) -> str:
     return name
 
 
+def _max_in_flight(raw: int, cap: int, errors: list[UserError]) -> int:
+    if not 1 <= raw <= cap:
+        errors.append(UserError("maxInFlight", ErrorCode.INVALID, f"maxInFlight must be between 1 and {cap}"))
+    return raw
+
+
 def _events(raw: list[EventName], errors: list[UserError]) -> list[str]:
     events = list(dict.fromkeys(e.value for e in raw))
     if not events:
@@ -69,7 +75,9 @@ class WebhookService:
         settings: Settings,
         check_destination: DestinationCheck = no_destination_check,
         notify_status: StatusNotifier | None = None,
+        apply_limit: StatusNotifier | None = None,
     ) -> None:
+        self._apply_limit = apply_limit  # tells the lanes about a changed ``maxInFlight`` at once
         self._repo = repo
         self._box = box
         self._settings = settings
@@ -85,11 +93,20 @@ class WebhookService:
             return raw
         return url
 
-    async def create(self, who: Principal, name: str, url: str, events: list[EventName]) -> CreatedWebhook:
+    async def create(
+        self,
+        who: Principal,
+        name: str,
+        url: str,
+        events: list[EventName],
+        max_in_flight: int | None = None,
+    ) -> CreatedWebhook:
         errors: list[UserError] = []
         clean_name = _name(name, errors)
         clean_url = await self._url(url, errors)
         clean_events = _events(events, errors)
+        if max_in_flight is not None:
+            _max_in_flight(max_in_flight, self._settings.webhook_max_in_flight_cap, errors)
         if errors:
             raise UserErrors(errors)
         limit = self._settings.max_webhooks_per_account
@@ -100,7 +117,12 @@ class WebhookService:
             raise over_limit
         secret = new_signing_secret()
         webhook = await self._repo.insert(
-            who.account_id, clean_name, clean_url, clean_events, self._box.encrypt(secret)
+            who.account_id,
+            clean_name,
+            clean_url,
+            clean_events,
+            self._box.encrypt(secret),
+            max_in_flight=max_in_flight,
         )
         # Concurrent creates can pass the check together: count again and take ours back if over.
         if await self._repo.count(who.account_id) > limit:
@@ -128,10 +150,14 @@ class WebhookService:
         url: str | None = None,
         events: list[EventName] | None = None,
         enabled: bool | None = None,
+        max_in_flight: int | None = None,
     ) -> Webhook:
         oid = parse_id(webhook_id)
         errors: list[UserError] = []
         changes: dict[str, Any] = {}
+        if max_in_flight is not None:
+            cap = self._settings.webhook_max_in_flight_cap
+            changes["max_in_flight"] = _max_in_flight(max_in_flight, cap, errors)
         if name is not None:
             changes["name"] = _name(name, errors)
         if url is not None:
@@ -153,6 +179,11 @@ class WebhookService:
             raise not_found("webhook", webhook_id)
         if before is not None and before.enabled != webhook.enabled:
             await self._announce_status(webhook)
+        if max_in_flight is not None and self._apply_limit is not None:
+            try:
+                await self._apply_limit(webhook)
+            except Exception:  # stored; every later enqueue writes the limit again
+                log.warning("could not apply the in-flight limit of webhook %s", webhook.id, exc_info=True)
         return webhook
 
     async def _announce_status(self, webhook: Webhook) -> None:
