@@ -1,0 +1,321 @@
+"""Delivery isolation: one webhook's dead or slow endpoint never delays another's deliveries.
+
+Real parts: Redis lanes, SecantusDB, the API over HTTP, in-process and subprocess workers, and receivers that
+hang, answer slowly or count their concurrent requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from tests.conftest import REDIS_URL, make_settings
+from tests.delivery_support import create_webhook, delivery, publish, wait_for_status
+from tests.receiver import Behaviour, Receiver, ok, sleep
+from tests.support import GraphQLClient, Stack, run_stack
+from tests.test_delivery_processes import workers
+from webhooks.lanes import Enqueue, Finished, Kind, LaneItem, Lanes, Outcome
+from webhooks.timeutil import utcnow
+
+DEADLINE = 1.5  # seconds: the attempt deadline of these tests (the spec's 10 s, scaled down)
+
+
+@pytest.fixture(scope="module")
+async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    settings = make_settings(
+        mongodb_url,
+        tmp_path_factory.mktemp("isolation"),
+        delivery_timeout=DEADLINE,
+        retry_schedule=(0.0, 60.0),
+        webhook_max_in_flight=3,
+        breaker_open_after=3,
+    )
+    async with run_stack(settings) as running:
+        yield running
+
+
+@dataclass
+class Concurrency:
+    """A receiver behaviour that holds each request ``hold`` seconds and records the peak concurrency."""
+
+    hold: float
+    now: int = 0
+    peak: int = 0
+
+    async def __call__(self, request: web.Request, n: int) -> web.StreamResponse:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await asyncio.sleep(self.hold)
+        finally:
+            self.now -= 1
+        return web.Response(text="OK")
+
+
+WEBHOOK_STATE = """
+query($id: ID!) {
+  webhook(id: $id) { id maxInFlight breaker { state since unreachableStreak inFlight waiting } }
+}
+"""
+
+
+async def breaker_state(gql: GraphQLClient, webhook_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = (await gql.execute(WEBHOOK_STATE, {"id": webhook_id}))["webhook"]["breaker"]
+    return found
+
+
+async def breaker_becomes(gql: GraphQLClient, webhook_id: str, wanted: Callable[[str], bool]) -> None:
+    async with asyncio.timeout(30):
+        while not wanted((await breaker_state(gql, webhook_id))["state"]):  # noqa: ASYNC110 - polls the API
+            await asyncio.sleep(0.1)
+
+
+# -- the scheduling algorithm, on a real Redis ---------------------------------------------------------
+
+
+@pytest.fixture
+async def lanes() -> AsyncIterator[Lanes]:
+    redis = aioredis.from_url(REDIS_URL)
+    yield Lanes(redis, f"test-lanes:{uuid.uuid4().hex[:8]}", default_limit=5)
+    await redis.aclose()
+
+
+def items(webhook: str, count: int) -> list[LaneItem]:
+    return [LaneItem(webhook, f"{i:024x}", 1, "e" * 24, Kind.NEW) for i in range(count)]
+
+
+async def test_a_huge_backlog_costs_a_single_event_one_turn(lanes: Lanes) -> None:
+    # given one webhook with 1,000 due attempts queued first, then another webhook with one
+    now = utcnow()
+    backlog = items("a" * 24, 1000)
+    await lanes.add([Enqueue(i, due=now - timedelta(seconds=1), limit=100) for i in backlog])
+    await lanes.add([Enqueue(items("b" * 24, 1)[0], due=now, limit=100)])
+    # when a worker claims 20 attempts
+    claimed, _ = await lanes.claim(now + timedelta(milliseconds=1), 20, slot_seconds=5, quantum=10)
+    # then the single attempt is among them: the backlog got one turn, not 1,000
+    assert "b" * 24 in {c.item.webhook_id for c in claimed}
+    assert len(claimed) == 20
+
+
+async def test_a_webhook_at_its_limit_waits_and_holds_no_claim(lanes: Lanes) -> None:
+    # given a webhook limited to 2 in flight with 10 due attempts, and another webhook with 3
+    now = utcnow()
+    await lanes.add([Enqueue(i, due=now, limit=2) for i in items("a" * 24, 10)])
+    await lanes.add([Enqueue(i, due=now, limit=5) for i in items("b" * 24, 3)])
+    later = now + timedelta(milliseconds=1)
+    # when claims go on until nothing more is claimable
+    first, _ = await lanes.claim(later, 100, slot_seconds=5)
+    second, _ = await lanes.claim(later, 100, slot_seconds=5)
+    # then the limited webhook has exactly 2 attempts out, the other all of its 3, and nothing else is given
+    by_webhook = {w: [c for c in first if c.item.webhook_id == w] for w in ("a" * 24, "b" * 24)}
+    assert len(by_webhook["a" * 24]) == 2 and len(by_webhook["b" * 24]) == 3
+    assert second == []
+    # and when one of its attempts finishes, exactly one more is given, marked as late because of the limit
+    await lanes.release([Finished(by_webhook["a" * 24][0].item, Outcome.OK)], later, open_after=3)
+    third, _ = await lanes.claim(later + timedelta(seconds=1), 100, slot_seconds=5)
+    assert [c.item.webhook_id for c in third] == ["a" * 24]
+    assert third[0].limited
+
+
+async def test_a_dead_workers_slots_expire(lanes: Lanes) -> None:
+    # given a webhook limited to 1 whose only slot is held by a worker that then dies (never releases)
+    now = utcnow()
+    await lanes.add([Enqueue(i, due=now, limit=1) for i in items("a" * 24, 2)])
+    held, _ = await lanes.claim(now, 10, slot_seconds=2)
+    assert len(held) == 1
+    blocked, _ = await lanes.claim(now + timedelta(seconds=1), 10, slot_seconds=2)
+    assert blocked == []
+    # when the slot's lease runs out
+    freed, _ = await lanes.claim(now + timedelta(seconds=3), 10, slot_seconds=2)
+    # then the next attempt goes out, and the sweeper may put the lost one back
+    assert len(freed) == 1
+    assert await lanes.absent([held[0].item], now + timedelta(seconds=3)) == [held[0].item]
+
+
+async def test_consecutive_unreachable_attempts_open_the_breaker_and_a_success_closes_it(
+    lanes: Lanes,
+) -> None:
+    now = utcnow()
+    hook = "a" * 24
+    await lanes.add([Enqueue(i, due=now, limit=5) for i in items(hook, 10)])
+    claimed, _ = await lanes.claim(now, 3, slot_seconds=5)
+    # when three attempts in a row cannot connect
+    changes = await lanes.release([Finished(c.item, Outcome.UNREACHABLE) for c in claimed], now, open_after=3)
+    # then the breaker opens: one probe at a time
+    assert [(c.webhook_id, c.opened) for c in changes] == [(hook, True)]
+    probe, _ = await lanes.claim(now, 10, slot_seconds=5)
+    assert len(probe) == 1 and probe[0].breaker_open
+    assert (await lanes.states([hook], now))[hook].breaker.value == "HALF_OPEN"
+    # and when the probe succeeds, the breaker closes and the full limit applies again
+    changes = await lanes.release([Finished(probe[0].item, Outcome.OK)], now, open_after=3)
+    assert [(c.webhook_id, c.opened) for c in changes] == [(hook, False)]
+    after, _ = await lanes.claim(now, 10, slot_seconds=5)
+    assert len(after) == 5
+
+
+# -- the whole service -------------------------------------------------------------------------------
+
+
+async def test_a_dead_endpoint_does_not_delay_another_account(stack: Stack, receiver: Receiver) -> None:
+    # given account A whose endpoint never answers within the deadline, with a backlog of 30 events
+    a, b = await stack.account(), await stack.account()
+    dead, healthy = f"/dead/{uuid.uuid4().hex[:6]}", f"/ok/{uuid.uuid4().hex[:6]}"
+    await create_webhook(a.gql, receiver.url(dead, sleep(DEADLINE * 4)))
+    await create_webhook(b.gql, receiver.url(healthy, ok))
+    backlog = [await publish(a.gql) for _ in range(30)]
+    await receiver.wait_for(dead, 3)
+    # when account B publishes 3 events
+    mine = [await publish(b.gql) for _ in range(3)]
+    ids = [p["event"]["deliveries"][0]["id"] for p in mine]
+    # then B's deliveries all succeed while A's backlog is still waiting
+    for i in ids:
+        await wait_for_status(b.gql, i, "SUCCEEDED", timeout=30)
+    statuses = [(await delivery(a.gql, p["event"]["deliveries"][0]["id"]))["status"] for p in backlog[-10:]]
+    assert statuses.count("PENDING") == 10
+    # and A's endpoint never had more than its limit (3) of attempts at once
+    assert len(receiver.received[dead]) <= 3 * 2
+
+
+async def test_one_events_fan_out_never_waits_for_its_slowest_receiver(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given two webhooks of one account: one hangs past the deadline, one answers at once
+    account = await stack.account()
+    slow, fast = f"/slow/{uuid.uuid4().hex[:6]}", f"/fast/{uuid.uuid4().hex[:6]}"
+    await create_webhook(account.gql, receiver.url(slow, sleep(DEADLINE * 4)))
+    await create_webhook(account.gql, receiver.url(fast, ok))
+    # when one event is published
+    published = await publish(account.gql)
+    by_hook = {d["webhookId"]: d["id"] for d in published["event"]["deliveries"]}
+    assert len(by_hook) == 2
+    # then the fast delivery has succeeded while the slow one is still in flight
+    await receiver.wait_for(fast, 1)
+    results = [await wait_for_status(account.gql, i, "SUCCEEDED", "PENDING") for i in by_hook.values()]
+    done = [r for r in results if r["status"] == "SUCCEEDED"]
+    assert len(done) == 1
+    fast_result = await wait_for_status(account.gql, done[0]["id"], "SUCCEEDED")
+    assert fast_result["attempts"][0]["statusCode"] == 200
+    assert any(r["status"] == "PENDING" for r in results)
+
+
+async def test_the_breaker_opens_on_a_dead_endpoint_and_closes_when_it_answers(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a webhook whose endpoint hangs past the deadline
+    account = await stack.account()
+    path = f"/flap/{uuid.uuid4().hex[:6]}"
+    state: dict[str, Behaviour] = {"now": sleep(DEADLINE * 4)}
+
+    async def switchable(request: web.Request, n: int) -> web.StreamResponse:
+        return await state["now"](request, n)
+
+    webhook_id, _ = await create_webhook(account.gql, receiver.url(path, switchable))
+    # when 6 events are published (3 unreachable attempts open the breaker in these settings)
+    for _ in range(6):
+        await publish(account.gql)
+    await breaker_becomes(account.gql, webhook_id, lambda s: s != "CLOSED")
+    opened = await breaker_state(account.gql, webhook_id)
+    # then it shows as open (or probing) since a known time
+    assert opened["state"] in ("OPEN", "HALF_OPEN")
+    assert opened["since"] is not None
+    # and when the endpoint answers again, a probe succeeds and the breaker closes
+    state["now"] = ok
+    await publish(account.gql)
+    await breaker_becomes(account.gql, webhook_id, lambda s: s == "CLOSED")
+
+
+async def test_an_attempt_delayed_by_its_webhooks_limit_says_why(stack: Stack, receiver: Receiver) -> None:
+    # given a webhook limited to one attempt at a time, whose endpoint takes 0.8 s to answer
+    account = await stack.account()
+    path = f"/one/{uuid.uuid4().hex[:6]}"
+    payload = await account.gql.execute(
+        """mutation($input: CreateWebhookInput!) { createWebhook(input: $input) {
+             webhook { id maxInFlight } errors { code } } }""",
+        {
+            "input": {
+                "name": "one at a time",
+                "url": receiver.url(path, sleep(0.8)),
+                "events": ["JOB_APPLICATION_CREATED"],
+                "maxInFlight": 1,
+            }
+        },
+    )
+    assert payload["createWebhook"]["webhook"]["maxInFlight"] == 1
+    # when three events are published at once
+    published = [await publish(account.gql) for _ in range(3)]
+    ids = [p["event"]["deliveries"][0]["id"] for p in published]
+    done = [await wait_for_status(account.gql, i, "SUCCEEDED", timeout=30) for i in ids]
+    # then the receiver never had two at once, and the last attempt says it waited for the webhook's limit
+    starts = sorted(r.at for r in receiver.received[path])
+    assert all(b - a >= 0.7 for a, b in itertools.pairwise(starts))
+    reasons = await account.gql.execute(
+        "query($id: ID!) { delivery(id: $id) { attempts { scheduledAt lateReason } } }", {"id": ids[-1]}
+    )
+    attempt = reasons["delivery"]["attempts"][0]
+    assert attempt["scheduledAt"] is not None
+    assert attempt["lateReason"] == "WEBHOOK_LIMIT"
+    assert len(done) == 3
+
+
+async def test_max_in_flight_is_checked(stack: Stack) -> None:
+    account = await stack.account()
+    payload = await account.gql.execute(
+        """mutation($input: CreateWebhookInput!) { createWebhook(input: $input) {
+             webhook { id } errors { field code message } } }""",
+        {
+            "input": {
+                "name": "x",
+                "url": "http://127.0.0.1:9/x",
+                "events": ["JOB_APPLICATION_CREATED"],
+                "maxInFlight": 0,
+            }
+        },
+    )
+    errors = payload["createWebhook"]["errors"]
+    assert [(e["field"], e["code"]) for e in errors] == [("maxInFlight", "INVALID")]
+    assert payload["createWebhook"]["webhook"] is None
+
+
+async def test_the_limit_holds_across_two_worker_processes(
+    mongodb_url: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    # given two worker processes and a webhook limited to 3 attempts at once, on an endpoint that holds
+    # each request 0.5 s and counts how many it holds at once
+    settings = make_settings(mongodb_url, tmp_path, sweep_interval=1, sweep_grace=1)
+    counter = Concurrency(hold=0.5)
+    path = f"/limit/{uuid.uuid4().hex[:6]}"
+    async with run_stack(settings, worker=False) as stack:
+        account = await stack.account()
+        payload = await account.gql.execute(
+            """mutation($input: CreateWebhookInput!) { createWebhook(input: $input) { errors { code } } }""",
+            {
+                "input": {
+                    "name": "limited",
+                    "url": receiver.url(path, counter),
+                    "events": ["JOB_APPLICATION_CREATED"],
+                    "maxInFlight": 3,
+                }
+            },
+        )
+        assert payload["createWebhook"]["errors"] == []
+        with workers(settings, tmp_path) as start:
+            start()
+            start()
+            # when 24 events are published at once
+            published = await asyncio.gather(*(publish(account.gql) for _ in range(24)))
+            ids = [p["event"]["deliveries"][0]["id"] for p in published]
+            for i in ids:
+                await wait_for_status(account.gql, i, "SUCCEEDED", timeout=60)
+    # then the endpoint got every delivery, never more than 3 at once, and the limit was used
+    assert len(receiver.received[path]) >= 24
+    assert counter.peak == 3
