@@ -11,6 +11,7 @@ from pymongo import AsyncMongoClient
 
 from webhooks.crypto import SecretBox, load_secret_box
 from webhooks.db import Collections, Doc, collections, connect, ensure_indexes
+from webhooks.invalidation import Invalidations, listening
 from webhooks.lanes import Lanes
 from webhooks.pubsub import Publisher
 from webhooks.queue import connect_redis, lanes_of
@@ -19,7 +20,9 @@ from webhooks.repositories.accounts import AccountRepository, ApiKeyRepository
 from webhooks.repositories.deliveries import DeliveryRepository
 from webhooks.repositories.events import EventRepository
 from webhooks.repositories.webhooks import WebhookRepository
+from webhooks.services.auth import Authenticator
 from webhooks.services.deliveries import DeliveryService
+from webhooks.services.webhook_cache import WebhookCache
 from webhooks.services.webhooks import WebhookService
 from webhooks.settings import Settings
 from webhooks.ssrf import Resolver, SystemResolver, check_url_destination
@@ -39,7 +42,9 @@ class Core:
     lanes: Lanes
     publisher: Publisher
     accounts: AccountRepository
-    api_keys: ApiKeyRepository
+    api_keys: Authenticator  # cached; same calls as ApiKeyRepository
+    invalidations: Invalidations
+    webhook_cache: WebhookCache
     webhook_repo: WebhookRepository
     event_repo: EventRepository
     delivery_repo: DeliveryRepository
@@ -58,6 +63,8 @@ class Core:
         resolver = resolver_factory()
         publisher = Publisher(redis)
         lanes = lanes_of(redis, settings)
+        invalidations = Invalidations(redis)
+        webhook_cache = WebhookCache(webhook_repo, invalidations, settings.webhook_cache_ttl)
 
         async def check_destination(url: str, field: str) -> None:
             await check_url_destination(
@@ -73,7 +80,9 @@ class Core:
             lanes=lanes,
             publisher=publisher,
             accounts=AccountRepository(cols),
-            api_keys=ApiKeyRepository(cols),
+            api_keys=Authenticator(ApiKeyRepository(cols), invalidations, settings.auth_cache_ttl),
+            invalidations=invalidations,
+            webhook_cache=webhook_cache,
             webhook_repo=webhook_repo,
             event_repo=event_repo,
             delivery_repo=delivery_repo,
@@ -86,8 +95,11 @@ class Core:
                 apply_limit=lambda w: lanes.set_limit(
                     str(w.id), w.in_flight_limit(settings.webhook_max_in_flight)
                 ),
+                changed=webhook_cache.changed,
             ),
-            deliveries=DeliveryService(settings, webhook_repo, event_repo, delivery_repo, lanes),
+            deliveries=DeliveryService(
+                settings, webhook_repo, webhook_cache, event_repo, delivery_repo, lanes
+            ),
             resolver=resolver,
             rate_limiter=RateLimiter(redis, settings),
         )
@@ -101,7 +113,8 @@ async def open_core(settings: Settings) -> AsyncIterator[Core]:
         try:
             core = Core.build(settings, client, redis)
             await ensure_indexes(core.cols)
-            yield core
+            async with listening(core.invalidations):
+                yield core
         finally:
             await redis.aclose()
     finally:

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
 
     # Accounts.
     max_webhooks_per_account: int = Field(default=100, ge=1)
+    # Seconds an API key or webhook lookup is answered from a process's cache. Changes reach every
+    # process at once over Redis (webhooks.invalidation); this only bounds staleness if a message is lost.
+    auth_cache_ttl: float = Field(default=1.0, ge=0)
+    webhook_cache_ttl: float = Field(default=1.0, ge=0, le=1.0)
 
     # Secrets at rest: Fernet keys, newest first. Empty: the embedded default writes one to its data dir.
     secret_keys: Annotated[tuple[str, ...], NoDecode] = ()

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from bson import ObjectId
 
 from webhooks import metrics
-from webhooks.cache import SizedLRU, TTLCache
+from webhooks.cache import SizedLRU
 from webhooks.coalesce import Coalescer
 from webhooks.crypto import SecretBox
 from webhooks.lanes import Claimed, Enqueue, Finished, Kind, LaneItem, Lanes, LateReason
@@ -35,6 +35,7 @@ from webhooks.repositories.deliveries import DeliveryRepository, Recorded, Unsen
 from webhooks.repositories.events import EventRepository
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.deliveries import stored_attempt
+from webhooks.services.webhook_cache import WebhookCache
 from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
 from workers.policy import OutcomeClass, count_failures, next_delay, parse_retry_after, should_disable
@@ -43,7 +44,6 @@ from workers.signing import redacted, signature_headers
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_CACHE_TTL = 1.0  # seconds: a disabled or deleted webhook is never served longer than this
 EVENT_CACHE_BYTES = 32 * 1024 * 1024  # event bodies are immutable: kept while memory allows
 LATE_AFTER_MS = 500.0  # an attempt that starts later than this after its due time says why
 UNREACHABLE = frozenset(
@@ -98,6 +98,7 @@ class DeliveryEngine:
         deliveries: DeliveryRepository,
         events: EventRepository,
         webhooks: WebhookRepository,
+        webhook_cache: WebhookCache,
         box: SecretBox,
         lanes: Lanes,
         publisher: Publisher,
@@ -107,23 +108,19 @@ class DeliveryEngine:
         self._deliveries = deliveries
         self._events = events
         self._webhooks = webhooks
+        self._webhook_cache = webhook_cache
         self._box = box
         self._lanes = lanes
         self._publisher = publisher
         self._sender = sender
         self._retention = timedelta(days=settings.delivery_retention_days)
         self._in_flight: set[tuple[str, int]] = set()
-        self._webhook_cache: TTLCache[ObjectId, Webhook] = TTLCache(WEBHOOK_CACHE_TTL)
         self._event_cache: SizedLRU[ObjectId, Event] = SizedLRU(
             EVENT_CACHE_BYTES, lambda e: len(e.body) + 256
         )
         self._loader: Coalescer[Claimed, Planned | None] = Coalescer(self._load)
         self._releaser: Coalescer[Finished, None] = Coalescer(self._release)
         self._recorder: Coalescer[Outcome, None] = Coalescer(self._record)
-
-    def forget_webhook(self, webhook_id: ObjectId) -> None:
-        """Drop a cached webhook (it changed: see ``webhooks.invalidation``)."""
-        self._webhook_cache.drop(webhook_id)
 
     async def run(self, claimed: Claimed) -> None:
         """Make one claimed attempt. Its slot is always released: after the attempt, or given back to the
@@ -157,7 +154,7 @@ class DeliveryEngine:
             [ObjectId(c.item.delivery_id) for c in batch if c.item.kind is Kind.STORED]
         )
         events = await self._events_by_ids({ObjectId(c.item.event_id) for c in batch})
-        webhooks = await self._webhooks_by_ids({ObjectId(c.item.webhook_id) for c in batch})
+        webhooks = await self._webhook_cache.get_many({ObjectId(c.item.webhook_id) for c in batch})
         now = utcnow()
         unsent: list[Unsent] = []
         answers: list[Planned | None] = []
@@ -196,15 +193,6 @@ class DeliveryEngine:
                 found[event_id] = event
         return found
 
-    async def _webhooks_by_ids(self, ids: set[ObjectId]) -> dict[ObjectId, Webhook]:
-        found = {i: w for i in ids if (w := self._webhook_cache.get(i)) is not None}
-        missing = [i for i in ids if i not in found]
-        if missing:
-            for webhook_id, webhook in (await self._webhooks.get_many(missing)).items():
-                self._webhook_cache.put(webhook_id, webhook)
-                found[webhook_id] = webhook
-        return found
-
     # -- attempt ---------------------------------------------------------------------------------------
 
     async def _attempt(self, p: Planned) -> Outcome:
@@ -227,9 +215,10 @@ class DeliveryEngine:
 
     async def _release(self, finished: list[Finished]) -> list[None]:
         changes = await self._lanes.release(finished, utcnow(), open_after=self._settings.breaker_open_after)
+        found = await self._webhook_cache.get_many({ObjectId(c.webhook_id) for c in changes})
         for change in changes:
             metrics.breaker_changed(change.opened)
-            webhook = self._webhook_cache.get(ObjectId(change.webhook_id))
+            webhook = found.get(ObjectId(change.webhook_id))
             log.log(
                 logging.WARNING if change.opened else logging.INFO,
                 "breaker of webhook %s %s",
@@ -329,7 +318,7 @@ class DeliveryEngine:
                     continue
                 disabled = await self._webhooks.disable_once(webhook_id, threshold)
                 if disabled is not None:
-                    self._webhook_cache.drop(webhook_id)
+                    await self._webhook_cache.changed(webhook_id, disabled.account_id)
                     metrics.webhook_disabled()
                     log.warning(
                         "webhook %s disabled after %d consecutive failed deliveries", webhook_id, threshold

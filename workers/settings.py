@@ -58,6 +58,7 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             deliveries=core.delivery_repo,
             events=core.event_repo,
             webhooks=core.webhook_repo,
+            webhook_cache=core.webhook_cache,
             box=core.box,
             lanes=core.lanes,
             publisher=core.publisher,

@@ -69,6 +69,10 @@ class WebhookRepository:
         docs = await self._col.find({"account_id": account_id, "events": event}).to_list()
         return [Webhook.from_doc(d) for d in docs]
 
+    async def all_of(self, account_id: ObjectId) -> list[Webhook]:
+        """Every webhook of the account (bounded by the per-account limit)."""
+        return [Webhook.from_doc(d) async for d in self._col.find({"account_id": account_id})]
+
     async def update(
         self, account_id: ObjectId, webhook_id: ObjectId, changes: dict[str, Any]
     ) -> Webhook | None:

@@ -20,6 +20,7 @@ from webhooks.payloads import AuditLog, build_event_body, build_test_body
 from webhooks.repositories.deliveries import DeliveryRepository, delivery_doc
 from webhooks.repositories.events import EventRepository, event_doc
 from webhooks.repositories.webhooks import WebhookRepository
+from webhooks.services.webhook_cache import WebhookCache
 from webhooks.services.webhooks import not_found
 from webhooks.settings import Settings
 from webhooks.timeutil import as_utc, utcnow
@@ -43,12 +44,14 @@ class DeliveryService:
         self,
         settings: Settings,
         webhooks: WebhookRepository,
+        webhook_cache: WebhookCache,
         events: EventRepository,
         deliveries: DeliveryRepository,
         lanes: Lanes,
     ) -> None:
         self._settings = settings
         self._webhooks = webhooks
+        self._webhook_cache = webhook_cache
         self._events = events
         self._deliveries = deliveries
         self._lanes = lanes
@@ -88,7 +91,7 @@ class DeliveryService:
             if earlier is not None:
                 return await self._replay(earlier)
             await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
-        targets = await self._webhooks.subscribed(who.account_id, event.value)
+        targets = await self._webhook_cache.subscribed(who.account_id, event.value)
         planned = [Planned(ObjectId(), w.id, held=not w.enabled) for w in targets]
         stored = Event(ObjectId(), who.account_id, event.value, body, now, tuple(planned))
         if not await self._store_event(stored, idempotency_key):

@@ -31,6 +31,8 @@ MAX_PREVIOUS_SECRETS = 5
 DestinationCheck = Callable[[str, str], Awaitable[None]]
 # Told about a webhook whose `enabled` a user changed (the live feed: ``Publisher.webhook_status``).
 StatusNotifier = Callable[[Webhook], Awaitable[None]]
+# Told about every created, changed or deleted webhook: (webhook id, account id).
+ChangeNotifier = Callable[[ObjectId, ObjectId], Awaitable[None]]
 
 
 async def no_destination_check(url: str, field: str) -> None:
@@ -76,8 +78,10 @@ class WebhookService:
         check_destination: DestinationCheck = no_destination_check,
         notify_status: StatusNotifier | None = None,
         apply_limit: StatusNotifier | None = None,
+        changed: ChangeNotifier | None = None,
     ) -> None:
         self._apply_limit = apply_limit  # tells the lanes about a changed ``maxInFlight`` at once
+        self._changed = changed  # drops cached copies in every process (``webhooks.invalidation``)
         self._repo = repo
         self._box = box
         self._settings = settings
@@ -128,6 +132,7 @@ class WebhookService:
         if await self._repo.count(who.account_id) > limit:
             await self._repo.delete(who.account_id, webhook.id)
             raise over_limit
+        await self._notify_changed(webhook.id, who.account_id)
         return CreatedWebhook(webhook, secret)
 
     async def get(self, who: Principal, webhook_id: str) -> Webhook:
@@ -177,6 +182,7 @@ class WebhookService:
         webhook = await self._repo.update(who.account_id, oid, changes)
         if webhook is None:
             raise not_found("webhook", webhook_id)
+        await self._notify_changed(webhook.id, who.account_id)
         if before is not None and before.enabled != webhook.enabled:
             await self._announce_status(webhook)
         if max_in_flight is not None and self._apply_limit is not None:
@@ -185,6 +191,10 @@ class WebhookService:
             except Exception:  # stored; every later enqueue writes the limit again
                 log.warning("could not apply the in-flight limit of webhook %s", webhook.id, exc_info=True)
         return webhook
+
+    async def _notify_changed(self, webhook_id: ObjectId, account_id: ObjectId) -> None:
+        if self._changed is not None:
+            await self._changed(webhook_id, account_id)  # best effort inside; caches also expire
 
     async def _announce_status(self, webhook: Webhook) -> None:
         if self._notify_status is None:
@@ -198,6 +208,7 @@ class WebhookService:
         oid = parse_id(webhook_id)
         if not await self._repo.delete(who.account_id, oid):
             raise not_found("webhook", webhook_id)
+        await self._notify_changed(oid, who.account_id)
         return oid
 
     async def rotate_secret(
@@ -232,6 +243,7 @@ class WebhookService:
             raise UserErrors.one(
                 "id", ErrorCode.CONFLICT, "the webhook changed meanwhile (deleted or rotated); try again"
             )
+        await self._notify_changed(rotated.id, who.account_id)
         return CreatedWebhook(rotated, secret)
 
 

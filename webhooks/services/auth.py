@@ -1,0 +1,58 @@
+"""API-key authentication, answered from a short in-process cache.
+
+Every GraphQL request authenticates; a store round trip per request was a large share of the store's
+load. Lookups are cached for ``auth_cache_ttl`` seconds (1 by default); revoking a key drops it from every
+process at once through ``webhooks.invalidation``, so the TTL only bounds staleness if a message is lost.
+"""
+
+from __future__ import annotations
+
+from bson import ObjectId
+
+from webhooks.cache import TTLCache
+from webhooks.crypto import hash_api_key
+from webhooks.invalidation import Invalidation, Invalidations
+from webhooks.models import Principal, Scope
+from webhooks.repositories.accounts import ApiKeyRepository
+
+API_KEY = "api_key"
+
+
+class Authenticator:
+    def __init__(self, repo: ApiKeyRepository, invalidations: Invalidations, ttl: float) -> None:
+        self._repo = repo
+        self._invalidations = invalidations
+        # key hash -> the principal, or None for a key that is unknown or revoked
+        self._cache: TTLCache[str, Principal | None] = TTLCache(ttl)
+        self._missing: TTLCache[str, bool] = TTLCache(ttl)
+        invalidations.on(self._invalidate)
+
+    async def issue(self, account_id: ObjectId, scopes: frozenset[Scope], label: str = "default") -> str:
+        return await self._repo.issue(account_id, scopes, label)
+
+    async def authenticate(self, key: str) -> Principal | None:
+        digest = hash_api_key(key)
+        cached = self._cache.get(digest)
+        if cached is not None:
+            return cached
+        if self._missing.get(digest):
+            return None
+        principal = await self._repo.authenticate(key)
+        if principal is None:
+            self._missing.put(digest, True)
+        else:
+            self._cache.put(digest, principal)
+        return principal
+
+    async def revoke(self, account_id: ObjectId, key_id: ObjectId) -> bool:
+        revoked = await self._repo.revoke(account_id, key_id)
+        if revoked:
+            await self._invalidations.publish(Invalidation(API_KEY, str(key_id), str(account_id)))
+        return revoked
+
+    def _invalidate(self, message: Invalidation) -> None:
+        if message.kind == "all":
+            self._cache.clear()
+            self._missing.clear()
+        elif message.kind == API_KEY:
+            self._cache.drop_where(lambda _, p: p is not None and str(p.key_id) == message.id)

@@ -1,0 +1,54 @@
+"""The webhook records that the hot paths read (publish fan-out, the engine), cached for at most
+``webhook_cache_ttl`` (1 s) and dropped in every process as soon as a webhook changes
+(``webhooks.invalidation``): a deleted or disabled webhook is never served for more than 1 s."""
+
+from __future__ import annotations
+
+from bson import ObjectId
+
+from webhooks.cache import TTLCache
+from webhooks.invalidation import Invalidation, Invalidations
+from webhooks.models import Webhook
+from webhooks.repositories.webhooks import WebhookRepository
+
+WEBHOOK = "webhook"
+
+
+class WebhookCache:
+    def __init__(self, repo: WebhookRepository, invalidations: Invalidations, ttl: float) -> None:
+        self._repo = repo
+        self._invalidations = invalidations
+        self._by_id: TTLCache[ObjectId, Webhook] = TTLCache(ttl)
+        self._by_account: TTLCache[ObjectId, list[Webhook]] = TTLCache(ttl, max_entries=2_000)
+        invalidations.on(self._invalidate)
+
+    async def subscribed(self, account_id: ObjectId, event: str) -> list[Webhook]:
+        """Every webhook of the account subscribed to ``event``, enabled or not."""
+        webhooks = self._by_account.get(account_id)
+        if webhooks is None:
+            webhooks = await self._repo.all_of(account_id)
+            self._by_account.put(account_id, webhooks)
+        return [w for w in webhooks if event in w.events]
+
+    async def get_many(self, ids: set[ObjectId]) -> dict[ObjectId, Webhook]:
+        """Webhooks by id (internal, worker side: not account-scoped); deleted ones are left out."""
+        found = {i: w for i in ids if (w := self._by_id.get(i)) is not None}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            for webhook_id, webhook in (await self._repo.get_many(missing)).items():
+                self._by_id.put(webhook_id, webhook)
+                found[webhook_id] = webhook
+        return found
+
+    async def changed(self, webhook_id: ObjectId, account_id: ObjectId) -> None:
+        await self._invalidations.publish(Invalidation(WEBHOOK, str(webhook_id), str(account_id)))
+
+    def _invalidate(self, message: Invalidation) -> None:
+        if message.kind == "all":
+            self._by_id.clear()
+            self._by_account.clear()
+        elif message.kind == WEBHOOK:
+            if message.id is not None:
+                self._by_id.drop(ObjectId(message.id))
+            if message.account_id is not None:
+                self._by_account.drop(ObjectId(message.account_id))
