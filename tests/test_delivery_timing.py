@@ -22,7 +22,7 @@ from tests.support import Stack, run_stack
 from webhooks.settings import DEFAULT_RETRY_SCHEDULE
 
 # Seconds: each retry must start within 100 ms of its scheduled time (the worker times its sleep with asyncio,
-# not with a Redis BLPOP timeout, which Redis ends only on its next 100 ms tick: workers/wakeup.py).
+# not with a Redis BLPOP timeout, which Redis ends only on its next 100 ms tick: workers/dispatcher.py).
 TOLERANCE = 0.1
 
 

@@ -349,7 +349,7 @@ async def test_publish_event_is_rate_limited_per_account(limited: Stack) -> None
 
 
 async def test_the_window_resets_each_minute(limited: Stack) -> None:
-    limiter = RateLimiter(limited.core.queue.pool, limited.settings)
+    limiter = RateLimiter(limited.core.redis, limited.settings)
     account = ObjectId()
     start = (time.time() // 60 + 1000) * 60  # a fresh window
     verdicts = [await limiter.hit(Action.TEST_WEBHOOK, account, now=start + i) for i in range(3)]

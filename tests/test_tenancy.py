@@ -78,7 +78,6 @@ async def snapshot(core: Core, account_id: str) -> dict[str, list[dict[str, Any]
         "webhooks": core.cols.webhooks,
         "events": core.cols.events,
         "deliveries": core.cols.deliveries,
-        "attempts": core.cols.attempts,
     }
     return {name: await col.find({"account_id": owner}).sort("_id").to_list() for name, col in cols.items()}
 
