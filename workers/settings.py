@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 from typing import Any
 
@@ -114,6 +115,8 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         max_jobs=settings.worker_max_jobs,
         keep_result=0,
         handle_signals=handle_signals,
+        # a stop signal lets a running sweep finish (it is short) before the shutdown hook drains attempts
+        job_completion_wait=math.ceil(settings.worker_shutdown_wait),
     )
 
     def stop_claiming(_: signal.Signals) -> None:
