@@ -298,7 +298,7 @@ class DeliveryEngine:
         except Exception:
             log.warning("could not clear %d recording marks; they expire", len(outcomes), exc_info=True)
         try:
-            await self._lanes.add(retries, wake=False)  # the dispatcher times retries itself
+            await self._lanes.add(retries)  # the wake-up lets a sleeping dispatcher time the retry itself
         except Exception:
             log.warning("could not queue %d retries; the sweeper will", len(retries), exc_info=True)
         try:
