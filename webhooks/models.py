@@ -8,6 +8,7 @@ from enum import Enum
 
 from bson import ObjectId
 
+from webhooks.custom_headers import CustomHeader
 from webhooks.db import Doc
 
 
@@ -21,6 +22,13 @@ class DeliveryStatus(Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     HELD = "HELD"  # recorded while the webhook was disabled: not sent, recoverable
+
+
+class Ordering(Enum):
+    """How a webhook's deliveries are sequenced (``WebhookOrdering``)."""
+
+    NONE = "NONE"
+    PER_RESOURCE = "PER_RESOURCE"  # one at a time per data.log.resourceId, in publish order
 
 
 class AttemptTrigger(Enum):
@@ -61,6 +69,9 @@ class Webhook:
     created_at: datetime
     updated_at: datetime
     previous_secrets: tuple[PreviousSecret, ...] = ()
+    filter_text: str | None = None  # a validated payload filter, compact JSON (webhooks.filters)
+    headers: tuple[CustomHeader, ...] = ()  # custom request headers, values encrypted
+    ordering: Ordering = Ordering.NONE
 
     @classmethod
     def from_doc(cls, doc: Doc) -> Webhook:
@@ -80,6 +91,9 @@ class Webhook:
             previous_secrets=tuple(
                 PreviousSecret(p["secret_enc"], p["expires_at"]) for p in doc.get("previous_secrets") or ()
             ),
+            filter_text=doc.get("filter"),
+            headers=tuple(CustomHeader.from_doc(h) for h in doc.get("headers") or ()),
+            ordering=Ordering(doc.get("ordering") or Ordering.NONE.value),
         )
 
     def signing_secrets_enc(self, now: datetime) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 from bson import ObjectId
 
 from webhooks.crypto import SecretBox, new_signing_secret
+from webhooks.endpoint_controls import NO_CONTROLS, EndpointControls
 from webhooks.errors import ErrorCode, UserError, UserErrors
 from webhooks.events import EventName
 from webhooks.ids import parse_id
@@ -85,11 +86,19 @@ class WebhookService:
             return raw
         return url
 
-    async def create(self, who: Principal, name: str, url: str, events: list[EventName]) -> CreatedWebhook:
+    async def create(
+        self,
+        who: Principal,
+        name: str,
+        url: str,
+        events: list[EventName],
+        controls: EndpointControls = NO_CONTROLS,
+    ) -> CreatedWebhook:
         errors: list[UserError] = []
         clean_name = _name(name, errors)
         clean_url = await self._url(url, errors)
         clean_events = _events(events, errors)
+        extra = controls.creation_fields(self._box, errors)
         if errors:
             raise UserErrors(errors)
         limit = self._settings.max_webhooks_per_account
@@ -100,7 +109,7 @@ class WebhookService:
             raise over_limit
         secret = new_signing_secret()
         webhook = await self._repo.insert(
-            who.account_id, clean_name, clean_url, clean_events, self._box.encrypt(secret)
+            who.account_id, clean_name, clean_url, clean_events, self._box.encrypt(secret), extra
         )
         # Concurrent creates can pass the check together: count again and take ours back if over.
         if await self._repo.count(who.account_id) > limit:
@@ -128,6 +137,7 @@ class WebhookService:
         url: str | None = None,
         events: list[EventName] | None = None,
         enabled: bool | None = None,
+        controls: EndpointControls = NO_CONTROLS,
     ) -> Webhook:
         oid = parse_id(webhook_id)
         errors: list[UserError] = []
@@ -138,6 +148,7 @@ class WebhookService:
             changes["url"] = await self._url(url, errors)
         if events is not None:
             changes["events"] = _events(events, errors)
+        changes.update(controls.fields(self._box, errors))
         if errors:
             raise UserErrors(errors)
         if enabled is True:
