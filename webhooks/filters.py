@@ -295,6 +295,27 @@ def matches(filter: JsonValue, log: JsonValue, details: JsonValue) -> bool:
     return compiled(filter_text(filter))(log, details)
 
 
+@lru_cache(maxsize=64)
+def _log_and_details(body: bytes) -> tuple[JsonValue, JsonValue]:
+    """``data.log`` and ``data.details`` of an event body, parsed once per body (bytes cache their hash).
+
+    An event without them (operational events, the test event) exposes its ``data`` as ``details``.
+    """
+    data = orjson.loads(body).get("data") or {}
+    log, details = data.get("log"), data.get("details")
+    if log is None and details is None:
+        details = data
+    return log, details
+
+
+def body_passes(text: str | None, body: bytes) -> bool:
+    """Does the event ``body`` (exact bytes) pass the stored filter ``text``? (None passes all.)"""
+    if text is None:
+        return True
+    log, details = _log_and_details(body)
+    return compiled(text)(log, details)
+
+
 class Filtered(Protocol):
     @property
     def filter_text(self) -> str | None: ...
@@ -304,11 +325,5 @@ F = TypeVar("F", bound=Filtered)
 
 
 def filter_targets(targets: list[F], body: bytes) -> list[F]:
-    """The targets whose filter passes the event ``body`` (spec shape); the body is parsed at most once."""
-    if all(t.filter_text is None for t in targets):
-        return targets
-    data = orjson.loads(body).get("data") or {}
-    log, details = data.get("log"), data.get("details")
-    if log is None and details is None:  # an event without log/details (operational): data is details
-        details = data
-    return [t for t in targets if t.filter_text is None or compiled(t.filter_text)(log, details)]
+    """The targets whose filter passes the event ``body``."""
+    return [t for t in targets if body_passes(t.filter_text, body)]

@@ -10,6 +10,7 @@ from bson import ObjectId
 
 from webhooks.custom_headers import CustomHeader
 from webhooks.db import Doc
+from webhooks.filters import body_passes
 
 
 class Scope(Enum):
@@ -95,6 +96,10 @@ class Webhook:
             headers=tuple(CustomHeader.from_doc(h) for h in doc.get("headers") or ()),
             ordering=Ordering(doc.get("ordering") or Ordering.NONE.value),
         )
+
+    def accepts(self, body: bytes) -> bool:
+        """Whether the payload filter lets this event body through (no filter: every event)."""
+        return body_passes(self.filter_text, body)
 
     def signing_secrets_enc(self, now: datetime) -> list[str]:
         """The current secret first, then every previous one still inside its grace period."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import strawberry
+from strawberry.scalars import JSON
 
 from graphql_api.context import Info
+from graphql_api.endpoint_controls import FILTER_DESCRIPTION, WebhookHeaderInput, WebhookOrdering, controls
 from graphql_api.types import UserError, Webhook, WebhookEvent, user_errors
 from webhooks.errors import UserErrors
 from webhooks.models import Scope
@@ -15,6 +17,11 @@ class CreateWebhookInput:
     name: str
     url: str
     events: list[WebhookEvent]
+    filter: JSON | None = strawberry.field(default=None, description=FILTER_DESCRIPTION)
+    headers: list[WebhookHeaderInput] | None = strawberry.field(
+        default=None, description="Up to 10 custom request headers."
+    )
+    ordering: WebhookOrdering = WebhookOrdering.NONE
 
 
 @strawberry.input
@@ -23,6 +30,13 @@ class UpdateWebhookInput:
     url: str | None = None
     events: list[WebhookEvent] | None = None
     enabled: bool | None = None
+    filter: JSON | None = strawberry.field(
+        default=strawberry.UNSET, description=FILTER_DESCRIPTION + " null removes it; absent keeps it."
+    )
+    headers: list[WebhookHeaderInput] | None = strawberry.field(
+        default=None, description="Replaces all custom headers ([] removes them); absent keeps them."
+    )
+    ordering: WebhookOrdering | None = None
 
 
 @strawberry.type
@@ -50,7 +64,13 @@ async def create_webhook(info: Info, input: CreateWebhookInput) -> CreateWebhook
     ctx = info.context
     who = await ctx.require(Scope.MANAGE_WEBHOOKS)
     try:
-        created = await ctx.core.webhooks.create(who, input.name, input.url, list(input.events))
+        created = await ctx.core.webhooks.create(
+            who,
+            input.name,
+            input.url,
+            list(input.events),
+            controls(input.filter, input.headers, input.ordering),
+        )
     except UserErrors as exc:
         return CreateWebhookPayload(errors=user_errors(exc))
     return CreateWebhookPayload(webhook=Webhook.from_record(created.webhook), secret=created.secret)
@@ -67,6 +87,7 @@ async def update_webhook(info: Info, id: strawberry.ID, input: UpdateWebhookInpu
             url=input.url,
             events=list(input.events) if input.events is not None else None,
             enabled=input.enabled,
+            controls=controls(input.filter, input.headers, input.ordering),
         )
     except UserErrors as exc:
         return UpdateWebhookPayload(errors=user_errors(exc))

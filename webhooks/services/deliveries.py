@@ -89,6 +89,7 @@ class DeliveryService:
                 return await self._replay(earlier)
             await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
         targets = await self._webhooks.subscribed(who.account_id, event.value)
+        targets = [w for w in targets if w.accepts(body)]  # payload filters (webhooks.filters)
         stored = event_doc(
             account_id=who.account_id,
             event=event.value,
