@@ -21,7 +21,7 @@ compiles nothing and parses its body once (:func:`filter_targets`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Protocol, TypeVar, cast
 
@@ -47,7 +47,7 @@ ROOTS = ("log", "details")
 OPERATORS = ("eq", "in", "exists")
 COMBINATORS = ("all", "any")
 
-Predicate = Callable[[JsonValue, JsonValue], bool]
+Predicate = Callable[[object, object], bool]
 """``(log, details) -> bool``."""
 
 _MISSING = object()
@@ -208,7 +208,7 @@ def filter_text(normalized: JsonValue) -> str:
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-def _lookup(root: JsonValue, segments: Sequence[str]) -> object:
+def _lookup(root: object, segments: Sequence[str]) -> object:
     current: object = root
     for segment in segments:
         if isinstance(current, dict):
@@ -252,7 +252,7 @@ def _compile(node: JsonValue) -> Predicate:
     segments = tuple(rest.split("."))
     pick_details = root == "details"
 
-    def value_of(log: JsonValue, details: JsonValue) -> object:
+    def value_of(log: object, details: object) -> object:
         return _lookup(details if pick_details else log, segments)
 
     if "exists" in node:
@@ -266,7 +266,7 @@ def _compile(node: JsonValue) -> Predicate:
     hashable = {o for o in options if isinstance(o, str)}
     others = [o for o in options if not isinstance(o, str)]
 
-    def is_in(log: JsonValue, details: JsonValue) -> bool:
+    def is_in(log: object, details: object) -> bool:
         found = value_of(log, details)
         if isinstance(found, str):
             return found in hashable
@@ -288,8 +288,11 @@ def compiled(text: str) -> Predicate:
     return compile_filter(orjson.loads(text))
 
 
-def matches(filter: JsonValue, log: JsonValue, details: JsonValue) -> bool:
-    """Does an event with this ``data.log`` and ``data.details`` pass ``filter``? (None passes all.)"""
+def matches(filter: JsonValue, log: Mapping[str, object] | None, details: object) -> bool:
+    """Does an event with this ``data.log`` and ``data.details`` pass ``filter``? (None passes all.)
+
+    ``filter`` must be one :func:`validate_filter` accepted; its compiled form is cached.
+    """
     if filter is None:
         return True
     return compiled(filter_text(filter))(log, details)
