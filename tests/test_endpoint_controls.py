@@ -337,3 +337,38 @@ async def test_controls_do_not_change_delivery_of_unfiltered_webhooks(
     assert delivery["webhookId"] == hook["webhook"]["id"]
     await receiver.wait_for(p, 1)
     await wait_for_status(account.gql, delivery["id"], "SUCCEEDED")
+
+
+async def test_rotating_the_encryption_key_re_encrypts_custom_header_values(
+    mongodb_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from cryptography.fernet import Fernet
+
+    from webhooks.cli import rotate_encryption_key
+    from webhooks.core import open_core
+    from webhooks.custom_headers import HeaderInput
+    from webhooks.endpoint_controls import EndpointControls
+    from webhooks.events import EventName
+    from webhooks.models import Principal, Scope
+
+    # given a webhook with custom headers, encrypted under the old key
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    before = make_settings(mongodb_url, tmp_path_factory.mktemp("header-keys"), secret_keys=(old,))
+    async with open_core(before) as core:
+        account = await core.accounts.create("keys")
+        who = Principal(account, frozenset(Scope), account)
+        controls = EndpointControls(headers=[HeaderInput("Authorization", "Bearer t0k3n")])
+        created = await core.webhooks.create(
+            who, "w", "https://hooks.example.com/", [EventName.JOB_CREATED], controls
+        )
+    # when the key is rotated to [new, old]
+    both = before.model_copy(update={"secret_keys": (new, old)})
+    assert await rotate_encryption_key(both) == 1
+    assert await rotate_encryption_key(both) == 0  # idempotent
+    # then the new key alone decrypts the header values
+    only_new = before.model_copy(update={"secret_keys": (new,)})
+    async with open_core(only_new) as core:
+        found = await core.webhook_repo.get(account, created.webhook.id)
+        assert found is not None
+        assert decrypted_headers(found, core.box) == {"Authorization": "Bearer t0k3n"}
+        assert found.headers[0].masked_value == "••••••••"
