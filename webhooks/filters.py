@@ -227,6 +227,8 @@ def _lookup(root: object, segments: Sequence[str]) -> object:
 
 def json_equal(a: object, b: object) -> bool:
     """JSON equality: numbers by value, but booleans are not numbers; objects ignore key order."""
+    if type(a) is str or type(b) is str:  # the common case, first
+        return type(a) is type(b) and a == b
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, int | float) and isinstance(b, int | float):
@@ -241,11 +243,26 @@ def json_equal(a: object, b: object) -> bool:
 def _compile(node: JsonValue) -> Predicate:
     assert isinstance(node, dict)
     if "all" in node or "any" in node:
-        combine = all if "all" in node else any
         items = node.get("all", node.get("any"))
         assert isinstance(items, list)
-        parts = [_compile(item) for item in items]
-        return lambda log, details: combine(p(log, details) for p in parts)
+        parts = tuple(_compile(item) for item in items)
+        if "all" in node:
+
+            def all_of(log: object, details: object) -> bool:
+                for part in parts:
+                    if not part(log, details):
+                        return False
+                return True
+
+            return all_of
+
+        def any_of(log: object, details: object) -> bool:
+            for part in parts:
+                if part(log, details):
+                    return True
+            return False
+
+        return any_of
     path = node["path"]
     assert isinstance(path, str)
     root, _, rest = path.partition(".")
