@@ -249,7 +249,7 @@ def _compile(node: JsonValue) -> Predicate:
         if "all" in node:
 
             def all_of(log: object, details: object) -> bool:
-                for part in parts:
+                for part in parts:  # noqa: SIM110 (a plain loop: 3x faster than all()/any() on a generator)
                     if not part(log, details):
                         return False
                 return True
@@ -257,7 +257,7 @@ def _compile(node: JsonValue) -> Predicate:
             return all_of
 
         def any_of(log: object, details: object) -> bool:
-            for part in parts:
+            for part in parts:  # noqa: SIM110 (a plain loop: 3x faster than all()/any() on a generator)
                 if part(log, details):
                     return True
             return False
