@@ -10,7 +10,9 @@ import strawberry
 from bson import ObjectId
 from strawberry.scalars import JSON
 
+from graphql_api.endpoint_controls import WebhookHeader, WebhookOrdering, filter_json
 from webhooks import errors as core_errors
+from webhooks.event_schemas import payload_schema
 from webhooks.events import CATALOG, EventName
 from webhooks.lanes import BreakerState, LaneState, LateReason
 from webhooks.models import Attempt as AttemptRecord
@@ -62,11 +64,21 @@ class EventType:
     name: str = strawberry.field(description="The wire name, as sent in the payload's `event` field.")
     description: str
     example: JSON
+    schema: JSON = strawberry.field(
+        description="The JSON Schema (draft 2020-12) of the payload: data.log as publishEvent enforces it, "
+        "data.details as the spec shows it."
+    )
 
     @classmethod
     def all(cls) -> list[EventType]:
         return [
-            cls(value=s.name, name=s.name.value, description=s.description, example=cast(JSON, s.example()))
+            cls(
+                value=s.name,
+                name=s.name.value,
+                description=s.description,
+                example=cast(JSON, s.example()),
+                schema=cast(JSON, payload_schema(s.name)),
+            )
             for s in CATALOG.values()
         ]
 
@@ -120,6 +132,12 @@ class Webhook:
         state: LaneState = await info.context.lane_states_loader.load(str(self.id))
         return WebhookBreaker.from_state(state)
 
+    ordering: WebhookOrdering = WebhookOrdering.NONE
+    filter: JSON | None = strawberry.field(default=None, description="The payload filter, null for none.")
+    headers: list[WebhookHeader] = strawberry.field(
+        default_factory=list, description="Custom request headers, values masked."
+    )
+
     @classmethod
     def from_record(cls, w: WebhookRecord) -> Webhook:
         return cls(
@@ -134,6 +152,9 @@ class Webhook:
             disabled_at=w.disabled_at,
             created_at=w.created_at,
             updated_at=w.updated_at,
+            ordering=w.ordering,
+            filter=filter_json(w.filter_text),
+            headers=[WebhookHeader.from_record(h) for h in w.headers],
         )
 
 

@@ -108,7 +108,7 @@ def test_dev_starts_everything_answers_a_query_and_stops_cleanly_on_ctrl_c(tmp_p
             headers={"Authorization": f"Bearer {key.group(1)}"},
             timeout=30,
         )
-        assert len(response.json()["data"]["eventTypes"]) == 16
+        assert len(response.json()["data"]["eventTypes"]) == 20  # 16 spec events, 4 operational
         # when the user presses Ctrl-C
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)

@@ -1,4 +1,4 @@
-"""The event catalog: the 16 events of the customer spec, plus the test event."""
+"""The event catalog: the 16 events of the customer spec, 4 operational events, plus the test event."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ class EventName(Enum):
     NOTE_ADDED = "note_added"
     USER_CREATED = "user_created"
     USER_UPDATED = "user_updated"
+    # Operational events: emitted by HatchBeacon about the account's own webhooks, never published.
+    WEBHOOK_FAILING = "webhook.failing"
+    WEBHOOK_DISABLED = "webhook.disabled"
+    DELIVERY_EXHAUSTED = "delivery.exhausted"
+    DELIVERY_RECOVERED = "delivery.recovered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +214,56 @@ _SPECS = [
     ),
 ]
 
-CATALOG: dict[EventName, EventSpec] = {spec.name: spec for spec in _SPECS}
+
+@dataclass(frozen=True, slots=True)
+class OperationalSpec:
+    """An event HatchBeacon emits about a webhook or a delivery: ``data`` holds its fields directly."""
+
+    name: EventName
+    description: str
+    data: dict[str, Any]
+
+    def example(self) -> dict[str, Any]:
+        return {"event": self.name.value, "timestamp": "2024-01-20T10:30:00.000Z", "data": dict(self.data)}
+
+
+_WEBHOOK = {"webhookId": "65a1b2c3d4e5f60718293a4b", "webhookName": "CRM sync"}
+_DELIVERY = {
+    "deliveryId": "65a1b2c3d4e5f60718293a4c",
+    **_WEBHOOK,
+    "event": "job_application_created",
+    "attempts": 6,
+}
+OPERATIONAL_SPECS = [
+    OperationalSpec(
+        EventName.WEBHOOK_FAILING,
+        "A webhook keeps failing: sent at 5 and at 8 consecutive failed deliveries, before it is disabled",
+        {**_WEBHOOK, "consecutiveFailures": 5, "disableAfter": 10},
+    ),
+    OperationalSpec(
+        EventName.WEBHOOK_DISABLED,
+        "A webhook was disabled, automatically after consecutive failed deliveries or by a user",
+        {
+            **_WEBHOOK,
+            "reason": "Disabled automatically after 10 consecutive failed deliveries",
+            "consecutiveFailures": 10,
+        },
+    ),
+    OperationalSpec(
+        EventName.DELIVERY_EXHAUSTED,
+        "A delivery failed finally: its last automatic attempt failed",
+        _DELIVERY,
+    ),
+    OperationalSpec(
+        EventName.DELIVERY_RECOVERED,
+        "A delivery that had failed (or was held) succeeded after a retry or a recovery",
+        {**_DELIVERY, "attempts": 7},
+    ),
+]
+
+CATALOG: dict[EventName, EventSpec | OperationalSpec] = {spec.name: spec for spec in _SPECS}
+CATALOG.update({spec.name: spec for spec in OPERATIONAL_SPECS})
 WIRE_NAMES: frozenset[str] = frozenset(e.value for e in EventName)
-assert len(CATALOG) == len(EventName) == 16
+OPERATIONAL_EVENTS: frozenset[EventName] = frozenset(spec.name for spec in OPERATIONAL_SPECS)
+OPERATIONAL_WIRE_NAMES: frozenset[str] = frozenset(e.value for e in OPERATIONAL_EVENTS)
+assert len(CATALOG) == len(EventName) == 20

@@ -8,7 +8,9 @@ from enum import Enum
 
 from bson import ObjectId
 
+from webhooks.custom_headers import CustomHeader
 from webhooks.db import Doc
+from webhooks.filters import body_passes
 
 
 class Scope(Enum):
@@ -21,6 +23,13 @@ class DeliveryStatus(Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     HELD = "HELD"  # recorded while the webhook was disabled: not sent, recoverable
+
+
+class Ordering(Enum):
+    """How a webhook's deliveries are sequenced (``WebhookOrdering``)."""
+
+    NONE = "NONE"
+    PER_RESOURCE = "PER_RESOURCE"  # one at a time per data.log.resourceId, in publish order
 
 
 class AttemptTrigger(Enum):
@@ -62,6 +71,9 @@ class Webhook:
     updated_at: datetime
     previous_secrets: tuple[PreviousSecret, ...] = ()
     max_in_flight: int | None = None  # None: the setting's default (WEBHOOKS_WEBHOOK_MAX_IN_FLIGHT)
+    filter_text: str | None = None  # a validated payload filter, compact JSON (webhooks.filters)
+    headers: tuple[CustomHeader, ...] = ()  # custom request headers, values encrypted
+    ordering: Ordering = Ordering.NONE
 
     @classmethod
     def from_doc(cls, doc: Doc) -> Webhook:
@@ -82,10 +94,17 @@ class Webhook:
                 PreviousSecret(p["secret_enc"], p["expires_at"]) for p in doc.get("previous_secrets") or ()
             ),
             max_in_flight=doc.get("max_in_flight"),
+            filter_text=doc.get("filter"),
+            headers=tuple(CustomHeader.from_doc(h) for h in doc.get("headers") or ()),
+            ordering=Ordering(doc.get("ordering") or Ordering.NONE.value),
         )
 
     def in_flight_limit(self, default: int) -> int:
         return self.max_in_flight if self.max_in_flight is not None else default
+
+    def accepts(self, body: bytes) -> bool:
+        """Whether the payload filter lets this event body through (no filter: every event)."""
+        return body_passes(self.filter_text, body)
 
     def signing_secrets_enc(self, now: datetime) -> list[str]:
         """The current secret first, then every previous one still inside its grace period."""

@@ -28,7 +28,7 @@ from typing import TypeAlias
 import orjson
 
 from webhooks.errors import ErrorCode, UserError, UserErrors
-from webhooks.events import TEST_EVENT, TEST_MESSAGE, WIRE_NAMES
+from webhooks.events import OPERATIONAL_WIRE_NAMES, TEST_EVENT, TEST_MESSAGE, WIRE_NAMES
 from webhooks.timeutil import as_utc, iso_ms
 
 JsonValue: TypeAlias = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
@@ -308,6 +308,16 @@ def build_event_body(event: str, log: AuditLog, details: object, *, now: datetim
     if not valid_event:
         shown = _printable(event) if isinstance(event, str) else type(event).__name__
         errors.append(UserError("event", ErrorCode.UNKNOWN_EVENT, f"Unknown event {shown[:100]!r}."))
+    elif event in OPERATIONAL_WIRE_NAMES:
+        valid_event = False
+        errors.append(
+            UserError(
+                "event",
+                ErrorCode.INVALID,
+                f"{event} is an operational event: HatchBeacon emits it about your webhooks itself, "
+                "so it cannot be published.",
+            )
+        )
     action = _text(errors, "log.action", log.action, MAX_TEXT_LENGTH)
     resource_type = _text(errors, "log.resourceType", log.resource_type, MAX_TEXT_LENGTH)
     resource_id = _hex_id(errors, "log.resourceId", log.resource_id)

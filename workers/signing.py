@@ -43,7 +43,20 @@ def signature_headers(
 
 
 REDACTED_HEADERS = frozenset({"x-webhook-signature", "webhook-signature"})
+SHOWN_HEADERS = frozenset(
+    {
+        "content-type",
+        "user-agent",
+        "x-webhook-event",
+        "x-webhook-delivery",
+        "x-webhook-sequence",
+        "webhook-id",
+        "webhook-timestamp",
+    }
+)
+"""Headers HatchBeacon sets whose values are safe to show in the delivery log. Every other value (the
+signatures, and a webhook's custom headers, which often hold the receiver's own token) is redacted."""
 
 
 def redacted(headers: dict[str, str]) -> dict[str, str]:
-    return {k: ("[redacted]" if k.lower() in REDACTED_HEADERS else v) for k, v in headers.items()}
+    return {k: (v if k.lower() in SHOWN_HEADERS else "[redacted]") for k, v in headers.items()}

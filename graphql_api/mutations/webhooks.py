@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import strawberry
+from strawberry.scalars import JSON
 
 from graphql_api.context import Info
+from graphql_api.endpoint_controls import FILTER_DESCRIPTION, WebhookHeaderInput, WebhookOrdering, controls
 from graphql_api.types import UserError, Webhook, WebhookEvent, user_errors
 from webhooks.errors import UserErrors
 from webhooks.models import Scope
@@ -20,6 +22,11 @@ class CreateWebhookInput:
         description="At most this many attempts to this webhook at once, across all workers "
         "(default: the service's WEBHOOKS_WEBHOOK_MAX_IN_FLIGHT).",
     )
+    filter: JSON | None = strawberry.field(default=None, description=FILTER_DESCRIPTION)
+    headers: list[WebhookHeaderInput] | None = strawberry.field(
+        default=None, description="Up to 10 custom request headers."
+    )
+    ordering: WebhookOrdering = WebhookOrdering.NONE
 
 
 @strawberry.input
@@ -31,6 +38,13 @@ class UpdateWebhookInput:
     max_in_flight: int | None = strawberry.field(
         default=None, description="At most this many attempts to this webhook at once, across all workers."
     )
+    filter: JSON | None = strawberry.field(
+        default=strawberry.UNSET, description=FILTER_DESCRIPTION + " null removes it; absent keeps it."
+    )
+    headers: list[WebhookHeaderInput] | None = strawberry.field(
+        default=None, description="Replaces all custom headers ([] removes them); absent keeps them."
+    )
+    ordering: WebhookOrdering | None = None
 
 
 @strawberry.type
@@ -59,7 +73,12 @@ async def create_webhook(info: Info, input: CreateWebhookInput) -> CreateWebhook
     who = await ctx.require(Scope.MANAGE_WEBHOOKS)
     try:
         created = await ctx.core.webhooks.create(
-            who, input.name, input.url, list(input.events), max_in_flight=input.max_in_flight
+            who,
+            input.name,
+            input.url,
+            list(input.events),
+            controls(input.filter, input.headers, input.ordering),
+            max_in_flight=input.max_in_flight,
         )
     except UserErrors as exc:
         return CreateWebhookPayload(errors=user_errors(exc))
@@ -78,6 +97,7 @@ async def update_webhook(info: Info, id: strawberry.ID, input: UpdateWebhookInpu
             events=list(input.events) if input.events is not None else None,
             enabled=input.enabled,
             max_in_flight=input.max_in_flight,
+            controls=controls(input.filter, input.headers, input.ordering),
         )
     except UserErrors as exc:
         return UpdateWebhookPayload(errors=user_errors(exc))

@@ -23,6 +23,7 @@ class WebhookRepository:
         url: str,
         events: list[str],
         secret_enc: str,
+        extra: Doc | None = None,  # endpoint controls: filter, headers, ordering
         *,
         max_in_flight: int | None = None,
     ) -> Webhook:
@@ -41,6 +42,7 @@ class WebhookRepository:
             "max_in_flight": max_in_flight,
             "created_at": now,
             "updated_at": now,
+            **(extra or {}),
         }
         result = await self._col.insert_one(doc)
         doc["_id"] = result.inserted_id
@@ -108,17 +110,24 @@ class WebhookRepository:
         return Webhook.from_doc(doc) if doc else None
 
     async def reencrypt_all(self, rewrap: Callable[[str], str | None]) -> int:
-        """Apply ``rewrap`` (None: already current) to every stored secret; return how many webhooks changed.
+        """Apply ``rewrap`` (None: already current) to every stored secret and custom header value; return
+        how many webhooks changed.
 
-        Each update is conditional on the current secret being unchanged since it was read (every signing
-        secret rotation changes it), so a concurrent rotation is never overwritten.
+        Each update is conditional on the current secret and headers being unchanged since they were read
+        (every signing secret rotation changes the secret), so a concurrent change is never overwritten.
         """
         changed = 0
-        async for doc in self._col.find({}, {"secret_enc": 1, "previous_secrets": 1}):
+        async for doc in self._col.find({}, {"secret_enc": 1, "previous_secrets": 1, "headers": 1}):
             previous = list(doc.get("previous_secrets") or [])
+            headers = list(doc.get("headers") or [])
             new_current = rewrap(doc["secret_enc"])
             new_previous = [{**p, "secret_enc": rewrap(p["secret_enc"])} for p in previous]
-            if new_current is None and all(p["secret_enc"] is None for p in new_previous):
+            new_headers = [rewrap(h["value_enc"]) for h in headers]
+            if (
+                new_current is None
+                and all(p["secret_enc"] is None for p in new_previous)
+                and all(h is None for h in new_headers)
+            ):
                 continue
             update = {
                 "secret_enc": new_current or doc["secret_enc"],
@@ -127,10 +136,13 @@ class WebhookRepository:
                     for p, n in zip(previous, new_previous, strict=True)
                 ],
             }
-            result = await self._col.update_one(
-                {"_id": doc["_id"], "secret_enc": doc["secret_enc"]},
-                {"$set": update},
-            )
+            condition: Doc = {"_id": doc["_id"], "secret_enc": doc["secret_enc"]}
+            if headers:
+                update["headers"] = [
+                    {**h, "value_enc": n or h["value_enc"]} for h, n in zip(headers, new_headers, strict=True)
+                ]
+                condition["headers"] = headers
+            result = await self._col.update_one(condition, {"$set": update})
             changed += result.modified_count
         return changed
 

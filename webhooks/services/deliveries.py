@@ -92,6 +92,7 @@ class DeliveryService:
                 return await self._replay(earlier)
             await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
         targets = await self._webhook_cache.subscribed(who.account_id, event.value)
+        targets = [w for w in targets if w.accepts(body)]  # payload filters (webhooks.filters)
         planned = [Planned(ObjectId(), w.id, held=not w.enabled) for w in targets]
         stored = Event(ObjectId(), who.account_id, event.value, body, now, tuple(planned))
         if not await self._store_event(stored, idempotency_key):

@@ -11,6 +11,7 @@ from typing import Any
 from bson import ObjectId
 
 from webhooks.crypto import SecretBox, new_signing_secret
+from webhooks.endpoint_controls import NO_CONTROLS, EndpointControls
 from webhooks.errors import ErrorCode, UserError, UserErrors
 from webhooks.events import EventName
 from webhooks.ids import parse_id
@@ -103,6 +104,7 @@ class WebhookService:
         name: str,
         url: str,
         events: list[EventName],
+        controls: EndpointControls = NO_CONTROLS,
         max_in_flight: int | None = None,
     ) -> CreatedWebhook:
         errors: list[UserError] = []
@@ -111,6 +113,7 @@ class WebhookService:
         clean_events = _events(events, errors)
         if max_in_flight is not None:
             _max_in_flight(max_in_flight, self._settings.webhook_max_in_flight_cap, errors)
+        extra = controls.creation_fields(self._box, errors)
         if errors:
             raise UserErrors(errors)
         limit = self._settings.max_webhooks_per_account
@@ -126,6 +129,7 @@ class WebhookService:
             clean_url,
             clean_events,
             self._box.encrypt(secret),
+            extra,
             max_in_flight=max_in_flight,
         )
         # Concurrent creates can pass the check together: count again and take ours back if over.
@@ -155,6 +159,7 @@ class WebhookService:
         url: str | None = None,
         events: list[EventName] | None = None,
         enabled: bool | None = None,
+        controls: EndpointControls = NO_CONTROLS,
         max_in_flight: int | None = None,
     ) -> Webhook:
         oid = parse_id(webhook_id)
@@ -169,6 +174,7 @@ class WebhookService:
             changes["url"] = await self._url(url, errors)
         if events is not None:
             changes["events"] = _events(events, errors)
+        changes.update(controls.fields(self._box, errors))
         if errors:
             raise UserErrors(errors)
         if enabled is True:

@@ -1,0 +1,162 @@
+"""Endpoint controls that the delivery engine carries out: custom headers on the wire, per-resource
+ordering with ``X-Webhook-Sequence``, and operational events.
+
+The API side (storage, validation, catalog, payload builders, recipients) is in place; the engine wiring
+comes with the engine rewrite. Until then these tests are expected to fail (strict: once the wiring is
+in, they pass and the marker must go).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import make_settings
+from tests.delivery_support import PUBLISH, audit_log, publish_input, wait_for_status
+from tests.receiver import Receiver, ok, status
+from tests.support import Stack, run_stack
+
+ENGINE_WIRING = pytest.mark.xfail(
+    strict=True, reason="issue 15: the engine sends custom headers, orders and emits operational events"
+)
+CREATE = """
+mutation($input: CreateWebhookInput!) {
+  createWebhook(input: $input) { webhook { id } secret errors { field code message } }
+}"""
+STATUS = "query($id: ID!) { webhook(id: $id) { enabled disabledReason } }"
+
+
+@pytest.fixture(scope="module")
+async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    settings = make_settings(
+        mongodb_url, tmp_path_factory.mktemp("controls-engine"), retry_schedule=(0.0, 0.1)
+    )
+    async with run_stack(settings) as running:
+        yield running
+
+
+def path() -> str:
+    return f"/engine/{uuid.uuid4().hex[:8]}"
+
+
+async def create(stack_account: object, url: str, **extra: object) -> str:
+    from tests.support import Account
+
+    assert isinstance(stack_account, Account)
+    events = extra.pop("events", ["JOB_APPLICATION_CREATED"])
+    payload = await stack_account.gql.execute(
+        CREATE, {"input": {"name": "Hook", "url": url, "events": events, **extra}}
+    )
+    assert payload["createWebhook"]["errors"] == []
+    webhook_id: str = payload["createWebhook"]["webhook"]["id"]
+    return webhook_id
+
+
+@ENGINE_WIRING
+async def test_custom_headers_reach_the_receiver_and_are_redacted_in_the_log(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a webhook with a custom Authorization header
+    account = await stack.account()
+    p = path()
+    await create(account, receiver.url(p), headers=[{"name": "Authorization", "value": "Bearer rcv-secret"}])
+    # when an event is published
+    published = (await account.gql.execute(PUBLISH, {"input": publish_input()}))["publishEvent"]
+    (delivery,) = published["event"]["deliveries"]
+    # then the receiver gets the header, and the delivery log shows it redacted
+    (got,) = await receiver.wait_for(p, 1)
+    done = await wait_for_status(account.gql, delivery["id"], "SUCCEEDED")
+    assert got.headers.get("Authorization") == "Bearer rcv-secret"
+    (attempt,) = done["attempts"]
+    assert attempt["requestHeaders"]["Authorization"] == "[redacted]"
+    assert "rcv-secret" not in str(done)
+
+
+@ENGINE_WIRING
+async def test_per_resource_ordering_keeps_publish_order_and_numbers_without_gaps(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a PER_RESOURCE webhook whose receiver fails the first attempt of every third request
+    account = await stack.account()
+    p = path()
+    seen: set[str] = set()
+    count = 0
+
+    async def flaky(request: web.Request, n: int) -> web.StreamResponse:
+        nonlocal count
+        delivery = request.headers.get("X-Webhook-Delivery", "")
+        count += 1
+        if count % 3 == 0 and delivery not in seen:
+            seen.add(delivery)
+            return await status(500)(request, n)
+        return await ok(request, n)
+
+    await create(account, receiver.url(p, flaky), ordering="PER_RESOURCE")
+    # when 3 resources × 20 events are published, interleaved
+    resources = [f"{i:024x}" for i in (1, 2, 3)]
+    for n in range(20):
+        for r in resources:
+            log = audit_log(resourceId=r)
+            details = {"method": "PATCH", "path": "/x", "n": n}
+            await account.gql.execute(PUBLISH, {"input": publish_input(log=log, details=details)})
+    # then every resource's events arrive (successfully) in publish order, numbered 1..20 without gaps
+    async with asyncio.timeout(60):
+        while True:
+            succeeded = {g.headers.get("X-Webhook-Delivery") for g in receiver.received[p]} - seen
+            if len(succeeded) + len(seen) >= 60 and len(receiver.received[p]) >= 60 + len(seen):
+                break
+            await asyncio.sleep(0.1)
+    order: dict[str, list[int]] = defaultdict(list)
+    sequences: dict[str, list[int]] = defaultdict(list)
+    for request in receiver.received[p]:
+        body = request.json()
+        resource = body["data"]["log"]["resourceId"]  # type: ignore[index]
+        number = body["data"]["details"]["n"]  # type: ignore[index]
+        if not order[resource] or order[resource][-1] != number:
+            order[resource].append(number)
+            sequences[resource].append(int(request.headers["X-Webhook-Sequence"]))
+    for r in resources:
+        assert order[r] == list(range(20))
+        assert sequences[r] == list(range(1, 21))
+
+
+@ENGINE_WIRING
+async def test_a_failing_webhook_is_announced_to_another_webhook_of_the_account(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a webhook that always fails, and an operations webhook subscribed to the operational events
+    account = await stack.account()
+    failing, ops = path(), path()
+    failing_id = await create(
+        account,
+        receiver.url(failing, status(500)),
+        events=["JOB_APPLICATION_CREATED", "WEBHOOK_FAILING", "WEBHOOK_DISABLED"],
+    )
+    await create(
+        account,
+        receiver.url(ops),
+        events=["WEBHOOK_FAILING", "WEBHOOK_DISABLED", "DELIVERY_EXHAUSTED"],
+    )
+    # when 10 deliveries to it fail finally (the disable threshold)
+    for _ in range(10):
+        published = (await account.gql.execute(PUBLISH, {"input": publish_input()}))["publishEvent"]
+        (delivery,) = [d for d in published["event"]["deliveries"] if d["webhookId"] == failing_id]
+        await wait_for_status(account.gql, delivery["id"], "FAILED")
+    state = (await account.gql.execute(STATUS, {"id": failing_id}))["webhook"]
+    assert state["enabled"] is False
+    # then the ops webhook hears failing at 5 and 8, then disabled, and the failing one hears nothing of it
+    received = await receiver.wait_for(ops, 13, timeout=10)
+    by_event: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for request in received:
+        body = request.json()
+        by_event[str(body["event"])].append(body["data"])  # type: ignore[arg-type]
+    assert [d["consecutiveFailures"] for d in by_event["webhook.failing"]] == [5, 8]
+    (disabled,) = by_event["webhook.disabled"]
+    assert disabled["webhookId"] == failing_id and disabled["reason"]
+    assert len(by_event["delivery.exhausted"]) == 10
+    assert all(r.json()["event"] == "job_application_created" for r in receiver.received[failing])
