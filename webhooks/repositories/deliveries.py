@@ -233,15 +233,12 @@ class DeliveryRepository:
         while True:
             lower = max(ObjectId.from_datetime(upper.generation_time - window), floor)
             wanted = first + 1 - len(found)
+            # planned ones first: one written meanwhile then shows up in the query below too (and wins)
+            planned = await self._planned(account_id, webhook_id, event, lower, upper) if with_planned else []
             query = {**base, "_id": {"$lt": upper, "$gte": lower}}
-            docs = (
-                await self._col.find(query, {"attempts": 0}).sort("_id", DESCENDING).limit(wanted).to_list()
-            )
-            batch = [Delivery.from_doc(d) for d in docs]
-            if with_planned:
-                batch += await self._planned(account_id, webhook_id, event, lower, upper)
-                batch.sort(key=lambda d: d.id, reverse=True)
-            found += batch[:wanted]
+            cursor = self._col.find(query, {"attempts": 0}).sort("_id", DESCENDING).limit(wanted)
+            batch = {d.id: d for d in planned} | {d["_id"]: Delivery.from_doc(d) async for d in cursor}
+            found += sorted(batch.values(), key=lambda d: d.id, reverse=True)[:wanted]
             if len(found) > first or lower <= floor:
                 break
             upper, window = lower, window * WINDOW_GROWTH
