@@ -55,7 +55,7 @@ class Core:
         resolver = resolver_factory()
         publisher = Publisher(queue.pool)
 
-        async def check_destination(url: str, field: str) -> None:
+        async def check_destination(url: str) -> None:
             await check_url_destination(
                 url, allow_private=settings.allow_private_destinations, resolver=resolver
             )

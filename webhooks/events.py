@@ -211,4 +211,7 @@ _SPECS = [
 
 CATALOG: dict[EventName, EventSpec] = {spec.name: spec for spec in _SPECS}
 WIRE_NAMES: frozenset[str] = frozenset(e.value for e in EventName)
+"""The wire names a publisher may use."""
+DELIVERED_NAMES: frozenset[str] = WIRE_NAMES | {TEST_EVENT}
+"""Every ``event`` a delivery can carry: the catalog plus the test event."""
 assert len(CATALOG) == len(EventName) == 16

@@ -25,6 +25,7 @@ from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.webhooks import not_found
 from webhooks.settings import Settings
 from webhooks.timeutil import as_utc, utcnow
+from webhooks.validation import check_replay
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class DeliveryService:
             window_start = now - timedelta(hours=self._settings.idempotency_window_hours)
             earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, window_start)
             if earlier is not None:
-                return await self._replay(earlier)
+                return await self._replay(earlier, event.value)
             await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
         targets = await self._webhooks.subscribed(who.account_id, event.value)
         stored = event_doc(
@@ -111,7 +112,7 @@ class DeliveryService:
                 raise UserErrors.one(
                     "idempotencyKey", ErrorCode.CONFLICT, "idempotencyKey is in use, try again"
                 )
-            return await self._replay(earlier)
+            return await self._replay(earlier, event.value)
         pending = [d["_id"] for d in deliveries if d["status"] == DeliveryStatus.PENDING.value]
         await self._enqueue(self._queue.enqueue_first_attempts(stored["_id"], pending))
         return Published(stored["_id"], [Delivery.from_doc(d) for d in deliveries], replayed=False)
@@ -139,11 +140,13 @@ class DeliveryService:
             for p in event["planned"]
         ]
 
-    async def _replay(self, event: Doc) -> Published:
+    async def _replay(self, event: Doc, requested: str) -> Published:
         """A repeated idempotency key: complete a fan-out that was cut short; send nothing new.
 
-        (A pending delivery that was written but never queued is picked up by the sweeper.)
+        (A pending delivery that was written but never queued is picked up by the sweeper.) The key
+        answers only for the event it was first used with: another event name is a CONFLICT.
         """
+        check_replay(event["event"], requested)
         docs = self._delivery_docs(event)
         await self._deliveries.insert_many(docs)
         return Published(event["_id"], await self._by_ids([d["_id"] for d in docs]), replayed=True)
