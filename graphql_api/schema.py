@@ -141,7 +141,8 @@ class Schema(strawberry.Schema):
         for error in errors:
             if not self.introspection:
                 error.message = _SUGGESTION.sub("", error.message)
-            if error.original_error is None and not (error.extensions or {}).get("code"):
+            unexpected = error.original_error is not None and not isinstance(error.original_error, GraphQLError)
+            if not unexpected and not (error.extensions or {}).get("code"):
                 error.extensions = {
                     **(error.extensions or {}),
                     "code": _client_error_code(error, before_execution),
@@ -151,9 +152,11 @@ class Schema(strawberry.Schema):
 def _client_error_code(error: GraphQLError, before_execution: list[GraphQLError]) -> str:
     if error.message.startswith("Syntax Error"):
         return "GRAPHQL_PARSE_FAILED"
+    if error.message.startswith("Variable '$"):
+        return "BAD_USER_INPUT"  # variables that do not fit their types
     if any(error is e for e in before_execution):
         return "GRAPHQL_VALIDATION_FAILED"
-    return "BAD_USER_INPUT"  # variables that do not fit their types
+    return "BAD_USER_INPUT"
 
 
 def build_schema(settings: Settings) -> Schema:
