@@ -141,7 +141,9 @@ class Schema(strawberry.Schema):
         for error in errors:
             if not self.introspection:
                 error.message = _SUGGESTION.sub("", error.message)
-            unexpected = error.original_error is not None and not isinstance(error.original_error, GraphQLError)
+            unexpected = error.original_error is not None and not isinstance(
+                error.original_error, GraphQLError
+            )
             if not unexpected and not (error.extensions or {}).get("code"):
                 error.extensions = {
                     **(error.extensions or {}),

@@ -11,10 +11,6 @@
   client and are logged in full with the same id.
 * :class:`RateLimit` (field extension): per-account limits on ``publishEvent`` and ``testWebhook``,
   answered as a ``RATE_LIMITED`` user error.
-
-The limiter (``webhooks.ratelimit``) is a fixed one-minute window of ``INCR``+``EXPIRE`` on the Redis pool
-the process already holds; the ``limits`` package would bring its own Redis client and storage layer for
-the same two commands.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every bad input gets a clear error (issue 12): no 5xx, no INTERNAL error, nothing a customer typed in the logs.
+"""Every bad input gets a clear error (issue 12): no 5xx, no INTERNAL error, no customer data in the logs.
 
 Through the real API over HTTP (and WebSocket), against SecantusDB and Redis; logs are read from the
 in-process server's records.
@@ -31,13 +31,20 @@ mutation($id: ID!, $input: UpdateWebhookInput!) {
 }"""
 PUBLISH = """
 mutation($input: PublishEventInput!) {
-  publishEvent(input: $input) { event { id event replayed deliveries { id event } } errors { field code message } }
+  publishEvent(input: $input) {
+    event { id event replayed deliveries { id event } }
+    errors { field code message }
+  }
 }"""
 RECOVER = """
 mutation($id: ID!, $since: DateTime!, $until: DateTime) {
-  recoverDeliveries(webhookId: $id, since: $since, until: $until, dryRun: true) { count errors { field code } }
+  recoverDeliveries(webhookId: $id, since: $since, until: $until, dryRun: true) {
+    count errors { field code }
+  }
 }"""
-DELIVERIES = "query($event: String, $after: String) { deliveries(event: $event, after: $after) { edges { cursor } } }"
+DELIVERIES = (
+    "query($event: String, $after: String) { deliveries(event: $event, after: $after) { edges { cursor } } }"
+)
 SECRET_URL = "https://hooks.example.com/services/T000/B000/SECRETTOKEN123"
 
 
@@ -79,7 +86,9 @@ async def raw_gql(account: Account, query: str, variables: dict[str, Any]) -> di
     return body
 
 
-async def post(http: httpx.AsyncClient, account: Account | None, content: bytes, **headers: str) -> httpx.Response:
+async def post(
+    http: httpx.AsyncClient, account: Account | None, content: bytes, **headers: str
+) -> httpx.Response:
     sent = {"Content-Type": "application/json", **headers}
     if account is not None:
         sent["Authorization"] = f"Bearer {account.api_key}"
@@ -104,7 +113,11 @@ MALFORMED = {
 @pytest.mark.parametrize("authenticated", [True, False])
 @pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
 async def test_malformed_bodies_get_a_400_with_a_json_error(
-    http: httpx.AsyncClient, account: Account, logs: pytest.LogCaptureFixture, body: bytes, authenticated: bool
+    http: httpx.AsyncClient,
+    account: Account,
+    logs: pytest.LogCaptureFixture,
+    body: bytes,
+    authenticated: bool,
 ) -> None:
     # when
     response = await post(http, account if authenticated else None, body)
@@ -123,7 +136,7 @@ async def test_malformed_bodies_get_a_400_with_a_json_error(
 async def test_lone_surrogates_are_user_errors_naming_the_field(account: Account) -> None:
     # webhook name and URL
     for field in ("name", "url"):
-        values = {"name": "ok", "url": "https://hooks.example.com/x", "events": ["CANDIDATE_HIRED"]}
+        values: dict[str, Any] = {"name": "ok", "url": "https://hooks.example.com/x", "events": ["CANDIDATE_HIRED"]}
         values[field] = values[field] + "\ud800"
         payload = (await raw_gql(account, CREATE, {"input": values}))["data"]["createWebhook"]
         assert payload["webhook"] is None
@@ -166,7 +179,9 @@ async def test_recover_deliveries_refuses_dates_outside_what_ids_can_hold(accoun
         ({"since": "1960-01-01T00:00:00Z"}, "since"),
         ({"since": "2020-01-01T00:00:00Z", "until": "2200-01-01T00:00:00Z"}, "until"),
     ):
-        payload = (await account.gql.execute(RECOVER, {"id": created["id"], **variables}))["recoverDeliveries"]
+        payload = (await account.gql.execute(RECOVER, {"id": created["id"], **variables}))[
+            "recoverDeliveries"
+        ]
         assert payload["errors"] == [{"field": field, "code": "INVALID"}]
 
 
@@ -236,14 +251,16 @@ async def test_a_reused_idempotency_key_replays_the_same_event_and_refuses_anoth
 
 
 async def test_several_operations_need_an_operation_name(http: httpx.AsyncClient, account: Account) -> None:
-    document = "query A { eventTypes { name } } mutation B { deleteWebhook(id: \"%s\") { deletedId } }" % (
+    document = 'query A { eventTypes { name } } mutation B { deleteWebhook(id: "%s") { deletedId } }' % (
         "0" * 24
     )
     # without operationName: a request error, nothing runs
     response = await post(http, account, json.dumps({"query": document}).encode())
     assert response.status_code == 200
     body = response.json()
-    assert body["errors"][0]["message"] == "Must provide operation name if query contains multiple operations."
+    assert (
+        body["errors"][0]["message"] == "Must provide operation name if query contains multiple operations."
+    )
     assert body.get("data") is None
     # with one: that one runs
     named = await post(http, account, json.dumps({"query": document, "operationName": "A"}).encode())
@@ -261,11 +278,11 @@ async def test_without_introspection_no_message_suggests_a_name(settings: Settin
     async with run_stack(settings.model_copy(update={"introspection": False}), worker=False) as stack:
         account = await stack.account()
         probes = [
-            ('{ deliveries(status: SUCEEDED) { edges { cursor } } }', None),
+            ("{ deliveries(status: SUCEEDED) { edges { cursor } } }", None),
             ("query($s: DeliveryStatus) { deliveries(status: $s) { edges { cursor } } }", {"s": "SUCEEDED"}),
             ("{ deliveries(statu: PENDING) { edges { cursor } } }", None),
             ("query($e: WebhookEvnt) { eventTypes { name } }", None),
-            ("{ webhook(id: \"%s\") { nam } }" % ("0" * 24), None),
+            ('{ webhook(id: "%s") { nam } }' % ("0" * 24), None),
         ]
         for query, variables in probes:
             body = await account.gql.raw(query, variables)
@@ -304,16 +321,18 @@ async def test_names_are_normalised(account: Account) -> None:
 
 
 async def test_updating_an_unknown_webhook_is_not_found_before_its_url_is_checked(account: Account) -> None:
-    payload = (
-        await account.gql.execute(UPDATE, {"id": "a" * 24, "input": {"url": "ftp://nowhere"}})
-    )["updateWebhook"]
+    payload = (await account.gql.execute(UPDATE, {"id": "a" * 24, "input": {"url": "ftp://nowhere"}}))[
+        "updateWebhook"
+    ]
     assert [(e["field"], e["code"]) for e in payload["errors"]] == [("id", "NOT_FOUND")]
 
 
 # --- 9. GraphQL over HTTP -------------------------------------------------------------------------
 
 
-async def test_graphql_response_json_gets_the_specs_status_codes(http: httpx.AsyncClient, account: Account) -> None:
+async def test_graphql_response_json_gets_the_specs_status_codes(
+    http: httpx.AsyncClient, account: Account
+) -> None:
     accept = {"Accept": "application/graphql-response+json"}
     # a request error (validation): 400, no data
     invalid = await post(http, account, json.dumps({"query": "{ nope }"}).encode(), **accept)
@@ -331,7 +350,9 @@ async def test_graphql_response_json_gets_the_specs_status_codes(http: httpx.Asy
     assert legacy.headers["content-type"].startswith("application/json")
 
 
-async def test_transport_errors_are_json(http: httpx.AsyncClient, account: Account, settings: Settings) -> None:
+async def test_transport_errors_are_json(
+    http: httpx.AsyncClient, account: Account, settings: Settings
+) -> None:
     unsupported = await http.post("/graphql", content=b"query", headers={"Content-Type": "text/plain"})
     assert unsupported.status_code == 415
     assert unsupported.json()["errors"][0]["message"]
@@ -347,7 +368,10 @@ async def test_content_type_is_case_insensitive(http: httpx.AsyncClient, account
     response = await http.post(
         "/graphql",
         content=json.dumps({"query": "{ eventTypes { name } }"}).encode(),
-        headers={"Content-Type": "APPLICATION/JSON; charset=UTF-8", "Authorization": f"Bearer {account.api_key}"},
+        headers={
+            "Content-Type": "APPLICATION/JSON; charset=UTF-8",
+            "Authorization": f"Bearer {account.api_key}",
+        },
     )
     assert response.status_code == 200
     assert len(response.json()["data"]["eventTypes"]) == 16

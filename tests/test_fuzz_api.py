@@ -14,7 +14,8 @@ from typing import Any
 import graphql
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis_graphql import Mode, from_schema, nodes
 
 from graphql_api.schema import build_schema

@@ -115,7 +115,9 @@ async def test_mutations_over_get_are_refused_and_queries_answered(
     # then it is refused (405, POST only) as JSON, and nothing is written
     assert refused.status_code == 405, refused.text
     assert refused.headers["allow"] == "POST"
-    assert refused.json()["errors"][0]["message"] == "Mutations are accepted over POST only; GET serves queries"
+    assert (
+        refused.json()["errors"][0]["message"] == "Mutations are accepted over POST only; GET serves queries"
+    )
     assert await webhook_count(core, account) == 0
     # while a query over GET is answered
     answered = await http.get("/graphql", params={"query": "{ eventTypes { name } }"}, headers=headers)

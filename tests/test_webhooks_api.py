@@ -166,7 +166,9 @@ async def test_concurrent_creates_near_the_limit_fill_it_exactly(
 ) -> None:
     # given an account with `existing` of its 10 webhooks
     limit = 10
-    async with run_stack(settings.model_copy(update={"max_webhooks_per_account": limit}), worker=False) as stack:
+    async with run_stack(
+        settings.model_copy(update={"max_webhooks_per_account": limit}), worker=False
+    ) as stack:
         account = await stack.account()
         for i in range(existing):
             await create_ok(account.gql, name=f"w{i}", url="https://127.0.0.1/x")

@@ -40,4 +40,3 @@ class UserErrors(Exception):
     @classmethod
     def one(cls, field: str | None, code: ErrorCode, message: str) -> UserErrors:
         return cls([UserError(field, code, message)])
-
