@@ -5,8 +5,8 @@
   without a preflight) with 415, and bodies over ``max_request_bytes`` with 413, counting the bytes
   actually streamed rather than trusting ``Content-Length``.
 * :class:`OperationLimits` (schema extension): depth, alias and token limits, and introspection
-  off when ``WEBHOOKS_INTROSPECTION=false``, given to its constructor when the app builds its schema;
-  several operations without ``operationName`` are refused.
+  off when ``WEBHOOKS_INTROSPECTION=false``, given to its constructor when the app builds its schema.
+* :class:`OneOperationPerRequest`: several operations without ``operationName`` are a request error.
 * :class:`MaskUnexpectedErrors`: unexpected errors become ``Unexpected error (ref <id>)`` for the
   client and are logged in full with the same id.
 * :class:`RateLimit` (field extension): per-account limits on ``publishEvent`` and ``testWebhook``,
@@ -176,7 +176,7 @@ class OneOperationPerRequest(SchemaExtension):
         ec = self.execution_context
         document = ec.graphql_document
         # Strawberry keeps the client's operationName only as this InitVar-backed attribute (its public
-        # ``operation_name`` falls back to the first operation); test_request_errors pins the behaviour.
+        # ``operation_name`` falls back to the first operation); tests/test_bad_input.py pins the behaviour.
         provided = getattr(ec, "_provided_operation_name", None)
         if document is not None and provided is None and not ec.pre_execution_errors:
             operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
