@@ -72,7 +72,7 @@ class GraphQLView(GraphQLOverHTTP):
 
 def routes(settings: Settings, view: GraphQLView) -> list[BaseRoute]:
     return [
-        Route("/graphql", view, methods=["GET", "POST"]),
+        Route("/graphql", view),  # the view answers other methods itself (405, JSON)
         WebSocketRoute("/graphql", view),
         *graphiql_routes(settings.graphiql),
         *health_routes(),

@@ -134,7 +134,8 @@ def error_response(request: Request, status: int, message: str) -> Response:
     """A transport error as JSON ``{"errors": [{"message"}]}`` in the media type the client accepts."""
     media_type = response_media_type(request.headers.get("accept", ""))
     body = json.dumps({"errors": [{"message": message}]}).encode()
-    headers = {"Allow": "POST"} if status == 405 else None
+    allow = "POST" if request.method == "GET" else "GET, POST"  # a mutation over GET, or another method
+    headers = {"Allow": allow} if status == 405 else None
     return Response(body, status_code=status, media_type=media_type, headers=headers)
 
 

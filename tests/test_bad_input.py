@@ -369,6 +369,10 @@ async def test_transport_errors_are_json(
     too_large = await post(http, account, b"{" + b" " * (settings.max_request_bytes + 1) + b"}")
     assert too_large.status_code == 413
     assert too_large.json()["errors"][0]["message"]
+    other_method = await http.put("/graphql", json={"query": "{ eventTypes { name } }"})
+    assert other_method.status_code == 405
+    assert other_method.headers["allow"] == "GET, POST"
+    assert other_method.json()["errors"][0]["message"]
     no_query = await http.get("/graphql", headers={"Accept": "application/json"})
     assert no_query.status_code == 400
     assert no_query.json()["errors"][0]["message"]
