@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
@@ -24,9 +23,10 @@ from graphql_api.feed import Feed
 from graphql_api.graphiql import graphiql_routes, render_graphiql
 from graphql_api.health import health_routes
 from graphql_api.observability import RequestIdMiddleware
-from graphql_api.schema import schema
+from graphql_api.schema import build_schema
 from graphql_api.security import RequestGuard
 from graphql_api.subscriptions import PARSERS
+from graphql_api.transport import GraphQLOverHTTP
 from webhooks import metrics
 from webhooks.core import Core, open_core
 from webhooks.settings import Settings, get_settings
@@ -37,12 +37,13 @@ CONNECTION_INIT_TIMEOUT = timedelta(seconds=10)
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
 
 
-class GraphQLView(GraphQL[Context, None]):
+class GraphQLView(GraphQLOverHTTP):
     def __init__(self, settings: Settings) -> None:
         super().__init__(
-            schema,
+            build_schema(settings),
             graphql_ide="graphiql" if settings.graphiql else None,
-            allow_queries_via_get=False,
+            # queries only (mutations over GET get 405): bearer-token auth, no cookies, so no CSRF risk
+            allow_queries_via_get=True,
             keep_alive=True,
             keep_alive_interval=15,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
@@ -71,7 +72,7 @@ class GraphQLView(GraphQL[Context, None]):
 
 def routes(settings: Settings, view: GraphQLView) -> list[BaseRoute]:
     return [
-        Route("/graphql", view, methods=["GET", "POST"]),
+        Route("/graphql", view),  # the view answers other methods itself (405, JSON)
         WebSocketRoute("/graphql", view),
         *graphiql_routes(settings.graphiql),
         *health_routes(),

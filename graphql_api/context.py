@@ -77,6 +77,18 @@ class Context:
             self._resolved = True
         return self._principal
 
+    @property
+    def authenticated(self) -> Principal | None:
+        """The caller if authentication already ran and succeeded; never triggers a lookup."""
+        return self._principal
+
+    @property
+    def caller(self) -> Principal:
+        """The caller, inside a resolver guarded by :class:`graphql_api.permissions.HasScope`."""
+        if self._principal is None:
+            raise RuntimeError("caller used in a resolver without a HasScope permission")
+        return self._principal
+
     async def require(self, scope: Scope) -> Principal:
         """The caller, if authenticated and allowed ``scope``; else a top-level GraphQL error."""
         who = await self.principal()

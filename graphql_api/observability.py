@@ -1,8 +1,9 @@
-"""Request ids (shared with masked errors: ``graphql_api.errors``); a log line and metrics per operation."""
+"""The request id middleware (ids from ``graphql_api.request_ids``); a log line and metrics per operation."""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +13,8 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
 
-from graphql_api.errors import request_id
+from graphql_api.context import Context
+from graphql_api.request_ids import request_id
 from webhooks import metrics
 
 log = logging.getLogger("graphql_api.operations")
@@ -22,8 +24,8 @@ HEADER = "X-Request-ID"
 class RequestIdMiddleware:
     """Take ``X-Request-ID`` from the request (if short and plain) or make one; echo it on HTTP responses.
 
-    The id is kept on the connection's state (``graphql_api.errors.request_id``), so the operation log line
-    and the masked-error reference name the same id.
+    The id is kept on the connection's state (``graphql_api.request_ids.request_id``), so the operation log
+    line and the masked-error reference name the same id.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -45,9 +47,18 @@ class RequestIdMiddleware:
 
 def _account_id(context: Any) -> str | None:
     """The caller's account, if authentication already ran (never triggers a lookup here)."""
-    principal = getattr(context, "_principal", None)
-    account_id = getattr(principal, "account_id", None)
-    return str(account_id) if account_id is not None else None
+    principal = context.authenticated if isinstance(context, Context) else None
+    return str(principal.account_id) if principal is not None else None
+
+
+_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,63}")
+
+
+def _loggable_name(name: str | None) -> str:
+    """An operation name as the log may show it: a GraphQL name, else a placeholder (never client text)."""
+    if name is None:
+        return "anonymous"
+    return name if _NAME.fullmatch(name) else "invalid"
 
 
 def _request_id(context: Any) -> str | None:
@@ -78,9 +89,10 @@ class OperationObservability(SchemaExtension):
         result = ctx.result
         errors = list(ctx.pre_execution_errors or []) + list(getattr(result, "errors", None) or [])
         outcome = "error" if errors else "ok"
+        shown = _loggable_name(name)
         metrics.graphql_operation(name, kind, outcome, seconds)
         fields: dict[str, object] = {
-            "operation": name or "anonymous",
+            "operation": shown,
             "operation_type": kind,
             "duration_ms": round(seconds * 1000, 1),
             "outcome": outcome,
@@ -90,10 +102,12 @@ class OperationObservability(SchemaExtension):
         if errors:
             codes = sorted({str((e.extensions or {}).get("code", "ERROR")) for e in errors})
             fields["error_codes"] = codes
-        log.info(
+        # one line per operation; a client's mistake is a warning, never its query, variables or values
+        log.log(
+            logging.WARNING if errors else logging.INFO,
             "graphql %s %s %s in %.1f ms",
             kind,
-            name or "anonymous",
+            shown,
             outcome,
             seconds * 1000,
             extra={"fields": fields},

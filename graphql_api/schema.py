@@ -1,17 +1,26 @@
-"""The GraphQL schema: queries, mutations and subscriptions wired to thin resolvers."""
+"""The GraphQL schema: queries, mutations and subscriptions wired to thin resolvers.
+
+The schema is built by the app (``graphql_api.app.create_app``) from its settings: the operation limits are
+given to the extensions' constructors.
+"""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
 
 from graphql_api.context import Info
 from graphql_api.extensions import schema_extensions
 from graphql_api.mutations import deliveries as delivery_mutations
 from graphql_api.mutations import secrets as secret_mutations
 from graphql_api.mutations import webhooks as webhook_mutations
-from graphql_api.security import RateLimit
+from graphql_api.permissions import scoped_query
+from graphql_api.security import Limits
 from graphql_api.subscriptions import Subscription
 from graphql_api.types import (
     Delivery,
@@ -21,112 +30,143 @@ from graphql_api.types import (
     Webhook,
     WebhookConnection,
 )
-from webhooks.errors import ErrorCode, UserErrors
 from webhooks.models import Scope
 from webhooks.pagination import DEFAULT_PAGE_SIZE
-from webhooks.ratelimit import Action
+from webhooks.settings import Settings
+from webhooks.validation import check_text
 
 
-def bad_input(exc: UserErrors) -> GraphQLError:
-    return GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"})
+async def event_types(info: Info) -> list[EventType]:
+    return EventType.all()
+
+
+async def webhooks(
+    info: Info, first: int | None = DEFAULT_PAGE_SIZE, after: str | None = None
+) -> WebhookConnection:
+    ctx = info.context
+    return WebhookConnection.from_page(await ctx.core.webhooks.page(ctx.caller, first, after))
+
+
+async def webhook(info: Info, id: strawberry.ID) -> Webhook | None:
+    ctx = info.context
+    record = await ctx.core.webhooks.get(ctx.caller, str(id))
+    return Webhook.from_record(record) if record else None
+
+
+async def deliveries(
+    info: Info,
+    webhook_id: strawberry.ID | None = None,
+    status: DeliveryStatusEnum | None = None,
+    event: str | None = None,
+    first: int | None = DEFAULT_PAGE_SIZE,
+    after: str | None = None,
+) -> DeliveryConnection:
+    ctx = info.context
+    check_text("event", event)
+    page = await ctx.core.deliveries.page(
+        ctx.caller,
+        webhook_id=str(webhook_id) if webhook_id is not None else None,
+        status=status,
+        event=event,
+        first=first,
+        after=after,
+    )
+    return DeliveryConnection.from_page(page)
+
+
+async def delivery(info: Info, id: strawberry.ID) -> Delivery | None:
+    ctx = info.context
+    record = await ctx.core.deliveries.get(ctx.caller, str(id))
+    return Delivery.from_record(record) if record else None
+
+
+MANAGE = Scope.MANAGE_WEBHOOKS
 
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="The catalog of subscribable events, with an example payload each.")
-    async def event_types(self, info: Info) -> list[EventType]:
-        await info.context.require(Scope.MANAGE_WEBHOOKS)
-        return EventType.all()
-
-    @strawberry.field(description="The account's webhooks, newest first.")
-    async def webhooks(
-        self, info: Info, first: int | None = DEFAULT_PAGE_SIZE, after: str | None = None
-    ) -> WebhookConnection:
-        who = await info.context.require(Scope.MANAGE_WEBHOOKS)
-        try:
-            page = await info.context.core.webhooks.page(who, first, after)
-        except UserErrors as exc:
-            raise bad_input(exc) from exc
-        return WebhookConnection.from_page(page)
-
-    @strawberry.field(description="One webhook of the account; null when there is none with this id.")
-    async def webhook(self, info: Info, id: strawberry.ID) -> Webhook | None:
-        who = await info.context.require(Scope.MANAGE_WEBHOOKS)
-        try:
-            record = await info.context.core.webhooks.get(who, str(id))
-        except UserErrors as exc:
-            if exc.errors[0].code is ErrorCode.INVALID_ID:
-                raise bad_input(exc) from exc
-            return None
-        return Webhook.from_record(record)
-
-    @strawberry.field(description="The delivery log, newest first; filter by webhook, status or event.")
-    async def deliveries(
-        self,
-        info: Info,
-        webhook_id: strawberry.ID | None = None,
-        status: DeliveryStatusEnum | None = None,
-        event: str | None = None,
-        first: int | None = DEFAULT_PAGE_SIZE,
-        after: str | None = None,
-    ) -> DeliveryConnection:
-        who = await info.context.require(Scope.MANAGE_WEBHOOKS)
-        try:
-            page = await info.context.core.deliveries.page(
-                who,
-                webhook_id=str(webhook_id) if webhook_id is not None else None,
-                status=status,
-                event=event,
-                first=first,
-                after=after,
-            )
-        except UserErrors as exc:
-            raise bad_input(exc) from exc
-        return DeliveryConnection.from_page(page)
-
-    @strawberry.field(description="One delivery of the account, with its attempts; null when there is none.")
-    async def delivery(self, info: Info, id: strawberry.ID) -> Delivery | None:
-        who = await info.context.require(Scope.MANAGE_WEBHOOKS)
-        try:
-            record = await info.context.core.deliveries.get(who, str(id))
-        except UserErrors as exc:
-            raise bad_input(exc) from exc
-        return Delivery.from_record(record) if record else None
+    event_types = scoped_query(
+        event_types,
+        scope=MANAGE,
+        description="The catalog of subscribable events, with an example payload each.",
+    )
+    webhooks = scoped_query(webhooks, scope=MANAGE, description="The account's webhooks, newest first.")
+    webhook = scoped_query(
+        webhook, scope=MANAGE, description="One webhook of the account; null when there is none with this id."
+    )
+    deliveries = scoped_query(
+        deliveries,
+        scope=MANAGE,
+        description="The delivery log, newest first; filter by webhook, status or event.",
+    )
+    delivery = scoped_query(
+        delivery,
+        scope=MANAGE,
+        description="One delivery of the account, with its attempts; null when there is none.",
+    )
 
 
 @strawberry.type
 class Mutation:
-    create_webhook = strawberry.mutation(resolver=webhook_mutations.create_webhook)
-    update_webhook = strawberry.mutation(resolver=webhook_mutations.update_webhook)
-    delete_webhook = strawberry.mutation(resolver=webhook_mutations.delete_webhook)
-    test_webhook = strawberry.mutation(
-        resolver=delivery_mutations.test_webhook,
-        extensions=[
-            RateLimit(Action.TEST_WEBHOOK, Scope.MANAGE_WEBHOOKS, delivery_mutations.TestWebhookPayload)
-        ],
-    )
-    publish_event = strawberry.mutation(
-        resolver=delivery_mutations.publish_event,
-        extensions=[
-            RateLimit(Action.PUBLISH_EVENT, Scope.PUBLISH_EVENTS, delivery_mutations.PublishEventPayload)
-        ],
-    )
-    retry_delivery = strawberry.mutation(resolver=delivery_mutations.retry_delivery)
-    recover_deliveries = strawberry.mutation(resolver=delivery_mutations.recover_deliveries)
-    rotate_webhook_secret = strawberry.mutation(
-        resolver=secret_mutations.rotate_webhook_secret,
-        description="Replace the signing secret; the previous one keeps signing during the grace period.",
-    )
+    create_webhook = webhook_mutations.MUTATIONS["create_webhook"]
+    update_webhook = webhook_mutations.MUTATIONS["update_webhook"]
+    delete_webhook = webhook_mutations.MUTATIONS["delete_webhook"]
+    test_webhook = delivery_mutations.MUTATIONS["test_webhook"]
+    publish_event = delivery_mutations.MUTATIONS["publish_event"]
+    retry_delivery = delivery_mutations.MUTATIONS["retry_delivery"]
+    recover_deliveries = delivery_mutations.MUTATIONS["recover_deliveries"]
+    rotate_webhook_secret = secret_mutations.MUTATIONS["rotate_webhook_secret"]
 
 
-def build_schema() -> strawberry.Schema:
-    return strawberry.Schema(
+# graphql-core's suggestions: " Did you mean 'X'?", " Did you mean the enum value 'X'?", "... or 'Z'?"
+_SUGGESTION = re.compile(r" Did you mean .*\?$", re.DOTALL)
+
+
+class Schema(strawberry.Schema):
+    """Errors are reported, not logged here: the operation's one log line (``graphql_api.observability``)
+    carries its error codes, and the masked unexpected errors are logged with their traceback. Strawberry's
+    default logs every client error at ERROR level with the query text around it: customer data.
+
+    Client errors get a ``code``; with introspection off, no message suggests names from the schema.
+    """
+
+    def __init__(self, *args: Any, introspection: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.introspection = introspection
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        before_execution = (execution_context.pre_execution_errors or []) if execution_context else []
+        for error in errors:
+            if not self.introspection:
+                error.message = _SUGGESTION.sub("", error.message)
+            unexpected = error.original_error is not None and not isinstance(
+                error.original_error, GraphQLError
+            )
+            if not unexpected and not (error.extensions or {}).get("code"):
+                error.extensions = {
+                    **(error.extensions or {}),
+                    "code": _client_error_code(error, before_execution),
+                }
+
+
+def _client_error_code(error: GraphQLError, before_execution: list[GraphQLError]) -> str:
+    if error.message.startswith("Syntax Error"):
+        return "GRAPHQL_PARSE_FAILED"
+    if error.message.startswith("Variable '$"):
+        return "BAD_USER_INPUT"  # variables that do not fit their types
+    if any(error is e for e in before_execution):
+        return "GRAPHQL_VALIDATION_FAILED"
+    return "BAD_USER_INPUT"
+
+
+def build_schema(settings: Settings) -> Schema:
+    return Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        extensions=schema_extensions(),
+        extensions=schema_extensions(Limits.of(settings)),
         config=StrawberryConfig(disable_field_suggestions=True),
+        introspection=settings.introspection,
     )
-
-
-schema = build_schema()

@@ -5,7 +5,8 @@
   without a preflight) with 415, and bodies over ``max_request_bytes`` with 413, counting the bytes
   actually streamed rather than trusting ``Content-Length``.
 * :class:`OperationLimits` (schema extension): depth, alias and token limits, and introspection
-  off when ``WEBHOOKS_INTROSPECTION=false``. Read from the app's settings on every operation.
+  off when ``WEBHOOKS_INTROSPECTION=false``, given to its constructor when the app builds its schema.
+* :class:`OneOperationPerRequest`: several operations without ``operationName`` are a request error.
 * :class:`MaskUnexpectedErrors`: unexpected errors become ``Unexpected error (ref <id>)`` for the
   client and are logged in full with the same id.
 * :class:`RateLimit` (field extension): per-account limits on ``publishEvent`` and ``testWebhook``,
@@ -17,10 +18,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from graphql import GraphQLError
+from graphql import GraphQLError, OperationDefinitionNode
 from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,10 +31,7 @@ from strawberry.extensions.max_aliases import create_validator as alias_validato
 from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
 from strawberry.types import Info as StrawberryInfo
 
-from graphql_api.errors import masked_message, request_id
-from graphql_api.types import UserError, user_errors
-from webhooks.errors import UserErrors
-from webhooks.models import Scope as ApiScope
+from graphql_api.request_ids import masked_message, request_id
 from webhooks.ratelimit import Action
 from webhooks.settings import Settings
 
@@ -131,31 +130,64 @@ def _alias_rule(max_aliases: int) -> type[ASTValidationRule]:
     return alias_validator(max_aliases)
 
 
-def _settings_of(context: object) -> Settings:
-    core = getattr(context, "core", None)
-    settings = getattr(core, "settings", None)
-    return settings if isinstance(settings, Settings) else _defaults()
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What :class:`OperationLimits` enforces, taken from the app's settings when the schema is built."""
 
+    max_tokens: int
+    max_query_depth: int
+    max_aliases: int
+    introspection: bool
 
-@lru_cache(maxsize=1)
-def _defaults() -> Settings:
-    return Settings.model_construct()
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            max_tokens=settings.max_tokens,
+            max_query_depth=settings.max_query_depth,
+            max_aliases=settings.max_aliases,
+            introspection=settings.introspection,
+        )
 
 
 class OperationLimits(SchemaExtension):
-    """Depth, alias and token limits and the introspection switch, from the serving app's settings."""
+    """Depth, alias and token limits and the introspection switch."""
+
+    def __init__(self, *, limits: Limits) -> None:
+        self.limits = limits
+        rules: list[type[ASTValidationRule]] = [
+            _depth_rule(limits.max_query_depth),
+            _alias_rule(limits.max_aliases),
+        ]
+        if not limits.introspection:
+            rules.append(NoSchemaIntrospectionCustomRule)
+        self.rules = tuple(rules)
 
     def on_operation(self) -> Iterator[None]:
         ec = self.execution_context
-        settings = _settings_of(ec.context)
-        ec.parse_options["max_tokens"] = settings.max_tokens
-        rules: list[type[ASTValidationRule]] = [
-            _depth_rule(settings.max_query_depth),
-            _alias_rule(settings.max_aliases),
-        ]
-        if not settings.introspection:
-            rules.append(NoSchemaIntrospectionCustomRule)
-        ec.validation_rules = (*ec.validation_rules, *rules)
+        ec.parse_options["max_tokens"] = self.limits.max_tokens
+        ec.validation_rules = (*ec.validation_rules, *self.rules)
+        yield
+
+
+class OneOperationPerRequest(SchemaExtension):
+    """A document with several operations needs ``operationName`` (Strawberry would run the first one)."""
+
+    def on_validate(self) -> Iterator[None]:
+        ec = self.execution_context
+        document = ec.graphql_document
+        # Strawberry keeps the client's operationName only as this InitVar-backed attribute (its public
+        # ``operation_name`` falls back to the first operation); tests/test_bad_input.py pins the behaviour.
+        provided = getattr(ec, "_provided_operation_name", None)
+        if document is not None and provided is None and not ec.pre_execution_errors:
+            operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+            if len(operations) > 1:
+                # graphql-core's rule; Strawberry would otherwise run the first operation
+                ec.pre_execution_errors = [
+                    GraphQLError(
+                        "Must provide operation name if query contains multiple operations.",
+                        extensions={"code": "GRAPHQL_VALIDATION_FAILED"},
+                    )
+                ]
         yield
 
 
@@ -200,26 +232,19 @@ class MaskUnexpectedErrors(MaskErrors):
 
 
 class RateLimit(FieldExtension):
-    """Count the call against the caller's account; over the limit, answer ``payload(errors=[RATE_LIMITED])``.
+    """Count the call against the caller's account; over the limit, raise a ``RATE_LIMITED`` user error.
 
-    Unauthenticated or unauthorised callers pass through untouched: the resolver refuses them.
+    Runs inside the scope check (``graphql_api.permissions.scoped_mutation``), so only allowed callers count,
+    and the error becomes the payload's ``errors``.
     """
 
-    def __init__(self, action: Action, scope: ApiScope, payload: Callable[..., Any]) -> None:
+    def __init__(self, action: Action) -> None:
         super().__init__()
         self.action = action
-        self.scope = scope
-        self.payload = payload
 
     async def resolve_async(
         self, next_: Callable[..., Awaitable[Any]], source: Any, info: StrawberryInfo[Any, Any], **kwargs: Any
     ) -> Any:
         ctx = info.context
-        who = await ctx.principal()
-        if who is not None and self.scope in who.scopes:
-            try:
-                await ctx.core.rate_limiter.check(self.action, who.account_id)
-            except UserErrors as exc:
-                errors: list[UserError] = user_errors(exc)
-                return self.payload(errors=errors)
+        await ctx.core.rate_limiter.check(self.action, ctx.caller.account_id)
         return await next_(source, info, **kwargs)

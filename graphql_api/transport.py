@@ -1,4 +1,6 @@
-"""Subscriptions are served over WebSocket only: a subscription sent over HTTP gets a clear error.
+"""How GraphQL travels: the HTTP view (GraphQL over HTTP, below) and WebSocket-only subscriptions.
+
+Subscriptions are served over WebSocket only: a subscription sent over HTTP gets a clear error.
 
 Strawberry accepts subscription operations in an HTTP POST (for its multipart/SSE transports, which this
 service does not enable) and then runs them like a query, which fails deep inside graphql-core with a
@@ -9,12 +11,30 @@ service does not enable) and then runs them like a query, which fails deep insid
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
+from typing import Any
 
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
 from strawberry.extensions import SchemaExtension
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
+
+from graphql_api.context import Context
+from graphql_api.request_ids import request_id
+
+log = logging.getLogger(__name__)
 
 SUBSCRIPTION_OVER_HTTP = (
     "Subscriptions are served over WebSocket on /graphql (graphql-transport-ws or graphql-ws); "
@@ -40,3 +60,176 @@ class SubscriptionsOverWebSocket(SchemaExtension):
             # Set before validation runs, so it is the only error reported (validation is skipped).
             ec.pre_execution_errors = [GraphQLError(SUBSCRIPTION_OVER_HTTP, extensions={"code": BAD_REQUEST})]
         yield
+
+
+class NullPayloadTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws allows ``connection_init`` with ``"payload": null``: read it as no payload."""
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        if message.get("payload", {}) is None:
+            message = {"type": "connection_init"}
+        await super().handle_connection_init(message)
+
+
+# --- GraphQL over HTTP --------------------------------------------------------------------------
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+APPLICATION_JSON = "application/json"
+JSON_BODY_TYPES = frozenset({APPLICATION_JSON, GRAPHQL_RESPONSE})
+MUTATION_OVER_GET = "Mutations are accepted over POST only; GET serves queries"
+NOT_AN_OBJECT = 'The request body must be a JSON object such as {"query": "{ eventTypes { name } }"}'
+_STATUS_KEY = "graphql_status"
+
+
+class BadJson(json.JSONDecodeError):
+    """A request body that cannot be read as JSON, with the specific reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, "", 0)
+        self.reason = reason
+
+
+def decode_json(data: str | bytes) -> object:
+    """``json.loads`` whose every failure is a ``JSONDecodeError`` (HTTP 400, WebSocket close 4400)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise BadJson("The request body nests too deeply to be read as JSON") from None
+    except UnicodeDecodeError:
+        raise BadJson("The request body is not valid UTF-8") from None
+    except json.JSONDecodeError:
+        raise BadJson("The request body is not valid JSON") from None
+    except ValueError:  # e.g. an integer of more than 4,300 digits
+        raise BadJson("The request body has a number too long to read") from None
+
+
+def response_media_type(accept: str) -> str:
+    """``application/graphql-response+json`` when the client prefers it (q-values honoured), else JSON."""
+    best, best_q = APPLICATION_JSON, -1.0
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media == GRAPHQL_RESPONSE and q > 0 and q >= best_q:
+            best, best_q = GRAPHQL_RESPONSE, q
+        elif media in (APPLICATION_JSON, "application/*", "*/*") and q > best_q:
+            best, best_q = APPLICATION_JSON, q
+    return best
+
+
+def is_request_error(result: ExecutionResult) -> bool:
+    """No data and no field error: the request failed before execution (parse, validation, variables)."""
+    errors = result.errors or []
+    return result.data is None and bool(errors) and all(e.path is None for e in errors)
+
+
+def error_response(request: Request, status: int, message: str) -> Response:
+    """A transport error as JSON ``{"errors": [{"message"}]}`` in the media type the client accepts."""
+    media_type = response_media_type(request.headers.get("accept", ""))
+    body = json.dumps({"errors": [{"message": message}]}).encode()
+    allow = "POST" if request.method == "GET" else "GET, POST"  # a mutation over GET, or another method
+    headers = {"Allow": allow} if status == 405 else None
+    return Response(body, status_code=status, media_type=media_type, headers=headers)
+
+
+def parse_request(data: object) -> GraphQLRequestData:
+    """The fields of one GraphQL request; 400 for anything but an object with well-typed fields."""
+    if not isinstance(data, dict):
+        raise HTTPException(400, NOT_AN_OBJECT)
+    query = data.get("query")
+    if not isinstance(query, str | None):
+        raise HTTPException(400, "The request's 'query' must be a string")
+    variables = data.get("variables")
+    if not isinstance(variables, dict | None):
+        raise HTTPException(400, "The request's 'variables' must be an object or null")
+    operation_name = data.get("operationName")
+    if not isinstance(operation_name, str | None):
+        raise HTTPException(400, "The request's 'operationName' must be a string or null")
+    extensions = data.get("extensions")
+    if not isinstance(extensions, dict | None):
+        raise HTTPException(400, "The request's 'extensions' must be an object or null")
+    return GraphQLRequestData(
+        query=query, variables=variables, operation_name=operation_name, extensions=extensions
+    )
+
+
+class GraphQLOverHTTP(GraphQL[Context, None]):
+    """Strawberry's ASGI view, held to the GraphQL-over-HTTP specification.
+
+    * GET serves queries (never mutations: 405); POST takes ``application/json`` in any letter case.
+    * Malformed requests (not JSON, not an object, wrong field types, too deep, a number too long) get a
+      400 with a JSON ``{"errors": [...]}`` body, like every transport error, never a 500.
+    * ``Accept: application/graphql-response+json`` is honoured: a request error (parse, validation or
+      variables) is a 400 without ``data``; with ``application/json`` it stays a 200.
+    * graphql-transport-ws ``connection_init`` may carry ``"payload": null``.
+    """
+
+    graphql_transport_ws_handler_class = NullPayloadTransportWS
+
+    def decode_json(self, data: str | bytes) -> object:
+        return decode_json(data)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return decode_json(data)
+        except BadJson as exc:
+            raise HTTPException(400, exc.reason) from exc
+
+    async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData:
+        if request.method == "GET":
+            return parse_request(self.parse_query_params(request.query_params))
+        media_type = (request.content_type or "").split(";")[0].strip().lower()
+        if media_type not in JSON_BODY_TYPES:
+            raise HTTPException(415, "Send the request body as application/json")
+        return parse_request(self.parse_json(await request.get_body()))
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        try:
+            return await super().execute_single(
+                request, request_adapter, sub_response, context, root_value, request_data
+            )
+        except HTTPException as exc:
+            if isinstance(exc.__cause__, InvalidOperationTypeError) and request_adapter.method == "GET":
+                raise HTTPException(405, MUTATION_OVER_GET) from exc
+            raise
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        processed = await super().process_result(request, result)
+        if response_media_type(request.headers.get("accept", "")) == GRAPHQL_RESPONSE and is_request_error(
+            result
+        ):
+            processed.pop("data", None)
+            setattr(request.state, _STATUS_KEY, 400)
+        return processed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope=scope, receive=receive)
+        try:
+            response = await self.run(request)
+        except HTTPException as exc:
+            log.info(
+                "graphql request refused: %d", exc.status_code, extra={"request_id": request_id(request)}
+            )
+            response = error_response(request, exc.status_code, exc.reason)
+        if response.headers.get("content-type", "").startswith(APPLICATION_JSON):
+            response.headers["content-type"] = response_media_type(request.headers.get("accept", ""))
+            response.status_code = getattr(request.state, _STATUS_KEY, response.status_code)
+        await response(scope, receive, send)

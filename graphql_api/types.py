@@ -1,4 +1,8 @@
-"""GraphQL object types: thin views over domain records."""
+"""GraphQL object types: thin views over domain records.
+
+Connections are Relay-shaped but not ``strawberry.relay``: its ``Node`` ids are base64 global ids where the
+contract promises 24-hex ObjectIds, and its ``ListConnection`` pages by offset where ours are keyset cursors.
+"""
 
 from __future__ import annotations
 

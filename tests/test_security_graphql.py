@@ -102,19 +102,27 @@ async def test_field_suggestions_are_not_given(account: Account) -> None:
 # --- transport: GET, batching, CSRF, body size --------------------------------------------------
 
 
-async def test_operations_over_get_are_refused(http: httpx.AsyncClient, account: Account, core: Core) -> None:
-    headers = {"Authorization": f"Bearer {account.api_key}"}
-    query = (
+async def test_mutations_over_get_are_refused_and_queries_answered(
+    http: httpx.AsyncClient, account: Account, core: Core
+) -> None:
+    headers = {"Authorization": f"Bearer {account.api_key}", "Accept": "application/json"}
+    mutation = (
         'mutation { createWebhook(input: {name: "get", url: "https://hooks.example.com/", '
         "events: [CANDIDATE_HIRED]}) { webhook { id } } }"
     )
-    for params in ({"query": query}, {"query": "{ eventTypes { name } }"}):
-        response = await http.get(
-            "/graphql", params=params, headers={**headers, "Accept": "application/json"}
-        )
-        assert response.status_code in (400, 405), response.text
-        assert "eventTypes" not in response.text
+    # when a mutation arrives over GET
+    refused = await http.get("/graphql", params={"query": mutation}, headers=headers)
+    # then it is refused (405, POST only) as JSON, and nothing is written
+    assert refused.status_code == 405, refused.text
+    assert refused.headers["allow"] == "POST"
+    assert (
+        refused.json()["errors"][0]["message"] == "Mutations are accepted over POST only; GET serves queries"
+    )
     assert await webhook_count(core, account) == 0
+    # while a query over GET is answered
+    answered = await http.get("/graphql", params={"query": "{ eventTypes { name } }"}, headers=headers)
+    assert answered.status_code == 200
+    assert len(answered.json()["data"]["eventTypes"]) == 16
 
 
 async def test_batched_requests_are_refused(http: httpx.AsyncClient, account: Account, core: Core) -> None:

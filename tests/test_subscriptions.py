@@ -366,7 +366,7 @@ async def test_an_account_never_receives_another_accounts_attempts(
         assert refused_status["payload"][0]["extensions"]["code"] == "NOT_FOUND"
         malformed = await b_client.message(await b_client.subscribe(ATTEMPTS, {"w": "nope"}))
         assert malformed["type"] == "error"
-        assert malformed["payload"][0]["message"] == "webhookId must be a 24-character lowercase hex id"
+        assert malformed["payload"][0]["message"] == "webhookId must be a 24-character hex id"
         assert malformed["payload"][0]["extensions"]["code"] == "BAD_USER_INPUT"
         # A's delivery reaches A's subscriber only
         published = await publish(a.gql)

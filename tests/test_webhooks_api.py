@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -9,9 +10,10 @@ import pytest
 from bson import ObjectId
 
 from tests.conftest import new_account
-from tests.support import Account, GraphQLClient
+from tests.support import Account, GraphQLClient, run_stack
 from webhooks.core import Core
 from webhooks.models import Scope
+from webhooks.settings import Settings
 
 WEBHOOK_FIELDS = "id name url events enabled disabledReason disabledAt createdAt updatedAt"
 CREATE = f"""
@@ -129,41 +131,61 @@ async def test_unknown_event_names_are_refused_by_the_schema(account: Account) -
     assert body["errors"] and "WebhookEvent" in body["errors"][0]["message"]
 
 
-async def test_plain_http_is_refused_unless_allowed(core: Core, http: Any, settings: Any) -> None:
-    # given a service with the production default WEBHOOKS_ALLOW_HTTP=false
-    from webhooks.errors import UserErrors
-    from webhooks.services.webhooks import WebhookService
-
-    strict = WebhookService(core.webhook_repo, core.box, settings.model_copy(update={"allow_http": False}))
-    account = await new_account(core, http)
-    who = await core.api_keys.authenticate(account.api_key)
-    assert who is not None
-    # when / then
-    with pytest.raises(UserErrors) as refused:
-        await strict.create(who, "n", "http://hooks.example.com/x", [])
-    assert [(e.field, e.code.value) for e in refused.value.errors] == [
-        ("url", "HTTPS_REQUIRED"),
-        ("events", "REQUIRED"),
-    ]
+async def test_plain_http_is_refused_unless_allowed(settings: Settings) -> None:
+    # given the API with the production default WEBHOOKS_ALLOW_HTTP=false (the real destination check)
+    strict = settings.model_copy(update={"allow_http": False})
+    async with run_stack(strict, worker=False) as stack:
+        account = await stack.account()
+        # when
+        payload = await create(account.gql, url="http://hooks.example.com/x", events=[])
+        # then
+        assert payload["webhook"] is None
+        assert [(e["field"], e["code"]) for e in payload["errors"]] == [
+            ("url", "HTTPS_REQUIRED"),
+            ("events", "REQUIRED"),
+        ]
+        assert (await account.gql.execute(LIST))["webhooks"]["edges"] == []
 
 
-async def test_the_per_account_webhook_limit(core: Core, http: Any, settings: Any) -> None:
-    from webhooks.errors import UserErrors
-    from webhooks.events import EventName
-    from webhooks.services.webhooks import WebhookService
+async def test_the_per_account_webhook_limit(settings: Settings) -> None:
+    # given an account at its limit of 2 webhooks
+    async with run_stack(settings.model_copy(update={"max_webhooks_per_account": 2}), worker=False) as stack:
+        account = await stack.account()
+        for i in range(2):
+            await create_ok(account.gql, name=f"w{i}", url="https://127.0.0.1/x")
+        # when
+        refused = await create(account.gql, name="one too many", url="https://127.0.0.1/x")
+        # then
+        assert [e["code"] for e in refused["errors"]] == ["LIMIT_EXCEEDED"]
+        assert len((await account.gql.execute(LIST))["webhooks"]["edges"]) == 2
 
-    limited = WebhookService(
-        core.webhook_repo, core.box, settings.model_copy(update={"max_webhooks_per_account": 2})
-    )
-    account = await new_account(core, http)
-    who = await core.api_keys.authenticate(account.api_key)
-    assert who is not None
-    for i in range(2):
-        await limited.create(who, f"w{i}", "https://hooks.example.com/x", [EventName.JOB_CREATED])
-    with pytest.raises(UserErrors) as refused:
-        await limited.create(who, "one too many", "https://hooks.example.com/x", [EventName.JOB_CREATED])
-    assert refused.value.errors[0].code.value == "LIMIT_EXCEEDED"
-    assert await core.webhook_repo.count(who.account_id) == 2
+
+@pytest.mark.parametrize(("existing", "racing"), [(9, 20), (5, 20)])
+async def test_concurrent_creates_near_the_limit_fill_it_exactly(
+    settings: Settings, existing: int, racing: int
+) -> None:
+    # given an account with `existing` of its 10 webhooks
+    limit = 10
+    async with run_stack(
+        settings.model_copy(update={"max_webhooks_per_account": limit}), worker=False
+    ) as stack:
+        account = await stack.account()
+        for i in range(existing):
+            await create_ok(account.gql, name=f"w{i}", url="https://127.0.0.1/x")
+        # when `racing` creates arrive at once
+        results = await asyncio.gather(
+            *(create(account.gql, name=f"race {i}", url="https://127.0.0.1/x") for i in range(racing))
+        )
+        # then exactly the free places are taken, and every other create is refused for the limit
+        created = [r for r in results if r["webhook"] is not None]
+        refused = [r for r in results if r["webhook"] is None]
+        assert len(created) == limit - existing
+        assert {e["code"] for r in refused for e in r["errors"]} == {"LIMIT_EXCEEDED"}
+        listed = (await account.gql.execute(LIST, {"first": 100}))["webhooks"]["edges"]
+        assert len(listed) == limit
+        # and a deleted webhook frees its place for the next create
+        await account.gql.execute(DELETE, {"id": created[0]["webhook"]["id"]})
+        await create_ok(account.gql, name="after a delete", url="https://127.0.0.1/x")
 
 
 async def test_list_is_newest_first_with_cursor_pagination(account: Account) -> None:

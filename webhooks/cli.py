@@ -40,9 +40,9 @@ def cmd_create_account(args: argparse.Namespace) -> int:
 
 
 def cmd_export_schema(args: argparse.Namespace) -> int:
-    from graphql_api.schema import schema
+    from graphql_api.schema import build_schema
 
-    text = schema.as_str() + "\n"
+    text = build_schema(get_settings()).as_str() + "\n"
     if args.output:
         Path(args.output).write_text(text)
     else:

@@ -66,7 +66,7 @@ class Core:
         invalidations = Invalidations(redis)
         webhook_cache = WebhookCache(webhook_repo, invalidations, settings.webhook_cache_ttl)
 
-        async def check_destination(url: str, field: str) -> None:
+        async def check_destination(url: str) -> None:
             await check_url_destination(
                 url, allow_private=settings.allow_private_destinations, resolver=resolver
             )

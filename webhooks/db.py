@@ -77,6 +77,13 @@ INDEXES: dict[str, list[IndexModel]] = {
     "webhooks": [
         IndexModel([("account_id", ASCENDING), ("_id", DESCENDING)], name="account_newest"),
         IndexModel([("account_id", ASCENDING), ("events", ASCENDING)], name="account_event_fanout"),
+        # the per-account webhook limit (WebhookRepository.insert_within_limit)
+        IndexModel(
+            [("account_id", ASCENDING), ("quota_slot", ASCENDING)],
+            unique=True,
+            partialFilterExpression={"quota_slot": {"$type": "int"}},
+            name="account_quota_slot",
+        ),
     ],
     "events": [
         IndexModel(

@@ -40,11 +40,3 @@ class UserErrors(Exception):
     @classmethod
     def one(cls, field: str | None, code: ErrorCode, message: str) -> UserErrors:
         return cls([UserError(field, code, message)])
-
-
-class AuthError(Exception):
-    """Authentication (``UNAUTHENTICATED``) or permission (``FORBIDDEN``) failure."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code

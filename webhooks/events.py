@@ -266,4 +266,6 @@ CATALOG.update({spec.name: spec for spec in OPERATIONAL_SPECS})
 WIRE_NAMES: frozenset[str] = frozenset(e.value for e in EventName)
 OPERATIONAL_EVENTS: frozenset[EventName] = frozenset(spec.name for spec in OPERATIONAL_SPECS)
 OPERATIONAL_WIRE_NAMES: frozenset[str] = frozenset(e.value for e in OPERATIONAL_EVENTS)
+DELIVERED_NAMES: frozenset[str] = WIRE_NAMES | {TEST_EVENT}
+"""Every ``event`` a delivery can carry: the catalog plus the test event."""
 assert len(CATALOG) == len(EventName) == 20

@@ -31,7 +31,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from webhooks.events import TEST_EVENT, EventName
+from webhooks.events import DELIVERED_NAMES
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -95,7 +95,7 @@ _ATTEMPT_OUTCOMES = {
     "tls_error": "tls_error",
     "blocked_destination": "blocked",
 }
-_EVENTS = frozenset(e.value for e in EventName) | {TEST_EVENT}
+_EVENTS = DELIVERED_NAMES
 _NAME = re.compile(r"[^A-Za-z0-9_]")
 _seen_names: set[str] = set()
 _names_lock = threading.Lock()

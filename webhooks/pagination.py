@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from bson import ObjectId
@@ -28,9 +29,18 @@ def decode_cursor(cursor: str | None) -> ObjectId | None:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
     version, _, hex_id = raw.partition(":")
-    if version != "v1" or not is_object_id(hex_id):
+    # Every real cursor names an id this service made: from its first year to now (plus clock skew).
+    if version != "v1" or not is_object_id(hex_id) or not _plausible(ObjectId(hex_id)):
         raise UserErrors.one("after", ErrorCode.INVALID, "after is not a cursor returned by this API")
     return ObjectId(hex_id)
+
+
+_FIRST_ID_TIME = datetime(2020, 1, 1, tzinfo=UTC)
+_MAX_SKEW = timedelta(days=1)
+
+
+def _plausible(oid: ObjectId) -> bool:
+    return _FIRST_ID_TIME <= oid.generation_time <= datetime.now(UTC) + _MAX_SKEW
 
 
 DEFAULT_PAGE_SIZE = 20

@@ -29,6 +29,7 @@ import orjson
 
 from webhooks.errors import ErrorCode, UserError, UserErrors
 from webhooks.events import OPERATIONAL_WIRE_NAMES, TEST_EVENT, TEST_MESSAGE, WIRE_NAMES
+from webhooks.ids import is_object_id
 from webhooks.timeutil import as_utc, iso_ms
 
 JsonValue: TypeAlias = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
@@ -44,7 +45,6 @@ MAX_REPORTED_ERRORS = 50
 
 _MAX_ARRAY_INDEX = 2**32 - 2
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}", re.ASCII)
-_HEX24 = re.compile(r"[0-9a-fA-F]{24}", re.ASCII)
 _MAX_KEY_IN_PATH = 40
 
 
@@ -276,7 +276,7 @@ def _text(errors: list[UserError], field: str, value: object, max_length: int) -
 
 
 def _hex_id(errors: list[UserError], field: str, value: object) -> str | None:
-    if not isinstance(value, str) or _HEX24.fullmatch(value) is None:
+    if not is_object_id(value):
         errors.append(UserError(field, ErrorCode.INVALID_ID, f"{field} must be a 24-character hex id."))
         return None
     return value.lower()

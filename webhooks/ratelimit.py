@@ -1,4 +1,8 @@
-"""Per-account rate limits: fixed one-minute windows counted in Redis (shared by every API process)."""
+"""Per-account rate limits: fixed one-minute windows counted in Redis (shared by every API process).
+
+Not the ``limits`` package: this is one ``INCR``+``EXPIRE`` pipeline on the Redis pool the process already
+holds, while ``limits``' async Redis storage opens its own client (coredis or a second redis-py pool) for it.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -87,6 +87,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".webhooks")
 
+    # Logging: JSON lines (one object per line) or readable text; the root level.
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
     @field_validator("retry_schedule", mode="before")
     @classmethod
     def _parse_schedule(cls, value: object) -> object:
@@ -100,6 +104,13 @@ class Settings(BaseSettings):
                 raise ValueError("retry schedule needs at least one delay and no negative delays")
             return delays
         return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.strip().lower() if value.strip().lower() in ("json", "text") else value.strip().upper()
 
     @field_validator("secret_keys", "allowed_origins", mode="before")
     @classmethod

@@ -38,6 +38,8 @@ def normalize_url(raw: str, *, allow_http: bool, field: str = "url") -> str:
         raise refuse(ErrorCode.INVALID_URL, "url must not contain user information (user:password@)")
     if parts.fragment or url.endswith("#"):
         raise refuse(ErrorCode.INVALID_URL, "url must not contain a fragment (#...)")
+    if port == 0:
+        raise refuse(ErrorCode.INVALID_URL, "url must not use port 0")
     host = parts.hostname
     if not host:
         raise refuse(ErrorCode.INVALID_URL, "url must have a host")

@@ -8,10 +8,13 @@ import strawberry
 from strawberry.scalars import JSON
 
 from graphql_api.context import Info
-from graphql_api.types import Delivery, UserError, WebhookEvent, user_errors
-from webhooks.errors import UserErrors
+from graphql_api.permissions import scoped_mutation
+from graphql_api.security import RateLimit
+from graphql_api.types import Delivery, UserError, WebhookEvent
 from webhooks.models import Scope
 from webhooks.payloads import AuditLog
+from webhooks.ratelimit import Action
+from webhooks.validation import ANY_TIME, EARLIEST, LATEST_OBJECT_ID_TIME, check_text, utc_in_range
 
 
 @strawberry.input(
@@ -73,8 +76,8 @@ class RecoverDeliveriesPayload:
 
 async def publish_event(info: Info, input: PublishEventInput) -> PublishEventPayload:
     ctx = info.context
-    who = await ctx.require(Scope.PUBLISH_EVENTS)
     log = input.log
+    check_text("idempotencyKey", input.idempotency_key)
     audit = AuditLog(
         action=log.action,
         resource_type=log.resource_type,
@@ -82,19 +85,16 @@ async def publish_event(info: Info, input: PublishEventInput) -> PublishEventPay
         user_id=str(log.user_id),
         user_name=log.user_name,
         user_email=log.user_email,
-        timestamp=log.timestamp,
+        timestamp=utc_in_range("log.timestamp", log.timestamp, *ANY_TIME) if log.timestamp else None,
     )
-    try:
-        published = await ctx.core.deliveries.publish(
-            who, input.event, audit, input.details, input.idempotency_key
-        )
-    except UserErrors as exc:
-        return PublishEventPayload(errors=user_errors(exc))
+    published = await ctx.core.deliveries.publish(
+        ctx.caller, input.event, audit, input.details, input.idempotency_key
+    )
     deliveries = [Delivery.from_record(d) for d in published.deliveries]
     return PublishEventPayload(
         event=PublishedEvent(
             id=strawberry.ID(str(published.event_id)),
-            event=input.event.value,
+            event=input.event.value,  # a replay with another event name is refused (CONFLICT)
             deliveries=deliveries,
             replayed=published.replayed,
         )
@@ -103,21 +103,13 @@ async def publish_event(info: Info, input: PublishEventInput) -> PublishEventPay
 
 async def test_webhook(info: Info, id: strawberry.ID) -> TestWebhookPayload:
     ctx = info.context
-    who = await ctx.require(Scope.MANAGE_WEBHOOKS)
-    try:
-        delivery = await ctx.core.deliveries.test(who, str(id))
-    except UserErrors as exc:
-        return TestWebhookPayload(errors=user_errors(exc))
+    delivery = await ctx.core.deliveries.test(ctx.caller, str(id))
     return TestWebhookPayload(delivery=Delivery.from_record(delivery))
 
 
 async def retry_delivery(info: Info, id: strawberry.ID) -> RetryDeliveryPayload:
     ctx = info.context
-    who = await ctx.require(Scope.MANAGE_WEBHOOKS)
-    try:
-        delivery = await ctx.core.deliveries.retry(who, str(id))
-    except UserErrors as exc:
-        return RetryDeliveryPayload(errors=user_errors(exc))
+    delivery = await ctx.core.deliveries.retry(ctx.caller, str(id))
     return RetryDeliveryPayload(delivery=Delivery.from_record(delivery))
 
 
@@ -129,9 +121,31 @@ async def recover_deliveries(
     dry_run: bool = False,
 ) -> RecoverDeliveriesPayload:
     ctx = info.context
-    who = await ctx.require(Scope.MANAGE_WEBHOOKS)
-    try:
-        count = await ctx.core.deliveries.recover(who, str(webhook_id), since, until, dry_run)
-    except UserErrors as exc:
-        return RecoverDeliveriesPayload(errors=user_errors(exc))
+    # deliveries are found by their ids' time, which spans 1970 to 2106
+    since = utc_in_range("since", since, EARLIEST, LATEST_OBJECT_ID_TIME)
+    if until is not None:
+        until = utc_in_range("until", until, EARLIEST, LATEST_OBJECT_ID_TIME)
+    count = await ctx.core.deliveries.recover(ctx.caller, str(webhook_id), since, until, dry_run)
     return RecoverDeliveriesPayload(count=count, dry_run=dry_run)
+
+
+MUTATIONS = {
+    "test_webhook": scoped_mutation(
+        test_webhook,
+        scope=Scope.MANAGE_WEBHOOKS,
+        payload=TestWebhookPayload,
+        extensions=[RateLimit(Action.TEST_WEBHOOK)],
+    ),
+    "publish_event": scoped_mutation(
+        publish_event,
+        scope=Scope.PUBLISH_EVENTS,
+        payload=PublishEventPayload,
+        extensions=[RateLimit(Action.PUBLISH_EVENT)],
+    ),
+    "retry_delivery": scoped_mutation(
+        retry_delivery, scope=Scope.MANAGE_WEBHOOKS, payload=RetryDeliveryPayload
+    ),
+    "recover_deliveries": scoped_mutation(
+        recover_deliveries, scope=Scope.MANAGE_WEBHOOKS, payload=RecoverDeliveriesPayload
+    ),
+}

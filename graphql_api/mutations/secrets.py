@@ -7,8 +7,8 @@ from typing import Annotated
 import strawberry
 
 from graphql_api.context import Info
-from graphql_api.types import UserError, Webhook, user_errors
-from webhooks.errors import UserErrors
+from graphql_api.permissions import scoped_mutation
+from graphql_api.types import UserError, Webhook
 from webhooks.models import Scope
 
 GRACE_DESCRIPTION = (
@@ -32,9 +32,15 @@ async def rotate_webhook_secret(
     grace_period_hours: Annotated[int, strawberry.argument(description=GRACE_DESCRIPTION)] = 24,
 ) -> RotateWebhookSecretPayload:
     ctx = info.context
-    who = await ctx.require(Scope.MANAGE_WEBHOOKS)
-    try:
-        rotated = await ctx.core.webhooks.rotate_secret(who, str(id), grace_period_hours)
-    except UserErrors as exc:
-        return RotateWebhookSecretPayload(errors=user_errors(exc))
+    rotated = await ctx.core.webhooks.rotate_secret(ctx.caller, str(id), grace_period_hours)
     return RotateWebhookSecretPayload(webhook=Webhook.from_record(rotated.webhook), secret=rotated.secret)
+
+
+MUTATIONS = {
+    "rotate_webhook_secret": scoped_mutation(
+        rotate_webhook_secret,
+        scope=Scope.MANAGE_WEBHOOKS,
+        payload=RotateWebhookSecretPayload,
+        description="Replace the signing secret; the previous one keeps signing during the grace period.",
+    ),
+}

@@ -1,4 +1,6 @@
-"""Webhook management mutations. Errors are data; nothing is written when ``errors`` is non-empty."""
+"""Webhook management mutations. Errors are data; nothing is written when ``errors`` is non-empty.
+
+Each resolver runs behind ``scoped_mutation`` (scope check, ``UserErrors`` as payload errors)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ from strawberry.scalars import JSON
 
 from graphql_api.context import Info
 from graphql_api.endpoint_controls import FILTER_DESCRIPTION, WebhookHeaderInput, WebhookOrdering, controls
-from graphql_api.types import UserError, Webhook, WebhookEvent, user_errors
-from webhooks.errors import UserErrors
+from graphql_api.permissions import scoped_mutation
+from graphql_api.types import UserError, Webhook, WebhookEvent
 from webhooks.models import Scope
 
 
@@ -70,45 +72,46 @@ class DeleteWebhookPayload:
 
 async def create_webhook(info: Info, input: CreateWebhookInput) -> CreateWebhookPayload:
     ctx = info.context
-    who = await ctx.require(Scope.MANAGE_WEBHOOKS)
-    try:
-        created = await ctx.core.webhooks.create(
-            who,
-            input.name,
-            input.url,
-            list(input.events),
-            controls(input.filter, input.headers, input.ordering),
-            max_in_flight=input.max_in_flight,
-        )
-    except UserErrors as exc:
-        return CreateWebhookPayload(errors=user_errors(exc))
+    created = await ctx.core.webhooks.create(
+        ctx.caller,
+        input.name,
+        input.url,
+        list(input.events),
+        controls(input.filter, input.headers, input.ordering),
+        max_in_flight=input.max_in_flight,
+    )
     return CreateWebhookPayload(webhook=Webhook.from_record(created.webhook), secret=created.secret)
 
 
 async def update_webhook(info: Info, id: strawberry.ID, input: UpdateWebhookInput) -> UpdateWebhookPayload:
     ctx = info.context
-    who = await ctx.require(Scope.MANAGE_WEBHOOKS)
-    try:
-        webhook = await ctx.core.webhooks.update(
-            who,
-            str(id),
-            name=input.name,
-            url=input.url,
-            events=list(input.events) if input.events is not None else None,
-            enabled=input.enabled,
-            max_in_flight=input.max_in_flight,
-            controls=controls(input.filter, input.headers, input.ordering),
-        )
-    except UserErrors as exc:
-        return UpdateWebhookPayload(errors=user_errors(exc))
+    webhook = await ctx.core.webhooks.update(
+        ctx.caller,
+        str(id),
+        name=input.name,
+        url=input.url,
+        events=list(input.events) if input.events is not None else None,
+        enabled=input.enabled,
+        max_in_flight=input.max_in_flight,
+        controls=controls(input.filter, input.headers, input.ordering),
+    )
     return UpdateWebhookPayload(webhook=Webhook.from_record(webhook))
 
 
 async def delete_webhook(info: Info, id: strawberry.ID) -> DeleteWebhookPayload:
     ctx = info.context
-    who = await ctx.require(Scope.MANAGE_WEBHOOKS)
-    try:
-        deleted = await ctx.core.webhooks.delete(who, str(id))
-    except UserErrors as exc:
-        return DeleteWebhookPayload(errors=user_errors(exc))
+    deleted = await ctx.core.webhooks.delete(ctx.caller, str(id))
     return DeleteWebhookPayload(deleted_id=strawberry.ID(str(deleted)))
+
+
+MUTATIONS = {
+    "create_webhook": scoped_mutation(
+        create_webhook, scope=Scope.MANAGE_WEBHOOKS, payload=CreateWebhookPayload
+    ),
+    "update_webhook": scoped_mutation(
+        update_webhook, scope=Scope.MANAGE_WEBHOOKS, payload=UpdateWebhookPayload
+    ),
+    "delete_webhook": scoped_mutation(
+        delete_webhook, scope=Scope.MANAGE_WEBHOOKS, payload=DeleteWebhookPayload
+    ),
+}

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
 from bson import ObjectId
 from pymongo import DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from webhooks.db import Collections, Doc
 from webhooks.models import PreviousSecret, Webhook
@@ -16,6 +18,38 @@ class WebhookRepository:
     def __init__(self, cols: Collections) -> None:
         self._col = cols.webhooks
 
+    async def insert_within_limit(
+        self,
+        account_id: ObjectId,
+        name: str,
+        url: str,
+        events: list[str],
+        secret_enc: str,
+        limit: int,
+        fields: Doc | None = None,  # endpoint controls (filter, headers, ordering), max_in_flight
+    ) -> Webhook | None:
+        """Insert a webhook unless the account already has ``limit``; None when it has.
+
+        Each webhook holds one of the account's quota slots ``0 .. limit-1`` (unique per account, index
+        ``account_quota_slot``), so concurrent creates cannot pass the limit together and never count each
+        other: exactly ``limit - count`` of them succeed. Webhooks stored before slots existed count too.
+        """
+        while True:
+            held = await self._col.find({"account_id": account_id}, {"quota_slot": 1}).to_list()
+            if len(held) >= limit:
+                return None
+            used = {d["quota_slot"] for d in held if isinstance(d.get("quota_slot"), int)}
+            legacy = sum(1 for d in held if not isinstance(d.get("quota_slot"), int))
+            free = [slot for slot in range(limit - legacy) if slot not in used]
+            random.shuffle(free)  # racing creates mostly try different slots
+            for slot in free:
+                try:
+                    return await self._insert(account_id, name, url, events, secret_enc, slot, fields)
+                except DuplicateKeyError:
+                    continue  # another create took this slot meanwhile
+            if not free:
+                return None
+
     async def insert(
         self,
         account_id: ObjectId,
@@ -26,6 +60,20 @@ class WebhookRepository:
         extra: Doc | None = None,  # endpoint controls: filter, headers, ordering
         *,
         max_in_flight: int | None = None,
+    ) -> Webhook:
+        """Insert without the limit (tools and fixtures); the webhook still counts toward it."""
+        fields = {**(extra or {}), "max_in_flight": max_in_flight}
+        return await self._insert(account_id, name, url, events, secret_enc, None, fields)
+
+    async def _insert(
+        self,
+        account_id: ObjectId,
+        name: str,
+        url: str,
+        events: list[str],
+        secret_enc: str,
+        slot: int | None,
+        fields: Doc | None,
     ) -> Webhook:
         now = utcnow()
         doc: Doc = {
@@ -39,11 +87,13 @@ class WebhookRepository:
             "consecutive_failures": 0,
             "disabled_reason": None,
             "disabled_at": None,
-            "max_in_flight": max_in_flight,
+            "max_in_flight": None,
             "created_at": now,
             "updated_at": now,
-            **(extra or {}),
+            **(fields or {}),
         }
+        if slot is not None:
+            doc["quota_slot"] = slot
         result = await self._col.insert_one(doc)
         doc["_id"] = result.inserted_id
         return Webhook.from_doc(doc)

@@ -24,6 +24,7 @@ from webhooks.services.webhook_cache import WebhookCache
 from webhooks.services.webhooks import not_found
 from webhooks.settings import Settings
 from webhooks.timeutil import as_utc, utcnow
+from webhooks.validation import check_replay
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class DeliveryService:
         if idempotency_key is not None:
             earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, window_start)
             if earlier is not None:
-                return await self._replay(earlier)
+                return await self._replay(earlier, event.value)
             await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
         targets = await self._webhook_cache.subscribed(who.account_id, event.value)
         targets = [w for w in targets if w.accepts(body)]  # payload filters (webhooks.filters)
@@ -103,7 +104,7 @@ class DeliveryService:
                 raise UserErrors.one(
                     "idempotencyKey", ErrorCode.CONFLICT, "idempotencyKey is in use, try again"
                 )
-            return await self._replay(earlier)
+            return await self._replay(earlier, event.value)
         limits = {w.id: w.in_flight_limit(self._settings.webhook_max_in_flight) for w in targets}
         await self._enqueue(
             [
@@ -143,11 +144,13 @@ class DeliveryService:
         expires = event.created_at + self._retention
         return [delivery_doc(event.pending_delivery(p), expires_at=expires) for p in event.planned if p.held]
 
-    async def _replay(self, event: Event) -> Published:
+    async def _replay(self, event: Event, requested: str) -> Published:
         """A repeated idempotency key: complete a fan-out that was cut short; send nothing new.
 
-        (A first attempt that was planned but never queued is put back in its lane by the sweeper.)
+        (A first attempt that was planned but never queued is put back in its lane by the sweeper.) The
+        key answers only for the event it was first used with: another event name is a CONFLICT.
         """
+        check_replay(event.event, requested)
         await self._deliveries.insert_new(self._held_docs(event))
         ids = [p.delivery_id for p in event.planned]
         stored = await self._deliveries.stored_by_ids(ids)

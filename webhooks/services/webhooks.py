@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +22,7 @@ from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
 from webhooks.urls import normalize_url
+from webhooks.validation import clean_name, url_text_problem
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +30,13 @@ MAX_NAME_LENGTH = 100
 MAX_GRACE_HOURS = 168
 MAX_PREVIOUS_SECRETS = 5
 
-# A destination check (``webhooks.ssrf``) takes a normalized URL and raises ``UserErrors`` if refused.
-DestinationCheck = Callable[[str, str], Awaitable[None]]
+# A destination check (``webhooks.ssrf``) takes a normalized URL and raises ``UserErrors`` (field ``url``)
+# if its host is, or resolves to, a forbidden address.
+DestinationCheck = Callable[[str], Awaitable[None]]
 # Told about a webhook whose `enabled` a user changed (the live feed: ``Publisher.webhook_status``).
 StatusNotifier = Callable[[Webhook], Awaitable[None]]
 # Told about every created, changed or deleted webhook: (webhook id, account id).
 ChangeNotifier = Callable[[ObjectId, ObjectId], Awaitable[None]]
-
-
-async def no_destination_check(url: str, field: str) -> None:
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +46,7 @@ class CreatedWebhook:
 
 
 def _name(raw: str, errors: list[UserError]) -> str:
-    name = raw.strip()
-    if not name:
-        errors.append(UserError("name", ErrorCode.REQUIRED, "name must not be empty"))
-    elif len(name) > MAX_NAME_LENGTH:
-        errors.append(
-            UserError("name", ErrorCode.TOO_LONG, f"name must be at most {MAX_NAME_LENGTH} characters")
-        )
-    return name
+    return clean_name("name", raw, MAX_NAME_LENGTH, errors)
 
 
 def _max_in_flight(raw: int, cap: int, errors: list[UserError]) -> int:
@@ -76,7 +68,7 @@ class WebhookService:
         repo: WebhookRepository,
         box: SecretBox,
         settings: Settings,
-        check_destination: DestinationCheck = no_destination_check,
+        check_destination: DestinationCheck,
         notify_status: StatusNotifier | None = None,
         apply_limit: StatusNotifier | None = None,
         changed: ChangeNotifier | None = None,
@@ -90,9 +82,12 @@ class WebhookService:
         self._notify_status = notify_status
 
     async def _url(self, raw: str, errors: list[UserError]) -> str:
+        if problem := url_text_problem(raw):
+            errors.append(UserError("url", ErrorCode.INVALID_URL, f"url {problem}"))
+            return raw
         try:
-            url = normalize_url(raw, allow_http=self._settings.allow_http)
-            await self._check_destination(url, "url")
+            url = normalize_url(unicodedata.normalize("NFC", raw), allow_http=self._settings.allow_http)
+            await self._check_destination(url)
         except UserErrors as exc:
             errors.extend(exc.errors)
             return raw
@@ -117,32 +112,27 @@ class WebhookService:
         if errors:
             raise UserErrors(errors)
         limit = self._settings.max_webhooks_per_account
-        over_limit = UserErrors.one(
-            None, ErrorCode.LIMIT_EXCEEDED, f"an account can have at most {limit} webhooks"
-        )
-        if await self._repo.count(who.account_id) >= limit:
-            raise over_limit
         secret = new_signing_secret()
-        webhook = await self._repo.insert(
-            who.account_id,
-            clean_name,
-            clean_url,
-            clean_events,
-            self._box.encrypt(secret),
-            extra,
-            max_in_flight=max_in_flight,
+        fields = {**(extra or {}), "max_in_flight": max_in_flight}
+        webhook = await self._repo.insert_within_limit(
+            who.account_id, clean_name, clean_url, clean_events, self._box.encrypt(secret), limit, fields
         )
-        # Concurrent creates can pass the check together: count again and take ours back if over.
-        if await self._repo.count(who.account_id) > limit:
-            await self._repo.delete(who.account_id, webhook.id)
-            raise over_limit
+        if webhook is None:
+            raise UserErrors.one(
+                None, ErrorCode.LIMIT_EXCEEDED, f"an account can have at most {limit} webhooks"
+            )
         await self._notify_changed(webhook.id, who.account_id)
         return CreatedWebhook(webhook, secret)
 
-    async def get(self, who: Principal, webhook_id: str) -> Webhook:
-        """The caller's webhook, or NOT_FOUND: another account's id answers exactly like an unknown one."""
-        oid = parse_id(webhook_id)
-        webhook = await self._repo.get(who.account_id, oid)
+    async def get(self, who: Principal, webhook_id: str) -> Webhook | None:
+        """The caller's webhook, or None: another account's id answers exactly like an unknown one.
+
+        A malformed id is refused (``INVALID_ID``). The same convention as ``DeliveryService.get``.
+        """
+        return await self._repo.get(who.account_id, parse_id(webhook_id))
+
+    async def _existing(self, who: Principal, webhook_id: str) -> Webhook:
+        webhook = await self.get(who, webhook_id)
         if webhook is None:
             raise not_found("webhook", webhook_id)
         return webhook
@@ -162,7 +152,8 @@ class WebhookService:
         controls: EndpointControls = NO_CONTROLS,
         max_in_flight: int | None = None,
     ) -> Webhook:
-        oid = parse_id(webhook_id)
+        # The id first: an unknown webhook is NOT_FOUND whatever else is wrong (and its URL is not resolved).
+        before = await self._existing(who, webhook_id)
         errors: list[UserError] = []
         changes: dict[str, Any] = {}
         if max_in_flight is not None:
@@ -182,14 +173,13 @@ class WebhookService:
         elif enabled is False:
             changes.update(enabled=False, disabled_reason="Disabled by a user", disabled_at=utcnow())
         if not changes:
-            return await self.get(who, webhook_id)
-        # Only a real disable/re-enable is announced on the live feed, so read the state it replaces.
-        before = await self._repo.get(who.account_id, oid) if enabled is not None else None
-        webhook = await self._repo.update(who.account_id, oid, changes)
+            return before
+        webhook = await self._repo.update(who.account_id, before.id, changes)
         if webhook is None:
             raise not_found("webhook", webhook_id)
         await self._notify_changed(webhook.id, who.account_id)
-        if before is not None and before.enabled != webhook.enabled:
+        # Only a real disable/re-enable is announced on the live feed.
+        if enabled is not None and before.enabled != webhook.enabled:
             await self._announce_status(webhook)
         if max_in_flight is not None and self._apply_limit is not None:
             try:
@@ -231,7 +221,7 @@ class WebhookService:
                 ErrorCode.INVALID,
                 f"gracePeriodHours must be between 0 and {MAX_GRACE_HOURS}",
             )
-        webhook = await self.get(who, webhook_id)
+        webhook = await self._existing(who, webhook_id)
         now = utcnow()
         previous: list[PreviousSecret] = []
         if grace_period_hours > 0:

@@ -1,4 +1,4 @@
-"""Correlation ids for unexpected errors: one place that makes them, shared with request logging.
+"""Request (correlation) ids: one place that makes them, shared by request logging and masked errors.
 
 The id is the request's ``X-Request-ID`` header when the client (or a proxy) sent a sane one,
 else a fresh random one. Clients see only ``Unexpected error (ref <id>)``; the log has the
