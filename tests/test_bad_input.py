@@ -274,7 +274,7 @@ async def test_several_operations_need_an_operation_name(http: httpx.AsyncClient
     assert body.get("data") is None
     # with one: that one runs
     named = await post(http, account, json.dumps({"query": document, "operationName": "A"}).encode())
-    assert len(named.json()["data"]["eventTypes"]) == 16
+    assert len(named.json()["data"]["eventTypes"]) == 20
     # a non-string operationName is a 400
     wrong = await post(http, account, json.dumps({"query": document, "operationName": 5}).encode())
     assert wrong.status_code == 400
@@ -353,7 +353,7 @@ async def test_graphql_response_json_gets_the_specs_status_codes(
     ok = await post(http, account, json.dumps({"query": "{ eventTypes { name } }"}).encode(), **accept)
     assert ok.status_code == 200
     assert ok.headers["content-type"].startswith("application/graphql-response+json")
-    assert len(ok.json()["data"]["eventTypes"]) == 16
+    assert len(ok.json()["data"]["eventTypes"]) == 20
     # with application/json, the same request error stays a 200 with data null
     legacy = await post(http, account, json.dumps({"query": "{ nope }"}).encode(), Accept="application/json")
     assert legacy.status_code == 200
@@ -388,7 +388,7 @@ async def test_content_type_is_case_insensitive(http: httpx.AsyncClient, account
         },
     )
     assert response.status_code == 200
-    assert len(response.json()["data"]["eventTypes"]) == 16
+    assert len(response.json()["data"]["eventTypes"]) == 20
 
 
 async def test_connection_init_with_a_null_payload_is_read_as_no_credentials(api_url: str) -> None:

@@ -122,7 +122,7 @@ async def test_mutations_over_get_are_refused_and_queries_answered(
     # while a query over GET is answered
     answered = await http.get("/graphql", params={"query": "{ eventTypes { name } }"}, headers=headers)
     assert answered.status_code == 200
-    assert len(answered.json()["data"]["eventTypes"]) == 16
+    assert len(answered.json()["data"]["eventTypes"]) == 20
 
 
 async def test_batched_requests_are_refused(http: httpx.AsyncClient, account: Account, core: Core) -> None:
