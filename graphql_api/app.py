@@ -29,6 +29,7 @@ from graphql_api.security import RequestGuard
 from graphql_api.subscriptions import PARSERS
 from webhooks import metrics
 from webhooks.core import Core, open_core
+from webhooks.redis_conn import RedisTarget
 from webhooks.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             view.core = core
             app.state.core = core
             # One Redis pub/sub reader per process for every subscription (graphql_api/feed.py).
-            assert settings.redis_url, "WEBHOOKS_REDIS_URL is not set"
-            app.state.feed = await stack.enter_async_context(Feed(settings.redis_url, PARSERS))
+            app.state.feed = await stack.enter_async_context(Feed(RedisTarget.of(settings), PARSERS))
             yield
 
     return Starlette(routes=routes(settings, view), middleware=middleware(settings), lifespan=lifespan)

@@ -9,6 +9,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from bson import ObjectId
 
+from webhooks.redis_conn import RedisTarget
 from webhooks.settings import Settings
 
 DELIVER_JOB = "deliver"
@@ -65,9 +66,8 @@ class JobState(Enum):
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    if not settings.redis_url:
-        raise RuntimeError("WEBHOOKS_REDIS_URL is not set: use `webhooks dev` for the embedded default")
-    return RedisSettings.from_dsn(settings.redis_url)
+    """One Redis server or a Sentinel-monitored master (``webhooks.redis_conn``)."""
+    return RedisTarget.of(settings).arq_settings()
 
 
 class DeliveryQueue:
