@@ -26,6 +26,7 @@ from graphql_api.health import health_routes
 from graphql_api.observability import RequestIdMiddleware
 from graphql_api.schema import schema
 from graphql_api.security import RequestGuard
+from graphql_api.shared_subscriptions import Hub, SharedSubscriptionsHandler, encode_json
 from graphql_api.subscriptions import PARSERS
 from webhooks import metrics
 from webhooks.core import Core, open_core
@@ -39,6 +40,9 @@ MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
 
 
 class GraphQLView(GraphQL[Context, None]):
+    # Identical subscriptions share one execution and one encoding per message (shared_subscriptions.py).
+    graphql_transport_ws_handler_class = SharedSubscriptionsHandler
+
     def __init__(self, settings: Settings) -> None:
         super().__init__(
             schema,
@@ -55,6 +59,10 @@ class GraphQLView(GraphQL[Context, None]):
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
         )
         self.core: Core | None = None
+        self.hub = Hub()
+
+    def encode_json(self, data: object) -> str:
+        return encode_json(data)
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         assert self.core is not None, "the app lifespan has not started"
