@@ -17,9 +17,11 @@ from pymongo import AsyncMongoClient
 from bench.figures import FIGURES, Ctx, Result
 from bench.p6 import p6
 from bench.procs import CACHE_DIR, stack
+from bench.scale import SCALE_FIGURES
 
-ALL = ["p1", "p2", "p3", "p4", "p5", "p6", "p7"]
-ORDER = ["p2", "p1", "p3", "p4", "p5", "p7", "p6"]  # P2 first: latency and idle CPU on a quiet system
+ALL = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p9", "p10"]
+# P2 first: latency and idle CPU on a quiet system
+ORDER = ["p2", "p1", "p3", "p4", "p5", "p7", "p9", "p10", "p6"]
 
 
 def log(message: str) -> None:
@@ -46,7 +48,7 @@ async def main_figures(selected: list[str], quick: bool, profile: bool, results:
                         log(f"{name.upper()} ...")
                         t0 = time.perf_counter()
                         try:
-                            await FIGURES[name](ctx)
+                            await {**FIGURES, **SCALE_FIGURES}[name](ctx)
                         except Exception as exc:
                             print(f"{name.upper()}: error ({type(exc).__name__}: {exc})", flush=True)
                         log(f"{name.upper()} took {time.perf_counter() - t0:.0f} s")
