@@ -25,10 +25,12 @@ from graphql_api.health import health_routes
 from graphql_api.observability import RequestIdMiddleware
 from graphql_api.schema import build_schema
 from graphql_api.security import RequestGuard
+from graphql_api.shared_subscriptions import Hub, SharedSubscriptionsHandler, encode_json
 from graphql_api.subscriptions import PARSERS
 from graphql_api.transport import GraphQLOverHTTP
 from webhooks import metrics
 from webhooks.core import Core, open_core
+from webhooks.redis_conn import RedisTarget
 from webhooks.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,9 @@ MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
 
 
 class GraphQLView(GraphQLOverHTTP):
+    # Identical subscriptions share one execution and one encoding per message (shared_subscriptions.py).
+    graphql_transport_ws_handler_class = SharedSubscriptionsHandler
+
     def __init__(self, settings: Settings) -> None:
         super().__init__(
             build_schema(settings),
@@ -55,6 +60,10 @@ class GraphQLView(GraphQLOverHTTP):
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
         )
         self.core: Core | None = None
+        self.hub = Hub()
+
+    def encode_json(self, data: object) -> str:
+        return encode_json(data)
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         assert self.core is not None, "the app lifespan has not started"
@@ -95,8 +104,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             view.core = core
             app.state.core = core
             # One Redis pub/sub reader per process for every subscription (graphql_api/feed.py).
-            assert settings.redis_url, "WEBHOOKS_REDIS_URL is not set"
-            app.state.feed = await stack.enter_async_context(Feed(settings.redis_url, PARSERS))
+            app.state.feed = await stack.enter_async_context(Feed(RedisTarget.of(settings), PARSERS))
             yield
 
     return Starlette(routes=routes(settings, view), middleware=middleware(settings), lifespan=lifespan)

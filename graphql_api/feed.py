@@ -36,6 +36,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from webhooks.redis_conn import RedisTarget
+
 log = logging.getLogger(__name__)
 
 # Bound of each subscription's queue.  Module-level so tests can shrink it (read at subscribe time).
@@ -128,7 +130,7 @@ class FeedStats:
 class Feed:
     """Redis pub/sub → per-subscription queues, indexed by channel and account."""
 
-    redis_url: str
+    redis: RedisTarget | str  # a plain URL is shorthand for RedisTarget(url)
     parsers: Mapping[str, Parser]
     health_check_interval: float = HEALTH_CHECK_INTERVAL
     stats: FeedStats = field(default_factory=FeedStats)
@@ -281,8 +283,8 @@ class Feed:
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _listen(self, first: bool) -> None:
-        redis: Redis = Redis.from_url(
-            self.redis_url,
+        target = RedisTarget(self.redis) if isinstance(self.redis, str) else self.redis
+        redis: Redis = target.client(
             health_check_interval=self.health_check_interval,
             socket_connect_timeout=5,
             socket_keepalive=True,

@@ -32,6 +32,7 @@ from graphql import GraphQLError
 
 from graphql_api.context import Info
 from graphql_api.feed import Feed, FeedClosed, SubscriberTooSlow
+from graphql_api.shared_subscriptions import IN_SHARED_STREAM
 from graphql_api.types import DeliveryAttempt, Webhook
 from webhooks import metrics
 from webhooks.errors import ErrorCode, UserErrors
@@ -110,7 +111,9 @@ async def _envelopes(
     feed: Feed, channel: str, account_id: str, webhook_id: str | None
 ) -> AsyncGenerator[Any, None]:
     """The values published for one subscriber, until the feed closes; a too-slow subscriber is ended."""
-    metrics.subscription_opened()
+    counted = not IN_SHARED_STREAM.get()  # a shared stream's members are counted one by one
+    if counted:
+        metrics.subscription_opened()
     try:
         with feed.subscribe(channel, account_id, webhook_id) as sub:
             while True:
@@ -122,7 +125,8 @@ async def _envelopes(
                     return
                 yield envelope.value
     finally:
-        metrics.subscription_closed()
+        if counted:
+            metrics.subscription_closed()
 
 
 async def _attempts(

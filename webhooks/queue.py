@@ -10,15 +10,15 @@ from __future__ import annotations
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from webhooks.lanes import Lanes
+from webhooks.redis_conn import RedisTarget
 from webhooks.settings import Settings
 
 SWEEP_JOB = "sweep"
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    if not settings.redis_url:
-        raise RuntimeError("WEBHOOKS_REDIS_URL is not set: use `webhooks dev` for the embedded default")
-    return RedisSettings.from_dsn(settings.redis_url)
+    """One Redis server or a Sentinel-monitored master (``webhooks.redis_conn``)."""
+    return RedisTarget.of(settings).arq_settings()
 
 
 async def connect_redis(settings: Settings) -> ArqRedis:

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     mongodb_url: str | None = None
     mongodb_database: str = "webhooks"
     redis_url: str | None = None
+    # Redis Sentinel (``host:port,host:port``) and the monitored master's name: both set, or neither.
+    # With sentinels, WEBHOOKS_REDIS_URL is optional and only lends its database, user and password.
+    redis_sentinels: Annotated[tuple[str, ...], NoDecode] = ()
+    redis_sentinel_master: str | None = None
 
     # Destinations.
     allow_http: bool = False
@@ -112,7 +116,7 @@ class Settings(BaseSettings):
             return value
         return value.strip().lower() if value.strip().lower() in ("json", "text") else value.strip().upper()
 
-    @field_validator("secret_keys", "allowed_origins", mode="before")
+    @field_validator("secret_keys", "allowed_origins", "redis_sentinels", mode="before")
     @classmethod
     def _parse_csv(cls, value: object) -> object:
         value = _split_csv(value)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from webhooks.redis_conn import RedisConfigError, RedisTarget
 from webhooks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,11 @@ async def live_workers(redis: Redis, settings: Settings) -> list[WorkerSeen]:
 
 async def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
     """(healthy, message) for ``webhooks worker --check``."""
-    if not settings.redis_url:
-        return False, "WEBHOOKS_REDIS_URL is not set"
-    redis: Redis = Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        target = RedisTarget.of(settings)
+    except RedisConfigError as exc:
+        return False, str(exc)
+    redis: Redis = target.client(socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         async with asyncio.timeout(timeout):
             workers = await live_workers(redis, settings)

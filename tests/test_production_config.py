@@ -1,0 +1,92 @@
+"""Production connection shapes (docs/production.md): MongoDB replica-set URLs, and the start-up index
+creation that every API and worker process runs at once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from pymongo import AsyncMongoClient
+from pymongo.uri_parser import parse_uri
+
+from webhooks.db import INDEXES, connect
+from webhooks.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def documented_replica_set_url() -> str:
+    text = (ROOT / "docs" / "production.md").read_text()
+    match = re.search(r"WEBHOOKS_MONGODB_URL=(mongodb://\S+replicaSet=\S+)", text)
+    assert match, "docs/production.md documents the replica-set URL"
+    return match.group(1).strip("'\"`")
+
+
+def test_the_documented_replica_set_url_asks_for_majority_writes_and_retryable_writes() -> None:
+    # given the URL shape docs/production.md tells operators to use
+    url = documented_replica_set_url()
+    options = parse_uri(url)["options"]
+    # then it names the replica set, acknowledges writes on a majority, and retries writes across failovers
+    assert options["replicaSet"] == "rs0"
+    assert options["w"] == "majority"
+    assert options["retryWrites"] is True
+    assert len(parse_uri(url)["nodelist"]) == 3
+    # and the client the service builds from it keeps those options
+    client = connect(Settings(mongodb_url=url))
+    assert client.options.retry_writes is True
+    assert client.options.write_concern.document == {"w": "majority"}
+    assert client.options.replica_set_name == "rs0"
+
+
+def test_the_embedded_store_keeps_retryable_writes_off(mongodb_url: str) -> None:
+    # SecantusDB (dev and tests) has no cheap retryable writes: its URL switches them off
+    assert parse_uri(mongodb_url)["options"]["retryWrites"] is False
+    source = (ROOT / "webhooks" / "embedded.py").read_text()
+    assert "retryWrites=false" in source
+
+
+START = """
+import asyncio, sys
+from webhooks.core import open_store
+from webhooks.settings import Settings
+
+async def main() -> None:
+    async with open_store(Settings(mongodb_url=sys.argv[1], mongodb_database=sys.argv[2])):
+        pass
+
+asyncio.run(main())
+"""
+
+
+async def test_many_processes_starting_at_once_create_every_index_exactly_once(mongodb_url: str) -> None:
+    # given an empty database and 4 processes starting together (as a rollout starts API and worker pods)
+    database = f"startup_{uuid.uuid4().hex[:8]}"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            START,
+            mongodb_url,
+            database,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    results = [await p.communicate() for p in procs]
+    # then every one started (no start-up race fails a process)
+    assert [p.returncode for p in procs] == [0] * 4, [err.decode()[-500:] for _, err in results]
+    # and every index exists once, as declared
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_url)
+    try:
+        for collection, models in INDEXES.items():
+            names = [ix["name"] async for ix in await client[database][collection].list_indexes()]
+            declared = [m.document["name"] for m in models]
+            assert sorted(n for n in names if n != "_id_") == sorted(declared), collection
+    finally:
+        await client.drop_database(database)
+        await client.close()
