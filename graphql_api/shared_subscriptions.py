@@ -45,7 +45,6 @@ import orjson
 from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from graphql.error import GraphQLSyntaxError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
     Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import Message, NextMessage
@@ -54,6 +53,7 @@ from strawberry.utils.aio import aclosing
 
 from graphql_api import feed as feed_module
 from graphql_api.context import Context
+from graphql_api.transport import NullPayloadTransportWS
 from webhooks import metrics
 
 log = logging.getLogger(__name__)
@@ -312,8 +312,9 @@ def _subscription_field(query: str, operation_name: str | None) -> str | None:
     return name.value if name is not None else None
 
 
-class SharedSubscriptionsHandler(BaseGraphQLTransportWSHandler[Context, None]):
-    """graphql-transport-ws with shared subscriptions (see the module docstring)."""
+class SharedSubscriptionsHandler(NullPayloadTransportWS):
+    """graphql-transport-ws with shared subscriptions (see the module docstring); a null
+    ``connection_init`` payload is read as none."""
 
     _outbox: Outbox | None = None
 

@@ -188,7 +188,8 @@ async def test_a_primary_killed_with_retries_pending_loses_nothing_and_the_feed_
         )
         async with run_stack(settings, worker=False) as stack, supervised_worker(env, tmp_path) as worker:
             await _scenario(stack, receiver, cluster, stack.http.base_url)
-            print(f"\nworker process restarts during the failover: {worker.restarts}")
+            # the worker process rode out the failover itself (it restarts its arq worker in-process)
+            assert worker.restarts == 0
 
 
 @dataclass

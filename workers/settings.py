@@ -11,10 +11,13 @@ import contextlib
 import logging
 import math
 import signal
+import time
 from typing import Any
 
 from arq import cron
 from arq.worker import Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webhooks import metrics
 from webhooks.core import open_core
@@ -128,5 +131,25 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
     return worker
 
 
+RESTART_FIRST_WAIT = 1.0
+RESTART_MAX_WAIT = 30.0
+
+
 def run_worker(settings: Settings) -> None:
-    build_worker(settings).run()
+    """Run the worker; if it loses Redis (a failover, a restart), start it again after a back-off.
+
+    arq's poll loop ends on a Redis connection error; the lanes, slots and sweeper rebuild everything from
+    MongoDB, so a fresh worker in the same process is the whole recovery.
+    """
+    wait = RESTART_FIRST_WAIT
+    while True:
+        started = time.monotonic()
+        try:
+            build_worker(settings).run()
+            return  # stopped by a signal
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if time.monotonic() - started > RESTART_MAX_WAIT:
+                wait = RESTART_FIRST_WAIT  # it ran fine for a while: start over quickly
+            log.warning("worker lost Redis (%s); starting again in %.0f s", type(exc).__name__, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, RESTART_MAX_WAIT)
