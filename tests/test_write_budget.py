@@ -122,7 +122,8 @@ async def all_written(stack: Stack, account_id: str, events: int) -> None:
     query = {"account_id": ObjectId(account_id), "status": "SUCCEEDED"}
 
     async def done() -> bool:
-        return await stack.core.cols.deliveries.count_documents(query) >= FAN_OUT * events
+        count: int = await stack.core.cols.deliveries.count_documents(query)
+        return count >= FAN_OUT * events
 
     await until(done)
 
