@@ -43,6 +43,17 @@ def sweep_seconds(settings: Settings) -> set[int]:
     return set(range(0, 60, step))
 
 
+class _QuietSweeps(logging.Filter):
+    """arq logs every job start and end at INFO: for the sweeper's cron ticks that is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (record.levelno <= logging.INFO and ("→ sweeper(" in message or "← sweeper " in message))
+
+
+logging.getLogger("arq.worker").addFilter(_QuietSweeps())
+
+
 def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bool = True) -> Worker:
     async def startup(ctx: dict[str, Any]) -> None:
         stack = contextlib.AsyncExitStack()
