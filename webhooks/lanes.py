@@ -210,6 +210,7 @@ while taken < max_items and visits < max_visits do
   local nxt = redis.call('ZRANGE', lane, 0, 0, 'WITHSCORES')
   if #nxt == 0 then
     redis.call('ZREM', sched, wh)
+    redis.call('HDEL', p .. ':limited', wh)
   elseif busy >= limit then
     if tonumber(nxt[2]) <= now then redis.call('HSET', p .. ':limited', wh, now) end
     local oldest = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
