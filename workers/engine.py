@@ -127,6 +127,7 @@ class DeliveryEngine:
         lane if the worker stops first (a cancelled attempt is made again later)."""
         key = (claimed.item.delivery_id, claimed.item.number)
         released = False
+        planned: Planned | None = None
         try:
             planned = await self._loader.call(claimed)
             if planned is None:
@@ -144,7 +145,8 @@ class DeliveryEngine:
                     await self._lanes.release([back], utcnow(), open_after=self._settings.breaker_open_after)
             raise
         finally:
-            self._in_flight.discard(key)
+            if planned is not None:  # this run marked the attempt as in flight (not a duplicate's run)
+                self._in_flight.discard(key)
 
     # -- load ------------------------------------------------------------------------------------------
 
