@@ -13,7 +13,7 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from webhooks.embedded import free_port
+from webhooks_cli.embedded import free_port
 
 
 class GraphQLClient:
@@ -83,7 +83,7 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def run_worker(settings: Any, *, sweeper: bool = True) -> AsyncIterator[Any]:
-    from workers.settings import build_worker
+    from workers.worker import build_worker
 
     worker = build_worker(settings, sweeper=sweeper, handle_signals=False)
     task = asyncio.create_task(worker.async_run())

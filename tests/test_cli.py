@@ -15,8 +15,8 @@ import httpx
 import psutil
 
 from graphql_api.schema import schema
-from webhooks.embedded import free_port
 from webhooks.settings import Settings
+from webhooks_cli.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def test_the_committed_schema_matches_the_code() -> None:
 
 def test_export_schema_prints_the_schema() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "webhooks.cli", "export-schema"],
+        [sys.executable, "-m", "webhooks_cli", "export-schema"],
         capture_output=True,
         text=True,
         check=True,
@@ -47,7 +47,7 @@ def test_create_account_prints_the_account_id_and_a_key(settings: Settings) -> N
         "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
     }
     result = subprocess.run(
-        [sys.executable, "-m", "webhooks.cli", "create-account", "Acme Recruiting"],
+        [sys.executable, "-m", "webhooks_cli", "create-account", "Acme Recruiting"],
         capture_output=True,
         text=True,
         env=env,
@@ -63,7 +63,7 @@ def test_create_account_prints_the_account_id_and_a_key(settings: Settings) -> N
 def test_create_account_without_a_database_says_what_to_do() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
     result = subprocess.run(
-        [sys.executable, "-m", "webhooks.cli", "create-account", "Acme"],
+        [sys.executable, "-m", "webhooks_cli", "create-account", "Acme"],
         capture_output=True,
         text=True,
         env=env,
@@ -81,7 +81,7 @@ def test_dev_starts_everything_answers_a_query_and_stops_cleanly_on_ctrl_c(tmp_p
         [
             sys.executable,
             "-m",
-            "webhooks.cli",
+            "webhooks_cli",
             "dev",
             "--port",
             str(port),
@@ -129,7 +129,7 @@ def test_dev_keeps_the_same_account_across_restarts(tmp_path: Path) -> None:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "webhooks.cli", "dev", "--port", str(port), "--data-dir", str(data)],
+            [sys.executable, "-m", "webhooks_cli", "dev", "--port", str(port), "--data-dir", str(data)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from webhooks.cli import build_parser
 from webhooks.settings import Settings
+from webhooks_cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

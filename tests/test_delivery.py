@@ -200,7 +200,7 @@ async def test_redirects_are_failures_and_never_followed(stack: Stack, receiver:
 
 
 async def test_a_refused_connection_is_a_failed_attempt(stack: Stack) -> None:
-    from webhooks.embedded import free_port
+    from webhooks_cli.embedded import free_port
 
     account = await stack.account()
     await create_webhook(account.gql, f"http://127.0.0.1:{free_port()}/nobody-listens")

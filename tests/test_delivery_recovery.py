@@ -18,7 +18,7 @@ from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, delivery, publish, wait_for_status
 from tests.receiver import Receiver, sleep, status
 from tests.support import GraphQLClient, Stack, run_stack
-from webhooks.embedded import free_port, spawn, stop, wait_for_port
+from webhooks_cli.embedded import free_port, spawn, stop, wait_for_port
 
 SCHEDULE = (0.0, 0.1)
 SPEC_RECEIVER = Path(__file__).with_name("spec_receiver.js")

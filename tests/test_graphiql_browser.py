@@ -37,8 +37,8 @@ from tests.conftest import make_settings
 from tests.delivery_support import create_webhook
 from tests.receiver import Receiver
 from tests.test_subscriptions import TEST_WEBHOOK, Api, run_api
-from webhooks.embedded import free_port
 from webhooks.pubsub import ATTEMPTS_CHANNEL
+from webhooks_cli.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"

@@ -14,11 +14,11 @@ from cryptography.fernet import Fernet
 from tests.conftest import make_settings
 from tests.receiver import Receiver, run_receiver
 from tests.support import Account, Stack, run_stack
-from webhooks.cli import rotate_encryption_key
 from webhooks.core import open_core
 from webhooks.crypto import SecretBox, new_signing_secret
 from webhooks.models import PreviousSecret, Webhook
 from webhooks.repositories.webhooks import WebhookRepository
+from webhooks_cli.main import rotate_encryption_key
 from workers.signing import spec_signature, standard_signature
 
 CREATE = """

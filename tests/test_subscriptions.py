@@ -35,11 +35,11 @@ from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import Receiver, status
 from tests.support import Account, GraphQLClient, run_worker, serve_asgi, service_env
 from webhooks.core import Core, open_core
-from webhooks.embedded import free_port, spawn, stop, wait_for_port
 from webhooks.models import Attempt, AttemptTrigger, DeliveryStatus, Scope
 from webhooks.pubsub import ATTEMPTS_CHANNEL, attempt_message
 from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
+from webhooks_cli.embedded import free_port, spawn, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSPORT_WS = "graphql-transport-ws"
@@ -417,7 +417,7 @@ def second_api(settings: Settings) -> Iterator[str]:
     """Another API process (``webhooks serve``) on the same MongoDB and Redis."""
     port = free_port()
     env = service_env(settings)
-    proc = spawn([sys.executable, "-m", "webhooks.cli", "serve", "--port", str(port)], env=env, quiet=True)
+    proc = spawn([sys.executable, "-m", "webhooks_cli", "serve", "--port", str(port)], env=env, quiet=True)
     try:
         wait_for_port(port, proc, "second API")
         yield f"http://127.0.0.1:{port}"
