@@ -649,39 +649,55 @@ async def test_webhook_status_changes_on_auto_disable_and_by_a_user(api: Api, re
         assert client.messages[one].empty() and client.messages[every].empty()
 
 
-async def test_the_feed_fans_out_to_a_thousand_subscribers_with_p99_under_50ms(api: Api) -> None:
+async def test_the_feed_fans_out_to_a_thousand_subscribers_each_getting_its_accounts_messages_in_order(
+    api: Api,
+) -> None:
     """1,000 subscribers (100 accounts × 10) on one Feed reading the real Redis: every message reaches the
-    10 subscribers of its account, p99 publish → dequeued well under 50 ms.  (The feed alone: WebSocket and
-    GraphQL execution costs per subscriber come on top and scale the same way.)"""
+    10 subscribers of its account, in publish order, and no other subscriber.  (The feed alone: WebSocket and
+    GraphQL execution costs per subscriber come on top. How fast is a benchmark figure: the latency is printed
+    here for information, never asserted.)"""
     assert api.settings.redis_url
-    feed = Feed(api.settings.redis_url, {ATTEMPTS_CHANNEL: lambda m: float(m["event"].split(":")[1])})
+    feed = Feed(api.settings.redis_url, {ATTEMPTS_CHANNEL: lambda m: str(m["event"])})
     accounts = [str(ObjectId()) for _ in range(100)]
     latencies: list[float] = []
     per_account = 10
+    received: dict[int, list[str]] = {}
     async with feed, contextlib.AsyncExitStack() as stack:
         subscribers = [
-            stack.enter_context(feed.subscribe(ATTEMPTS_CHANNEL, a)) for a in accounts for _ in range(10)
+            (a, stack.enter_context(feed.subscribe(ATTEMPTS_CHANNEL, a))) for a in accounts for _ in range(10)
         ]
 
-        async def consume(sub: Any) -> None:
+        async def consume(n: int, sub: Any) -> None:
+            got = received.setdefault(n, [])
             for _ in range(per_account):
                 envelope = await sub.get()
-                latencies.append(time.time() - envelope.value)
+                _, account, seq, sent = envelope.value.split(":")
+                latencies.append(time.time() - float(sent))
+                got.append(f"{account}:{seq}")
 
-        consumers = [asyncio.create_task(consume(sub)) for sub in subscribers]
+        consumers = [asyncio.create_task(consume(n, sub)) for n, (_, sub) in enumerate(subscribers)]
         redis = aioredis.from_url(api.settings.redis_url)
         try:
-            for _ in range(per_account):
+            for seq in range(per_account):
                 for a in accounts:
-                    attempt = fake_attempt(a, str(ObjectId()), event=f"load:{time.time()}", body="x" * 512)
+                    event = f"load:{a}:{seq}:{time.time()}"
+                    attempt = fake_attempt(a, str(ObjectId()), event=event, body="x" * 512)
                     await redis.publish(ATTEMPTS_CHANNEL, attempt_message(attempt))
                 await asyncio.sleep(0.05)  # 2,000 messages/s → 20,000 deliveries to queues/s
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(60):
                 await asyncio.gather(*consumers)
+            # (probe: one more message to the last account; once it is in, the reader has dispatched all)
+            last_account, last_sub = subscribers[-1]
+            probe = fake_attempt(last_account, str(ObjectId()), event=f"load:{last_account}:end:0")
+            await redis.publish(ATTEMPTS_CHANNEL, attempt_message(probe))
+            async with asyncio.timeout(60):
+                assert (await last_sub.get()).value == probe.event
         finally:
             await redis.aclose()
-    assert len(latencies) == len(subscribers) * per_account == 10_000
+        # then each subscriber got exactly its account's messages, in order, and nothing else is queued
+        for n, (account, sub) in enumerate(subscribers):
+            assert received[n] == [f"{account}:{seq}" for seq in range(per_account)]
+            assert sub.queue.qsize() == (1 if account == last_account and sub is not last_sub else 0)
     latencies.sort()
     p50, p99 = statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
-    print(f"\nfeed, 1,000 subscribers: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
-    assert p99 < 0.05
+    print(f"\nfeed, 1,000 subscribers: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms (not asserted)")
