@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,7 @@ from standardwebhooks import Webhook as StandardWebhook
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, delivery, publish, wait_for_status
 from tests.receiver import Receiver, sleep, status
-from tests.support import GraphQLClient, Stack, run_stack
+from tests.support import GraphQLClient, Stack, require_tool, run_stack
 from webhooks_cli.embedded import free_port, spawn, stop, wait_for_port
 
 SCHEDULE = (0.0, 0.1)
@@ -320,7 +319,6 @@ async def test_retry_delivery_refuses_a_pending_delivery_and_hides_other_account
 # -- the spec's Node.js receiver ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 async def test_the_specs_node_receiver_verifies_every_delivery(stack: Stack) -> None:
     # given two webhooks on a receiver written like the spec's Node.js example, which knows the first's secret
     account = await stack.account()
@@ -328,8 +326,7 @@ async def test_the_specs_node_receiver_verifies_every_delivery(stack: Stack) -> 
     url = f"http://127.0.0.1:{port}/webhook"
     good_id, secret = await create_webhook(account.gql, url, ["CANDIDATE_HIRED"], name="node")
     wrong_id, _ = await create_webhook(account.gql, url, ["OFFER_SENT"], name="node, other secret")
-    node = shutil.which("node")
-    assert node is not None
+    node = require_tool("node", hint="apt-get install nodejs")
     proc = spawn([node, str(SPEC_RECEIVER), str(port), secret], quiet=True)
     try:
         await asyncio.to_thread(wait_for_port, port, proc, "spec_receiver.js")

@@ -33,7 +33,7 @@ from graphql_api.feed import Feed
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import Receiver, status
-from tests.support import Account, GraphQLClient, run_worker, serve_asgi, service_env
+from tests.support import Account, GraphQLClient, missing_tool, run_worker, serve_asgi, service_env
 from webhooks.core import Core, open_core
 from webhooks.models import Attempt, AttemptTrigger, DeliveryStatus, Scope
 from webhooks.pubsub import ATTEMPTS_CHANNEL, attempt_message
@@ -566,7 +566,8 @@ async def test_the_feed_survives_a_redis_restart(
 ) -> None:
     binary = _redis_server()
     if binary is None:
-        pytest.skip("no redis-server or valkey binary to run a private Redis")
+        missing_tool("no redis-server or valkey binary to run a private Redis")
+        return
     port = free_port()
     settings = feed_settings(mongodb_url, tmp_path, redis_url=f"redis://127.0.0.1:{port}/0")
     p = path()
