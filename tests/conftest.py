@@ -77,7 +77,7 @@ def make_settings(mongodb_url: str, data_dir: Path, **overrides: object) -> Sett
 
 @pytest.fixture(scope="session")
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url)
+    client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
 

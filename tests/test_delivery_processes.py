@@ -138,7 +138,7 @@ async def test_a_redis_wipe_with_retries_pending_loses_nothing(
     account = await stack.account()
     p = f"/flaky/{uuid.uuid4().hex[:6]}"
     await create_webhook(account.gql, receiver.url(p, fails_first(2)))
-    redis = aioredis.from_url(session_redis_url())
+    redis = aioredis.Redis.from_url(session_redis_url())
     try:
         with workers(stack.settings, tmp_path) as start:
             start()

