@@ -37,8 +37,9 @@ async def main_figures(selected: list[str], quick: bool, profile: bool, results:
         shutil.rmtree(data_dir, ignore_errors=True)
         log("starting SecantusDB, Valkey, the API, one worker and the receiver ...")
         with stack(data_dir) as running:
-            mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(running.stores.mongodb_url,
-                                                                      tz_aware=True)
+            mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+                running.stores.mongodb_url, tz_aware=True
+            )
             try:
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
                     ctx = Ctx(running, session, mongo, quick, log, profile, emit)
@@ -67,10 +68,14 @@ async def main_figures(selected: list[str], quick: bool, profile: bool, results:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", default=",".join(ALL), help="comma-separated subset, e.g. p1,p2")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer events and shorter runs; P6 with 100,000 deliveries")
-    parser.add_argument("--profile", action="store_true",
-                        help="P1: record py-spy profiles of the worker and the API into bench/.cache/")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer events and shorter runs; P6 with 100,000 deliveries"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="P1: record py-spy profiles of the worker and the API into bench/.cache/",
+    )
     args = parser.parse_args()
     selected = [s.strip().lower() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in selected if s not in ALL]
@@ -82,7 +87,8 @@ def main() -> int:
     log(f"done in {time.perf_counter() - t0:.0f} s")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / ("results-quick.json" if args.quick else "results.json")).write_text(
-        json.dumps([asdict(r) for r in results], indent=1))
+        json.dumps([asdict(r) for r in results], indent=1)
+    )
     return 0
 
 

@@ -31,17 +31,24 @@ async def plain_deliveries(request: Request) -> Response:
     if who is None:
         return Response(status_code=401)
     oldest = utcnow() - timedelta(days=core.settings.delivery_retention_days + 1)
-    page = await core.delivery_repo.page(who.account_id, webhook_id=None, status=None, event=None,
-                                         first=20, after=None, oldest=oldest)
+    page = await core.delivery_repo.page(
+        who.account_id, webhook_id=None, status=None, event=None, first=20, after=None, oldest=oldest
+    )
     ids = [d.id for d in page.items]
     attempts: dict[object, list[dict[str, object]]] = {i: [] for i in ids}
-    cursor = core.cols.attempts.find({"delivery_id": {"$in": ids}},
-                                     {"delivery_id": 1, "number": 1, "status_code": 1})
+    cursor = core.cols.attempts.find(
+        {"delivery_id": {"$in": ids}}, {"delivery_id": 1, "number": 1, "status_code": 1}
+    )
     for a in await cursor.to_list():
         attempts[a["delivery_id"]].append({"number": a["number"], "statusCode": a.get("status_code")})
     edges = [
-        {"node": {"id": str(d.id), "status": d.status.value,
-                  "attempts": sorted(attempts[d.id], key=lambda a: a["number"])}}  # type: ignore[arg-type,return-value]
+        {
+            "node": {
+                "id": str(d.id),
+                "status": d.status.value,
+                "attempts": sorted(attempts[d.id], key=lambda a: a["number"]),  # type: ignore[arg-type,return-value]
+            }
+        }
         for d in page.items
     ]
     return Response(orjson.dumps({"data": {"deliveries": {"edges": edges}}}), media_type="application/json")
@@ -60,8 +67,15 @@ def main() -> None:
 
     configure_logging()
     # the same server options as `webhooks serve`
-    uvicorn.run(build(), host="127.0.0.1", port=int(sys.argv[1]), log_config=None, ws_max_size=1 << 20,
-                ws_per_message_deflate=False, timeout_graceful_shutdown=2)
+    uvicorn.run(
+        build(),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_config=None,
+        ws_max_size=1 << 20,
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=2,
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,16 @@ def _oid(at: datetime, counter: int) -> ObjectId:
     return ObjectId(int(at.timestamp()).to_bytes(4, "big") + counter.to_bytes(8, "big"))
 
 
-async def _insert(cols: Collections, account: ObjectId, webhooks: list[ObjectId], n: int,
-                  counter_base: int, watch: ObjectId, now: datetime, log: Any) -> list[ObjectId]:
+async def _insert(
+    cols: Collections,
+    account: ObjectId,
+    webhooks: list[ObjectId],
+    n: int,
+    counter_base: int,
+    watch: ObjectId,
+    now: datetime,
+    log: Any,
+) -> list[ObjectId]:
     """Insert ``n`` deliveries spread over the window; return ``watch``'s delivery ids, oldest first."""
     rng = random.Random(counter_base)
     start = now - RETENTION + timedelta(hours=1)
@@ -69,8 +77,15 @@ async def _insert(cols: Collections, account: ObjectId, webhooks: list[ObjectId]
         oid = _oid(at, counter_base + i)
         if webhook == watch:
             watched.append(oid)
-        doc = delivery_doc(delivery_id=oid, account_id=account, webhook_id=webhook, event_id=ObjectId(),
-                           event="job_application_created", now=at, retention=RETENTION)
+        doc = delivery_doc(
+            delivery_id=oid,
+            account_id=account,
+            webhook_id=webhook,
+            event_id=ObjectId(),
+            event="job_application_created",
+            now=at,
+            retention=RETENTION,
+        )
         doc.update(status="SUCCEEDED", attempt_count=1, next_attempt_at=None)
         batch.append(doc)
         if len(batch) == BATCH:
@@ -99,10 +114,12 @@ async def _build(n: int, log: Any) -> dict[str, Any]:
         key_small = running.create_account("P6 small")
         async with aiohttp.ClientSession() as session:
             recv = ReceiverControl(session, running.receiver_url)
-            large = await create_webhooks(GraphQL(session, running.api_url, key_large), recv,
-                                          [f"/ok/p6-{i}" for i in range(WEBHOOKS)])
-            small = await create_webhooks(GraphQL(session, running.api_url, key_small), recv,
-                                          ["/ok/p6-small"])
+            large = await create_webhooks(
+                GraphQL(session, running.api_url, key_large), recv, [f"/ok/p6-{i}" for i in range(WEBHOOKS)]
+            )
+            small = await create_webhooks(
+                GraphQL(session, running.api_url, key_small), recv, ["/ok/p6-small"]
+            )
         url = running.stores.mongodb_url
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
         try:
@@ -115,19 +132,39 @@ async def _build(n: int, log: Any) -> dict[str, Any]:
             assert hook_small is not None
             now = datetime.now(tz=UTC)
             t0 = time.perf_counter()
-            watched_large = await _insert(cols, account_large, [ObjectId(w) for w in large], n, 0,
-                                          ObjectId(large[0]), now, log)
-            watched_small = await _insert(cols, hook_small["account_id"], [ObjectId(small[0])], SMALL,
-                                          10**12, ObjectId(small[0]), now, log)
+            watched_large = await _insert(
+                cols, account_large, [ObjectId(w) for w in large], n, 0, ObjectId(large[0]), now, log
+            )
+            watched_small = await _insert(
+                cols,
+                hook_small["account_id"],
+                [ObjectId(small[0])],
+                SMALL,
+                10**12,
+                ObjectId(small[0]),
+                now,
+                log,
+            )
             seconds = time.perf_counter() - t0
         finally:
             await client.close()
     meta = {
-        "n": n, "built_at": time.time(), "build_seconds": seconds, "secret_key": secret_key,
-        "large": {"key": key_large, "webhook": large[0], "count": len(watched_large),
-                  "middle": encode_cursor(watched_large[len(watched_large) // 2])},
-        "small": {"key": key_small, "webhook": small[0], "count": len(watched_small),
-                  "middle": encode_cursor(watched_small[len(watched_small) // 2])},
+        "n": n,
+        "built_at": time.time(),
+        "build_seconds": seconds,
+        "secret_key": secret_key,
+        "large": {
+            "key": key_large,
+            "webhook": large[0],
+            "count": len(watched_large),
+            "middle": encode_cursor(watched_large[len(watched_large) // 2]),
+        },
+        "small": {
+            "key": key_small,
+            "webhook": small[0],
+            "count": len(watched_small),
+            "middle": encode_cursor(watched_small[len(watched_small) // 2]),
+        },
         "complete": True,
     }
     (directory / "meta.json").write_text(json.dumps(meta))

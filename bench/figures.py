@@ -103,8 +103,9 @@ class Ctx:
         oid: ObjectId = doc["account_id"]
         return oid
 
-    async def wait_status(self, ids: list[ObjectId], status: str, timeout: float,
-                          interval: float = 0.05) -> float:
+    async def wait_status(
+        self, ids: list[ObjectId], status: str, timeout: float, interval: float = 0.05
+    ) -> float:
         """Poll MongoDB until every delivery in ``ids`` has ``status``; return the perf_counter time.
 
         Each poll asks only about the deliveries not yet seen in ``status``, so the check itself stays a
@@ -126,8 +127,13 @@ class Ctx:
 
 async def run_process(module: str, spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, json.dumps(spec), env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        module,
+        json.dumps(spec),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     out, err = await proc.communicate()
     if proc.returncode != 0:
@@ -149,15 +155,29 @@ async def publish_many(gql: GraphQL, count: int, concurrency: int) -> list[Objec
     return ids
 
 
-SAMPLE_BODY = orjson.dumps({
-    "event": "job_application_created", "timestamp": "2024-01-20T10:30:00.000Z",
-    "data": {"log": {"action": "create_application", "resourceType": "job_application",
-                     "resourceId": "507f1f77bcf86cd799439011", "userId": "507f191e810c19729de860ea",
-                     "userName": "John Doe", "userEmail": "john@example.com",
-                     "timestamp": "2024-01-20T10:30:00.000Z"},
-             "details": {"method": "POST", "path": "/job-applications", "candidateName": "Jane Smith 1",
-                         "jobTitle": "Senior Developer"}},
-}).decode()
+SAMPLE_BODY = orjson.dumps(
+    {
+        "event": "job_application_created",
+        "timestamp": "2024-01-20T10:30:00.000Z",
+        "data": {
+            "log": {
+                "action": "create_application",
+                "resourceType": "job_application",
+                "resourceId": "507f1f77bcf86cd799439011",
+                "userId": "507f191e810c19729de860ea",
+                "userName": "John Doe",
+                "userEmail": "john@example.com",
+                "timestamp": "2024-01-20T10:30:00.000Z",
+            },
+            "details": {
+                "method": "POST",
+                "path": "/job-applications",
+                "candidateName": "Jane Smith 1",
+                "jobTitle": "Senior Developer",
+            },
+        },
+    }
+).decode()
 
 
 # ---------------------------------------------------------------------------------------------- P1
@@ -170,9 +190,21 @@ async def insert_ceiling(ctx: Ctx, batches: int) -> float:
     await col.create_indexes(INDEXES["deliveries"])
     now = datetime.now(tz=UTC)
     account, webhook = ObjectId(), ObjectId()
-    docs = [[delivery_doc(delivery_id=ObjectId(), account_id=account, webhook_id=webhook,
-                          event_id=ObjectId(), event="job_application_created", now=now,
-                          retention=timedelta(days=30)) for _ in range(100)] for _ in range(batches)]
+    docs = [
+        [
+            delivery_doc(
+                delivery_id=ObjectId(),
+                account_id=account,
+                webhook_id=webhook,
+                event_id=ObjectId(),
+                event="job_application_created",
+                now=now,
+                retention=timedelta(days=30),
+            )
+            for _ in range(100)
+        ]
+        for _ in range(batches)
+    ]
     started = time.perf_counter()
     for batch in docs:
         await col.insert_many(batch, ordered=False)
@@ -194,10 +226,19 @@ async def p1(ctx: Ctx) -> None:
     raw_secret = await _register_raw(ctx)
     profilers = _start_profilers(ctx) if ctx.profile else []
     for r in range(runs):
-        raw = await run_process("bench.loadgen", {
-            "url": ctx.recv.url + "/ok/p1-raw", "method": "POST", "body": SAMPLE_BODY,
-            "headers": {"Content-Type": "application/json"}, "secret": raw_secret,
-            "concurrency": 100, "duration": 2.0 if ctx.quick else 3.0}, ctx.stack.env)
+        raw = await run_process(
+            "bench.loadgen",
+            {
+                "url": ctx.recv.url + "/ok/p1-raw",
+                "method": "POST",
+                "body": SAMPLE_BODY,
+                "headers": {"Content-Type": "application/json"},
+                "secret": raw_secret,
+                "concurrency": 100,
+                "duration": 2.0 if ctx.quick else 3.0,
+            },
+            ctx.stack.env,
+        )
         baseline.append(raw["rps"])
         ceiling.append(await insert_ceiling(ctx, 10 if ctx.quick else 20))
         before = await ctx.recv.stats()
@@ -218,29 +259,60 @@ async def p1(ctx: Ctx) -> None:
         invalid_total += after["invalid"] - before["invalid"]
         measured.append(expected / (t_done - t0))
         publish_rates.append(events / (t_pub - t0))
-        ctx.log(f"  P1 run {r + 1}: {measured[-1]:.0f} deliveries/s (publish phase {t_pub - t0:.2f} s, "
-                f"{publish_rates[-1]:.0f} events/s); raw POST {baseline[-1]:.0f}/s; "
-                f"insert_many {ceiling[-1]:.0f} docs/s; CPU % of a core: "
-                + ", ".join(f"{k} {v:.0f}" for k, v in busy.items()))
+        ctx.log(
+            f"  P1 run {r + 1}: {measured[-1]:.0f} deliveries/s (publish phase {t_pub - t0:.2f} s, "
+            f"{publish_rates[-1]:.0f} events/s); raw POST {baseline[-1]:.0f}/s; "
+            f"insert_many {ceiling[-1]:.0f} docs/s; CPU % of a core: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in busy.items())
+        )
     for proc in profilers:
         proc.send_signal(signal.SIGINT)
         await asyncio.to_thread(proc.wait, 60)
     value, base = med(measured), med(baseline)
-    ctx.emit(Result("P1 throughput", value, "deliveries/s", base, "req/s raw aiohttp POST, 100 concurrent",
-                    value / base, "ratio >= 0.5",
-                    f"{hooks} webhooks x {events} events, {invalid_total} invalid signatures"))
-    ctx.emit(Result("P1 publishEvent rate (during P1)", med(publish_rates), "events/s",
-                    note=f"10 concurrent callers, {hooks} deliveries each"))
+    ctx.emit(
+        Result(
+            "P1 throughput",
+            value,
+            "deliveries/s",
+            base,
+            "req/s raw aiohttp POST, 100 concurrent",
+            value / base,
+            "ratio >= 0.5",
+            f"{hooks} webhooks x {events} events, {invalid_total} invalid signatures",
+        )
+    )
+    ctx.emit(
+        Result(
+            "P1 publishEvent rate (during P1)",
+            med(publish_rates),
+            "events/s",
+            note=f"10 concurrent callers, {hooks} deliveries each",
+        )
+    )
     store = med(ceiling)
-    ctx.emit(Result("P1 store insert_many ceiling", store, "docs/s", value, "deliveries/s P1 throughput",
-                    value / store, note="batches of 100 delivery docs, deliveries indexes"))
+    ctx.emit(
+        Result(
+            "P1 store insert_many ceiling",
+            store,
+            "docs/s",
+            value,
+            "deliveries/s P1 throughput",
+            value / store,
+            note="batches of 100 delivery docs, deliveries indexes",
+        )
+    )
 
 
 def _cpu(ctx: Ctx) -> dict[str, float]:
     """CPU seconds used so far by each process of the stack."""
     assert ctx.stack.worker is not None
-    pids = {"SecantusDB": ctx.stack.stores.processes[0].pid, "Valkey": ctx.stack.stores.processes[1].pid,
-            "API": ctx.stack.api.pid, "worker": ctx.stack.worker.pid, "receiver": ctx.stack.receiver.pid}
+    pids = {
+        "SecantusDB": ctx.stack.stores.processes[0].pid,
+        "Valkey": ctx.stack.stores.processes[1].pid,
+        "API": ctx.stack.api.pid,
+        "worker": ctx.stack.worker.pid,
+        "receiver": ctx.stack.receiver.pid,
+    }
     out = {}
     for name, pid in pids.items():
         t = psutil.Process(pid).cpu_times()
@@ -258,8 +330,19 @@ def _start_profilers(ctx: Ctx) -> list[subprocess.Popen[bytes]]:
     procs = []
     for name, pid in (("worker", ctx.stack.worker.pid), ("api", ctx.stack.api.pid)):
         out = CACHE_DIR / f"p1-{name}.collapsed"
-        args = [str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
-                "--nonblocking", "--output", str(out)]
+        args = [
+            str(exe),
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ]
         procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         ctx.log(f"  --profile: py-spy on the {name} -> {out}")
     return procs
@@ -282,9 +365,13 @@ async def p2(ctx: Ctx) -> None:
     import hashlib
     import hmac
 
-    raw_headers = {"Content-Type": "application/json", "X-Webhook-Signature":
-                   hmac.new(raw_secret.encode(), SAMPLE_BODY.encode(), hashlib.sha256).hexdigest(),
-                   "X-Webhook-Delivery": ""}
+    raw_headers = {
+        "Content-Type": "application/json",
+        "X-Webhook-Signature": hmac.new(
+            raw_secret.encode(), SAMPLE_BODY.encode(), hashlib.sha256
+        ).hexdigest(),
+        "X-Webhook-Delivery": "",
+    }
     await publish_many(gql, 3, 1)
     await asyncio.sleep(0.5)
     p50s, p99s, b50s, b99s = [], [], [], []
@@ -298,8 +385,11 @@ async def p2(ctx: Ctx) -> None:
             await asyncio.sleep(0.04)
             tag = f"raw-{r}-{n}"
             sent[tag] = time.time()
-            async with ctx.session.post(ctx.recv.url + "/ok/p1-raw", data=SAMPLE_BODY,
-                                        headers={**raw_headers, "X-Webhook-Delivery": tag}) as resp:
+            async with ctx.session.post(
+                ctx.recv.url + "/ok/p1-raw",
+                data=SAMPLE_BODY,
+                headers={**raw_headers, "X-Webhook-Delivery": tag},
+            ) as resp:
                 await resp.read()
             await asyncio.sleep(0.01)
         await asyncio.sleep(1.0)
@@ -313,12 +403,33 @@ async def p2(ctx: Ctx) -> None:
         p99s.append(pct(lat, 99))
         b50s.append(pct(base, 50))
         b99s.append(pct(base, 99))
-        ctx.log(f"  P2 round {r + 1}: p50 {p50s[-1]:.1f} ms, p99 {p99s[-1]:.1f} ms, min {min(lat):.1f} ms, "
-                f"max {max(lat):.1f} ms; raw POST p50 {b50s[-1]:.2f} ms, p99 {b99s[-1]:.2f} ms")
-    ctx.emit(Result("P2 dispatch latency p50", med(p50s), "ms", med(b50s), "ms raw POST p50",
-                    med(p50s) / med(b50s), "<= 10 ms", f"{per_round} single events x {rounds} rounds"))
-    ctx.emit(Result("P2 dispatch latency p99", med(p99s), "ms", med(b99s), "ms raw POST p99",
-                    med(p99s) / med(b99s), "<= 50 ms"))
+        ctx.log(
+            f"  P2 round {r + 1}: p50 {p50s[-1]:.1f} ms, p99 {p99s[-1]:.1f} ms, min {min(lat):.1f} ms, "
+            f"max {max(lat):.1f} ms; raw POST p50 {b50s[-1]:.2f} ms, p99 {b99s[-1]:.2f} ms"
+        )
+    ctx.emit(
+        Result(
+            "P2 dispatch latency p50",
+            med(p50s),
+            "ms",
+            med(b50s),
+            "ms raw POST p50",
+            med(p50s) / med(b50s),
+            "<= 10 ms",
+            f"{per_round} single events x {rounds} rounds",
+        )
+    )
+    ctx.emit(
+        Result(
+            "P2 dispatch latency p99",
+            med(p99s),
+            "ms",
+            med(b99s),
+            "ms raw POST p99",
+            med(p99s) / med(b99s),
+            "<= 50 ms",
+        )
+    )
     await asyncio.sleep(2.0)
     assert ctx.stack.worker is not None
     worker = psutil.Process(ctx.stack.worker.pid)
@@ -327,8 +438,17 @@ async def p2(ctx: Ctx) -> None:
     api.cpu_percent(None)
     await asyncio.sleep(5.0)
     idle, api_idle = worker.cpu_percent(None), api.cpu_percent(None)
-    ctx.emit(Result("P2 worker idle CPU", idle, "% of a core", api_idle, "% API process idle, same 5 s",
-                    idle / api_idle if api_idle else None, "<= 2 %"))
+    ctx.emit(
+        Result(
+            "P2 worker idle CPU",
+            idle,
+            "% of a core",
+            api_idle,
+            "% API process idle, same 5 s",
+            idle / api_idle if api_idle else None,
+            "<= 2 %",
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------- P3
@@ -363,14 +483,23 @@ async def p3(ctx: Ctx) -> None:
                 due = numbered[n - 1]["next_attempt_at"]
                 errors.append(abs((numbered[n]["started_at"] - due).total_seconds()) * 1000)
     counts = sorted(len(v) for v in by_delivery.values())
-    ctx.log(f"  P3: {len(errors)} retries measured; attempts per delivery {counts[0]}..{counts[-1]}; "
-            f"|error| p50 {pct(errors, 50):.1f} ms, p99 {pct(errors, 99):.1f} ms, max {max(errors):.1f} ms")
+    ctx.log(
+        f"  P3: {len(errors)} retries measured; attempts per delivery {counts[0]}..{counts[-1]}; "
+        f"|error| p50 {pct(errors, 50):.1f} ms, p99 {pct(errors, 99):.1f} ms, max {max(errors):.1f} ms"
+    )
     value, base = pct(errors, 99), pct(timer_late, 99)
-    ctx.emit(Result("P3 retry timing |actual - scheduled| p99", value, "ms", base,
-                    "ms asyncio.sleep lateness p99, same schedule, bench process",
-                    value / base if base else None,
-                    "<= 50 ms",
-                    f"p50 {fmt(pct(errors, 50))} ms, {len(errors)} retries of {hooks} deliveries"))
+    ctx.emit(
+        Result(
+            "P3 retry timing |actual - scheduled| p99",
+            value,
+            "ms",
+            base,
+            "ms asyncio.sleep lateness p99, same schedule, bench process",
+            value / base if base else None,
+            "<= 50 ms",
+            f"p50 {fmt(pct(errors, 50))} ms, {len(errors)} retries of {hooks} deliveries",
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------- P4
@@ -402,11 +531,23 @@ async def p4(ctx: Ctx) -> None:
 
     listener = asyncio.create_task(listen())
     out_path = CACHE_DIR / "p4-subscribers.json"
-    spec = {"url": ctx.stack.api_url.replace("http://", "ws://") + "/graphql", "key": key,
-            "connections": connections, "per_connection": per_connection, "out": str(out_path)}
+    spec = {
+        "url": ctx.stack.api_url.replace("http://", "ws://") + "/graphql",
+        "key": key,
+        "connections": connections,
+        "per_connection": per_connection,
+        "out": str(out_path),
+    }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.wsclients", json.dumps(spec), env=ctx.stack.env,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "bench.wsclients",
+        json.dumps(spec),
+        env=ctx.stack.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stdin is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 120)
@@ -437,7 +578,8 @@ async def p4(ctx: Ctx) -> None:
     result = json.loads(out_path.read_text())
     times: dict[str, list[float]] = result["times"]
     attempts = await ctx.cols.attempts.find(
-        {"delivery_id": {"$in": [ObjectId(d) for d in timed]}}, {"_id": 1}).to_list()
+        {"delivery_id": {"$in": [ObjectId(d) for d in timed]}}, {"_id": 1}
+    ).to_list()
     lat: list[float] = []
     short = 0
     subs = connections * per_connection
@@ -448,15 +590,36 @@ async def p4(ctx: Ctx) -> None:
         if aid in recorded:
             lat.extend((t - recorded[aid]) * 1000 for t in got)
     _ = warm
-    note = (f"{subs} subscriptions on {connections} connections, {len(attempts)} attempts, "
-            f"{short} missed messages, {result['dropped']} subscribers dropped")
+    note = (
+        f"{subs} subscriptions on {connections} connections, {len(attempts)} attempts, "
+        f"{short} missed messages, {result['dropped']} subscribers dropped"
+    )
     if result["errors"]:
         note += f" ({result['errors'][0][:120]})"
     ctx.log(f"  P4: {len(lat)} latencies; {note}")
-    ctx.emit(Result("P4 live feed p50", pct(lat, 50), "ms after the Redis publish", 0.0,
-                    "ms (raw Redis subscriber in the bench process = recorded)", None, "", note))
-    ctx.emit(Result("P4 live feed p99", pct(lat, 99), "ms after the Redis publish", 0.0,
-                    "ms (raw Redis subscriber)", None, "<= 50 ms, no subscriber dropped"))
+    ctx.emit(
+        Result(
+            "P4 live feed p50",
+            pct(lat, 50),
+            "ms after the Redis publish",
+            0.0,
+            "ms (raw Redis subscriber in the bench process = recorded)",
+            None,
+            "",
+            note,
+        )
+    )
+    ctx.emit(
+        Result(
+            "P4 live feed p99",
+            pct(lat, 99),
+            "ms after the Redis publish",
+            0.0,
+            "ms (raw Redis subscriber)",
+            None,
+            "<= 50 ms, no subscriber dropped",
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------- P5
@@ -476,12 +639,23 @@ async def p5(ctx: Ctx) -> None:
     if via_gql != via_plain["data"]:
         raise RuntimeError("the plain route and GraphQL disagree; fix bench/asgi.py")
     duration = 2.0 if ctx.quick else 4.0
-    gql_spec = {"url": ctx.stack.api_url + "/graphql", "method": "POST",
-                "headers": {**auth, "Content-Type": "application/json"},
-                "body": json.dumps({"query": P5_QUERY}), "concurrency": 50, "duration": duration,
-                "uvloop": True}
-    plain_spec = {"url": ctx.stack.api_url + "/bench/deliveries", "method": "GET", "headers": auth,
-                  "concurrency": 50, "duration": duration, "uvloop": True}
+    gql_spec = {
+        "url": ctx.stack.api_url + "/graphql",
+        "method": "POST",
+        "headers": {**auth, "Content-Type": "application/json"},
+        "body": json.dumps({"query": P5_QUERY}),
+        "concurrency": 50,
+        "duration": duration,
+        "uvloop": True,
+    }
+    plain_spec = {
+        "url": ctx.stack.api_url + "/bench/deliveries",
+        "method": "GET",
+        "headers": auth,
+        "concurrency": 50,
+        "duration": duration,
+        "uvloop": True,
+    }
     measured, baseline = [], []
     for r in range(3):
         g = await run_process("bench.loadgen", gql_spec, ctx.stack.env)
@@ -492,9 +666,18 @@ async def p5(ctx: Ctx) -> None:
         baseline.append(p["rps"])
         ctx.log(f"  P5 run {r + 1}: GraphQL {g['rps']:.0f} req/s, plain Starlette {p['rps']:.0f} req/s")
     value, base = med(measured), med(baseline)
-    ctx.emit(Result("P5 API deliveries(first: 20) with attempts", value, "req/s", base,
-                    "req/s plain Starlette route, same process and data", value / base, ">= 0.5",
-                    "50 concurrent keep-alive connections"))
+    ctx.emit(
+        Result(
+            "P5 API deliveries(first: 20) with attempts",
+            value,
+            "req/s",
+            base,
+            "req/s plain Starlette route, same process and data",
+            value / base,
+            ">= 0.5",
+            "50 concurrent keep-alive connections",
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------- P7
@@ -526,10 +709,22 @@ async def p7(ctx: Ctx) -> None:
 
     peak_big, took = await sample_rss(worker, big_run())
     stats = await ctx.recv.stats()
-    ctx.log(f"  P7: 12 deliveries answered with 1 GiB bodies in {took:.1f} s; receiver saw "
-            f"{stats['big_aborted']} of {stats['big_started']} bodies dropped early by the worker")
-    ctx.emit(Result("P7 worker RSS peak, 1 GB response bodies", peak_big, "MB", idle, "MB worker RSS before",
-                    peak_big / idle, "flat, <= 150 MB", "12 deliveries, 4 webhooks"))
+    ctx.log(
+        f"  P7: 12 deliveries answered with 1 GiB bodies in {took:.1f} s; receiver saw "
+        f"{stats['big_aborted']} of {stats['big_started']} bodies dropped early by the worker"
+    )
+    ctx.emit(
+        Result(
+            "P7 worker RSS peak, 1 GB response bodies",
+            peak_big,
+            "MB",
+            idle,
+            "MB worker RSS before",
+            peak_big / idle,
+            "flat, <= 150 MB",
+            "12 deliveries, 4 webhooks",
+        )
+    )
     # Many in flight against a slow receiver.
     hooks, events = 100, (20 if ctx.quick else 100)
     gql2, _ = await ctx.account("P7 slow")
@@ -550,12 +745,29 @@ async def p7(ctx: Ctx) -> None:
 
     peak_slow, took = await sample_rss(worker, slow_run())
     stats = await ctx.recv.stats()
-    ctx.log(f"  P7: {hooks * events} deliveries to a 1 s receiver in {took:.1f} s, "
-            f"at most {stats['slow_inflight_max']} requests in flight at the receiver{outcome}")
-    ctx.emit(Result(f"P7 worker RSS peak, {hooks * events:,} deliveries to a slow receiver", peak_slow, "MB",
-                    idle, "MB worker RSS before", peak_slow / idle, "flat, <= 150 MB",
-                    f"peak {stats['slow_inflight_max']} requests in flight at the receiver{outcome}"))
+    ctx.log(
+        f"  P7: {hooks * events} deliveries to a 1 s receiver in {took:.1f} s, "
+        f"at most {stats['slow_inflight_max']} requests in flight at the receiver{outcome}"
+    )
+    ctx.emit(
+        Result(
+            f"P7 worker RSS peak, {hooks * events:,} deliveries to a slow receiver",
+            peak_slow,
+            "MB",
+            idle,
+            "MB worker RSS before",
+            peak_slow / idle,
+            "flat, <= 150 MB",
+            f"peak {stats['slow_inflight_max']} requests in flight at the receiver{outcome}",
+        )
+    )
 
 
-FIGURES: dict[str, Callable[[Ctx], Awaitable[None]]] = {"p2": p2, "p1": p1, "p3": p3, "p4": p4, "p5": p5,
-                                                        "p7": p7}
+FIGURES: dict[str, Callable[[Ctx], Awaitable[None]]] = {
+    "p2": p2,
+    "p1": p1,
+    "p3": p3,
+    "p4": p4,
+    "p5": p5,
+    "p7": p7,
+}

@@ -35,8 +35,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             while time.perf_counter() < stop_at:
                 hdrs = headers
                 if secret:
-                    hdrs = {**headers, "X-Webhook-Signature":
-                            hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
+                    hdrs = {
+                        **headers,
+                        "X-Webhook-Signature": hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+                    }
                 try:
                     async with session.request(method, url, data=body or None, headers=hdrs) as resp:
                         await resp.read()

@@ -47,9 +47,20 @@ async def p6(n: int, log: Any, emit: Any, rounds: int = 7) -> None:
                     times[k].append(await _timed(gql, webhook, after))
     for page in ("first", "middle"):
         big, base = med(times[(page, "large")]), med(times[(page, "small")])
-        log(f"  P6 {page} page: {n:,} -> {sorted(round(t, 1) for t in times[(page, 'large')])} ms; "
-            f"1,000 -> {sorted(round(t, 1) for t in times[(page, 'small')])} ms")
-        emit(Result(f"P6 {page} page, {n:,} deliveries", big, "ms", base,
-                    "ms with 1,000 deliveries", big / base, "<= 1.5x",
-                    f"deliveries(webhookId, first: 20) over GraphQL; webhook holds "
-                    f"{meta['large']['count']:,} vs {meta['small']['count']:,}"))
+        log(
+            f"  P6 {page} page: {n:,} -> {sorted(round(t, 1) for t in times[(page, 'large')])} ms; "
+            f"1,000 -> {sorted(round(t, 1) for t in times[(page, 'small')])} ms"
+        )
+        emit(
+            Result(
+                f"P6 {page} page, {n:,} deliveries",
+                big,
+                "ms",
+                base,
+                "ms with 1,000 deliveries",
+                big / base,
+                "<= 1.5x",
+                f"deliveries(webhookId, first: 20) over GraphQL; webhook holds "
+                f"{meta['large']['count']:,} vs {meta['small']['count']:,}",
+            )
+        )

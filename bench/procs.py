@@ -36,8 +36,13 @@ def spawn(args: list[str], env: dict[str, str], log_name: str) -> subprocess.Pop
     out = open(LOG_DIR / f"{log_name}.log", "ab")  # noqa: SIM115 - owned by the child
     try:
         return subprocess.Popen(
-            args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            args,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     finally:
         out.close()
@@ -75,7 +80,9 @@ class Stack:
         """`webhooks create-account` (a real CLI process); returns the API key."""
         out = subprocess.run(
             [sys.executable, "-m", "webhooks_cli", "create-account", name],
-            env=self.env, check=True, capture_output=True,
+            env=self.env,
+            check=True,
+            capture_output=True,
         ).stdout
         key: str = json.loads(out.decode().strip().splitlines()[-1])["apiKey"]
         return key
@@ -95,8 +102,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(data_dir: Path, *, worker: bool = True, secret_key: str | None = None,
-          **extra_env: str) -> Iterator[Stack]:
+def stack(
+    data_dir: Path, *, worker: bool = True, secret_key: str | None = None, **extra_env: str
+) -> Iterator[Stack]:
     data_dir.mkdir(parents=True, exist_ok=True)
     stores = start_stores(data_dir)
     children: list[subprocess.Popen[bytes]] = []
@@ -109,8 +117,16 @@ def stack(data_dir: Path, *, worker: bool = True, secret_key: str | None = None,
         children.append(api)
         wait_for_port(recv_port, receiver, "the receiver")
         wait_for_port(api_port, api, "the API", timeout=60)
-        running = Stack(data_dir, stores, env, f"http://127.0.0.1:{api_port}",
-                        f"http://127.0.0.1:{recv_port}", api, receiver, children=children)
+        running = Stack(
+            data_dir,
+            stores,
+            env,
+            f"http://127.0.0.1:{api_port}",
+            f"http://127.0.0.1:{recv_port}",
+            api,
+            receiver,
+            children=children,
+        )
         if worker:
             running.start_worker()
     except BaseException:
@@ -181,12 +197,19 @@ def publish_input(n: int = 0) -> dict[str, Any]:
     return {
         "event": "JOB_APPLICATION_CREATED",
         "log": {
-            "action": "create_application", "resourceType": "job_application",
-            "resourceId": "507f1f77bcf86cd799439011", "userId": "507f191e810c19729de860ea",
-            "userName": "John Doe", "userEmail": "john@example.com",
+            "action": "create_application",
+            "resourceType": "job_application",
+            "resourceId": "507f1f77bcf86cd799439011",
+            "userId": "507f191e810c19729de860ea",
+            "userName": "John Doe",
+            "userEmail": "john@example.com",
         },
-        "details": {"method": "POST", "path": "/job-applications", "candidateName": f"Jane Smith {n}",
-                    "jobTitle": "Senior Developer"},
+        "details": {
+            "method": "POST",
+            "path": "/job-applications",
+            "candidateName": f"Jane Smith {n}",
+            "jobTitle": "Senior Developer",
+        },
     }
 
 
@@ -194,8 +217,18 @@ async def create_webhooks(gql: GraphQL, recv: ReceiverControl, paths: list[str])
     """One webhook per receiver path (secret registered with the receiver); returns webhook ids."""
     ids = []
     for i, path in enumerate(paths):
-        data = (await gql(CREATE, {"input": {"name": f"bench {i}", "url": recv.url + path,
-                                             "events": ["JOB_APPLICATION_CREATED"]}}))["createWebhook"]
+        data = (
+            await gql(
+                CREATE,
+                {
+                    "input": {
+                        "name": f"bench {i}",
+                        "url": recv.url + path,
+                        "events": ["JOB_APPLICATION_CREATED"],
+                    }
+                },
+            )
+        )["createWebhook"]
         if data["errors"]:
             raise RuntimeError(f"createWebhook: {data['errors']}")
         await recv.register(path, data["secret"])

@@ -97,10 +97,16 @@ def make_app() -> web.Application:
         return web.json_response({"ok": True})
 
     async def stats(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"valid": state.valid, "invalid": state.invalid,
-                                  "received": len(state.arrivals), "big_started": state.big_started,
-                                  "big_aborted": state.big_aborted,
-                                  "slow_inflight_max": state.slow_inflight_max})
+        return web.json_response(
+            {
+                "valid": state.valid,
+                "invalid": state.invalid,
+                "received": len(state.arrivals),
+                "big_started": state.big_started,
+                "big_aborted": state.big_aborted,
+                "slow_inflight_max": state.slow_inflight_max,
+            }
+        )
 
     async def arrivals(request: web.Request) -> web.StreamResponse:
         since = int(request.query.get("since", "0"))
@@ -121,8 +127,16 @@ def main() -> None:
     import uvloop
 
     port = int(sys.argv[1])
-    web.run_app(make_app(), host="127.0.0.1", port=port, access_log=None, print=None,
-                loop=uvloop.new_event_loop(), backlog=4096, shutdown_timeout=0.5)
+    web.run_app(
+        make_app(),
+        host="127.0.0.1",
+        port=port,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+        backlog=4096,
+        shutdown_timeout=0.5,
+    )
 
 
 if __name__ == "__main__":

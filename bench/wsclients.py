@@ -26,10 +26,16 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     sockets: list[ClientConnection] = []
 
     async def open_one(c: int) -> None:
-        ws = await connect(spec["url"], subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-                           max_size=1 << 20, ping_interval=None, open_timeout=30)
-        await ws.send(json.dumps({"type": "connection_init",
-                                  "payload": {"Authorization": f"Bearer {spec['key']}"}}))
+        ws = await connect(
+            spec["url"],
+            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+            max_size=1 << 20,
+            ping_interval=None,
+            open_timeout=30,
+        )
+        await ws.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {spec['key']}"}})
+        )
         ack = json.loads(await ws.recv())
         if ack.get("type") != "connection_ack":
             raise RuntimeError(f"no connection_ack: {ack}")
