@@ -28,7 +28,8 @@ ENV UV_COMPILE_BYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first (pinned in pyproject.toml; no lock file is committed), so that source edits reuse
-# this layer.
+# this layer. --no-dev leaves out the dev group and with it the embedded development stores (SecantusDB,
+# Valkey): `webhooks dev` is not for production.
 COPY pyproject.toml README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --no-dev --no-install-project
@@ -36,6 +37,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 COPY webhooks ./webhooks
 COPY graphql_api ./graphql_api
 COPY workers ./workers
+COPY webhooks_cli ./webhooks_cli
 COPY frontend/package*.json ./frontend/
 
 # GraphiQL's assets (React, GraphiQL) from the npm registry into graphql_api/static/vendor, so the
@@ -53,7 +55,7 @@ sys.exit(0 if build_assets(Path('.')) else 'GraphiQL assets could not be built (
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --no-dev \
     && rm -f uv.lock \
-    && /app/.venv/bin/python -m compileall -q webhooks graphql_api workers
+    && /app/.venv/bin/python -m compileall -q webhooks graphql_api workers webhooks_cli
 
 # --------------------------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime

@@ -46,9 +46,9 @@ async def plain_deliveries(request: Request) -> Response:
             "node": {
                 "id": str(d.id),
                 "status": d.status.value,
-                "attempts": sorted(attempts[d.id], key=lambda a: a["number"]),
+                "attempts": sorted(attempts[d.id], key=lambda a: a["number"]),  # type: ignore[arg-type,return-value]
             }
-        }  # type: ignore[arg-type,return-value]
+        }
         for d in page.items
     ]
     return Response(orjson.dumps({"data": {"deliveries": {"edges": edges}}}), media_type="application/json")

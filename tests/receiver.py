@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from webhooks.embedded import free_port
+from webhooks_cli.embedded import free_port
 
 Behaviour = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
 

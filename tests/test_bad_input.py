@@ -24,8 +24,8 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import new_account
 from tests.support import Account, run_stack, service_env
 from webhooks.core import Core
-from webhooks.embedded import free_port, stop, wait_for_port
 from webhooks.settings import Settings
+from webhooks_cli.embedded import free_port, stop, wait_for_port
 
 CREATE = """
 mutation($input: CreateWebhookInput!) {
@@ -406,7 +406,7 @@ async def test_connection_init_with_a_null_payload_is_read_as_no_credentials(api
 def start_serve(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "webhooks.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "webhooks_cli", "serve", "--port", str(port)],
             env=env,
             stdout=out,
             stderr=out,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,8 +17,11 @@ import httpx
 import psutil
 
 from graphql_api.schema import build_schema
-from webhooks.embedded import free_port
+from tests.delivery_support import create_webhook, publish
+from tests.receiver import Receiver
+from tests.support import GraphQLClient
 from webhooks.settings import Settings
+from webhooks_cli.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +40,7 @@ def test_the_committed_schema_matches_the_code() -> None:
 
 def test_export_schema_prints_the_schema() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "webhooks.cli", "export-schema"],
+        [sys.executable, "-m", "webhooks_cli", "export-schema"],
         capture_output=True,
         text=True,
         check=True,
@@ -51,7 +56,7 @@ def test_create_account_prints_the_account_id_and_a_key(settings: Settings) -> N
         "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
     }
     result = subprocess.run(
-        [sys.executable, "-m", "webhooks.cli", "create-account", "Acme Recruiting"],
+        [sys.executable, "-m", "webhooks_cli", "create-account", "Acme Recruiting"],
         capture_output=True,
         text=True,
         env=env,
@@ -67,7 +72,7 @@ def test_create_account_prints_the_account_id_and_a_key(settings: Settings) -> N
 def test_create_account_without_a_database_says_what_to_do() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
     result = subprocess.run(
-        [sys.executable, "-m", "webhooks.cli", "create-account", "Acme"],
+        [sys.executable, "-m", "webhooks_cli", "create-account", "Acme"],
         capture_output=True,
         text=True,
         env=env,
@@ -85,7 +90,7 @@ def test_dev_starts_everything_answers_a_query_and_stops_cleanly_on_ctrl_c(tmp_p
         [
             sys.executable,
             "-m",
-            "webhooks.cli",
+            "webhooks_cli",
             "dev",
             "--port",
             str(port),
@@ -133,7 +138,7 @@ def test_dev_keeps_the_same_account_across_restarts(tmp_path: Path) -> None:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "webhooks.cli", "dev", "--port", str(port), "--data-dir", str(data)],
+            [sys.executable, "-m", "webhooks_cli", "dev", "--port", str(port), "--data-dir", str(data)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -155,6 +160,92 @@ def test_dev_keeps_the_same_account_across_restarts(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
     assert keys[0] == keys[1]
+
+
+class DevOutput:
+    """The merged output of a `webhooks dev` process, read on a thread so async tests can wait for lines."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._proc = proc
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line)
+
+    async def wait_for(self, pattern: str, timeout: float = 90.0, after: int = 0) -> re.Match[str]:
+        """The first line at index >= ``after`` matching ``pattern``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for line in self.lines[after:]:
+                    found = re.search(pattern, line)
+                    if found:
+                        return found
+                if self._proc.poll() is not None and not self._thread.is_alive():
+                    raise AssertionError("".join(self.lines) + f"\n(dev exited with {self._proc.returncode})")
+                await asyncio.sleep(0.05)
+
+
+def _start_dev(port: int, data_dir: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "webhooks_cli", "dev", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def _worker_processes(dev: psutil.Process) -> list[psutil.Process]:
+    return [c for c in dev.children() if "worker" in c.cmdline() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_dev_restarts_a_dead_worker_and_keeps_the_api_and_stores_up(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    # given `webhooks dev` running, and a webhook pointing at a receiver
+    port = free_port()
+    proc = _start_dev(port, tmp_path / "d")
+    output = DevOutput(proc)
+    try:
+        key = (await output.wait_for(r"API key:\s+(\S+)")).group(1)
+        await output.wait_for("Press Ctrl-C")
+        dev = psutil.Process(proc.pid)
+        stores_and_api = {c.pid for c in dev.children()} - {w.pid for w in _worker_processes(dev)}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            gql = GraphQLClient(http, key)
+            await create_webhook(gql, receiver.url("/dev-restart"))
+            await publish(gql)
+            await receiver.wait_for("/dev-restart", 1, timeout=60)
+            (first_worker,) = _worker_processes(dev)
+
+            # when the worker dies
+            seen = len(output.lines)
+            first_worker.kill()
+
+            # then dev says so, waits a back-off and starts a new worker
+            await output.wait_for(r"worker exited .*restarting it in \d", after=seen)
+            restarted = int((await output.wait_for(r"worker restarted \(pid (\d+)\)", after=seen)).group(1))
+            assert restarted != first_worker.pid
+            # and the API and the stores are the same processes as before, still answering
+            assert stores_and_api <= {c.pid for c in dev.children()}
+            assert proc.poll() is None
+            # and the new worker delivers what is published next
+            await publish(gql)
+            await receiver.wait_for("/dev-restart", 2, timeout=60)
+        assert [w.pid for w in _worker_processes(dev)] == [restarted]
+        # and Ctrl-C still stops everything cleanly
+        proc.send_signal(signal.SIGINT)
+        await asyncio.to_thread(proc.wait, 60)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import uuid
@@ -107,8 +106,13 @@ async def test_fan_out_goes_only_to_subscribed_webhooks_of_the_publishing_accoun
     assert len(published["event"]["deliveries"]) == 2
     await receiver.wait_for(a, 1)
     await receiver.wait_for(b, 1)
-    await asyncio.sleep(0.3)
-    assert len(receiver.received[c]) == 0 and len(receiver.received[d]) == 0
+    # and the others got nothing: later events to them arrive, and each is the only thing they received
+    await publish(account.gql, event="OFFER_SENT")
+    await publish(other.gql)
+    (offer,) = await receiver.wait_for(c, 1)
+    (others,) = await receiver.wait_for(d, 1)
+    assert offer.json()["event"] == "offer_sent"
+    assert others.headers["X-Webhook-Delivery"] not in {x["id"] for x in published["event"]["deliveries"]}
 
 
 async def test_bad_input_is_refused_and_nothing_is_stored_or_sent(stack: Stack, receiver: Receiver) -> None:
@@ -129,8 +133,10 @@ async def test_bad_input_is_refused_and_nothing_is_stored_or_sent(stack: Stack, 
     payload = (await account.gql.execute(PUBLISH, {"input": too_big}))["publishEvent"]
     assert [e["code"] for e in payload["errors"]] == ["PAYLOAD_TOO_LARGE"]
     assert await stack.core.cols.events.count_documents({"account_id": ObjectId(account.id)}) == 0
-    await asyncio.sleep(0.2)
-    assert receiver.received[p] == []
+    # and nothing was sent: a valid event published afterwards is the first and only arrival
+    probe = (await publish(account.gql))["event"]["deliveries"][0]["id"]
+    (arrived,) = await receiver.wait_for(p, 1)
+    assert arrived.headers["X-Webhook-Delivery"] == probe
 
 
 async def test_the_same_idempotency_key_returns_the_first_event_and_delivers_nothing_new(
@@ -144,12 +150,13 @@ async def test_the_same_idempotency_key_returns_the_first_event_and_delivers_not
     assert again["event"]["id"] == first["event"]["id"]
     assert again["event"]["replayed"] is True and first["event"]["replayed"] is False
     assert [d["id"] for d in again["event"]["deliveries"]] == [d["id"] for d in first["event"]["deliveries"]]
-    await receiver.wait_for(p, 1)
-    await asyncio.sleep(0.3)
-    assert len(receiver.received[p]) == 1
-    # and a different key is a different event
+    # and a different key is a different event, and the receiver gets exactly one delivery per event
     other = await publish(account.gql, idempotencyKey="order-43")
     assert other["event"]["id"] != first["event"]["id"]
+    arrived = await receiver.wait_for(p, 2)
+    assert sorted(r.headers["X-Webhook-Delivery"] for r in arrived) == sorted(
+        [first["event"]["deliveries"][0]["id"], other["event"]["deliveries"][0]["id"]]
+    )
 
 
 async def test_a_failing_receiver_gets_every_scheduled_attempt_then_the_delivery_fails(
@@ -169,9 +176,10 @@ async def test_a_failing_receiver_gets_every_scheduled_attempt_then_the_delivery
     # the same bytes, the same delivery id, each attempt with its own timestamp
     assert len({r.body for r in got}) == 1
     assert len({r.headers["webhook-id"] for r in got}) == 1
+    # and no retry came before its time on the schedule (how late one may be is a benchmark figure)
     gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
     for gap, expected in zip(gaps, SCHEDULE[1:], strict=True):
-        assert expected - 0.02 <= gap <= expected + 0.15, gaps
+        assert gap >= expected - 0.02, gaps
 
 
 async def test_a_flapping_receiver_succeeds_on_a_retry(stack: Stack, receiver: Receiver) -> None:
@@ -200,7 +208,7 @@ async def test_redirects_are_failures_and_never_followed(stack: Stack, receiver:
 
 
 async def test_a_refused_connection_is_a_failed_attempt(stack: Stack) -> None:
-    from webhooks.embedded import free_port
+    from webhooks_cli.embedded import free_port
 
     account = await stack.account()
     await create_webhook(account.gql, f"http://127.0.0.1:{free_port()}/nobody-listens")
@@ -218,7 +226,7 @@ async def test_retry_after_lengthens_the_wait_up_to_the_cap(stack: Stack, receiv
     published = await publish(account.gql)
     await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
     first, second = receiver.received[p]
-    assert 0.95 <= second.at - first.at <= 1.3
+    assert second.at - first.at >= 0.95  # the receiver's 1 s, not the schedule's 0.2 s
 
 
 async def test_the_response_is_recorded_with_at_most_4_kib_of_body(stack: Stack, receiver: Receiver) -> None:

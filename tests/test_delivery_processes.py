@@ -1,6 +1,6 @@
 """Real processes: a worker killed mid-attempt and a wiped Redis lose no delivery.
 
-The worker runs as `python -m webhooks.cli worker` in its own process; the API runs in-process.
+The worker runs as `python -m webhooks_cli worker` in its own process; the API runs in-process.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from tests.conftest import REDIS_URL, make_settings
+from tests.conftest import make_settings, session_redis_url
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import Receiver, sleep
 from tests.support import Stack, run_stack, service_env
@@ -62,7 +62,7 @@ def workers(settings: Settings, log_dir: Path) -> Iterator[Any]:
     def start() -> subprocess.Popen[bytes]:
         log = open(log_dir / f"worker-{len(started)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "webhooks.cli", "worker"],
+            [sys.executable, "-m", "webhooks_cli", "worker"],
             env=worker_env(settings),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -138,7 +138,7 @@ async def test_a_redis_wipe_with_retries_pending_loses_nothing(
     account = await stack.account()
     p = f"/flaky/{uuid.uuid4().hex[:6]}"
     await create_webhook(account.gql, receiver.url(p, fails_first(2)))
-    redis = aioredis.from_url(REDIS_URL)
+    redis = aioredis.Redis.from_url(session_redis_url())
     try:
         with workers(stack.settings, tmp_path) as start:
             start()

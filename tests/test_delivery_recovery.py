@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,8 +16,8 @@ from standardwebhooks import Webhook as StandardWebhook
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, delivery, publish, wait_for_status
 from tests.receiver import Receiver, sleep, status
-from tests.support import GraphQLClient, Stack, run_stack
-from webhooks.embedded import free_port, spawn, stop, wait_for_port
+from tests.support import GraphQLClient, Stack, require_tool, run_stack
+from webhooks_cli.embedded import free_port, spawn, stop, wait_for_port
 
 SCHEDULE = (0.0, 0.1)
 SPEC_RECEIVER = Path(__file__).with_name("spec_receiver.js")
@@ -116,7 +115,7 @@ async def test_test_webhook_sends_the_spec_test_payload_once_signed(stack: Stack
         "webhookId": webhook_id,
         "webhookName": "My Webhook",
     }
-    assert list(body["data"]) == ["message", "webhookId", "webhookName"]  # type: ignore[call-overload]
+    assert list(body["data"]) == ["message", "webhookId", "webhookName"]
     assert got.spec_signature_valid(secret)
     StandardWebhook(secret).verify(got.body, got.headers)
     assert got.headers["X-Webhook-Event"] == "webhook.test"
@@ -147,8 +146,12 @@ async def test_tests_reach_a_disabled_webhook_are_never_retried_and_never_disabl
         made = [(a["number"], a["trigger"], a["statusCode"]) for a in failed["attempts"]]
         assert made == [(1, "TEST", 500)]
         assert failed["nextAttemptAt"] is None
-    await asyncio.sleep(SCHEDULE[1] + 0.3)
-    assert len(receiver.received[failing]) == 10
+    # (probe: an event published now fails, and its retry comes SCHEDULE[1] s later, after any retry of a
+    # test would have come; when both of its attempts are in, every test has been received exactly once)
+    published = (await publish(account.gql))["event"]["deliveries"]
+    (probe,) = [d["id"] for d in published if d["webhookId"] == failing_id]
+    arrived = await receiver.wait_for(failing, 12)
+    assert sorted(r.headers["X-Webhook-Delivery"] for r in arrived) == sorted([*ids, probe, probe])
     # and ten failed tests do not disable the webhook
     found = await webhook(account.gql, failing_id)
     assert (found["enabled"], found["disabledReason"], found["disabledAt"]) == (True, None, None)
@@ -178,18 +181,21 @@ async def test_ten_consecutive_failures_disable_the_webhook_exactly_once_even_wh
     assert "10 consecutive failed deliveries" in found["disabledReason"]
     disabled_at = datetime.fromisoformat(found["disabledAt"])
     assert before < disabled_at < datetime.now(UTC)
-    # and it was disabled once: nothing wrote the webhook after the disable, not even a late failure
-    await asyncio.sleep(0.3)
-    doc = await stack.core.cols.webhooks.find_one({"_id": ObjectId(webhook_id)})
-    assert doc["disabled_at"] == doc["updated_at"]
-    assert await webhook(account.gql, webhook_id) == found
-    # and events published while it is disabled are held, not sent
+    # and events published while it is disabled are held
     seen = len(receiver.received[p])
     held = await publish(account.gql)
     assert held["event"]["deliveries"][0]["status"] == "HELD"
-    await asyncio.sleep(0.3)
-    assert len(receiver.received[p]) == seen
+    # (probe: a test sent after that goes out to the disabled webhook, through the same worker)
+    test = (await account.gql.execute(TEST_WEBHOOK, {"id": webhook_id}))["testWebhook"]["delivery"]
+    await wait_for_status(account.gql, test["id"], "FAILED")
+    # then the held event was not sent: the test is the only newcomer
+    arrived = receiver.received[p][seen:]
+    assert [r.headers["X-Webhook-Delivery"] for r in arrived] == [test["id"]]
     assert (await delivery(account.gql, held["event"]["deliveries"][0]["id"]))["attempts"] == []
+    # and it was disabled once: nothing wrote the webhook after the disable, not even a late failure
+    doc = await stack.core.cols.webhooks.find_one({"_id": ObjectId(webhook_id)})
+    assert doc["disabled_at"] == doc["updated_at"]
+    assert await webhook(account.gql, webhook_id) == found
 
 
 async def test_any_success_resets_the_count_of_consecutive_failures(stack: Stack, receiver: Receiver) -> None:
@@ -237,7 +243,11 @@ async def test_held_and_failed_deliveries_are_recovered_after_re_enabling(
     # then a dry run counts what would be sent and sends nothing
     dry = (await account.gql.execute(RECOVER, {**variables, "dryRun": True}))["recoverDeliveries"]
     assert (dry["count"], dry["dryRun"], dry["errors"]) == (3, True, [])
-    await asyncio.sleep(0.2)
+    # (probe: a test sent after the dry run reaches the receiver, and is the only newcomer)
+    seen = len(receiver.received[p])
+    test = (await account.gql.execute(TEST_WEBHOOK, {"id": webhook_id}))["testWebhook"]["delivery"]
+    await wait_for_status(account.gql, test["id"], "SUCCEEDED")
+    assert [r.headers["X-Webhook-Delivery"] for r in receiver.received[p][seen:]] == [test["id"]]
     assert [(await delivery(account.gql, i))["status"] for i in held] == ["HELD", "HELD"]
     # and an empty window counts nothing
     empty = {**variables, "until": iso(since + timedelta(milliseconds=500)), "dryRun": True}
@@ -309,7 +319,6 @@ async def test_retry_delivery_refuses_a_pending_delivery_and_hides_other_account
 # -- the spec's Node.js receiver ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 async def test_the_specs_node_receiver_verifies_every_delivery(stack: Stack) -> None:
     # given two webhooks on a receiver written like the spec's Node.js example, which knows the first's secret
     account = await stack.account()
@@ -317,8 +326,7 @@ async def test_the_specs_node_receiver_verifies_every_delivery(stack: Stack) -> 
     url = f"http://127.0.0.1:{port}/webhook"
     good_id, secret = await create_webhook(account.gql, url, ["CANDIDATE_HIRED"], name="node")
     wrong_id, _ = await create_webhook(account.gql, url, ["OFFER_SENT"], name="node, other secret")
-    node = shutil.which("node")
-    assert node is not None
+    node = require_tool("node", hint="apt-get install nodejs")
     proc = spawn([node, str(SPEC_RECEIVER), str(port), secret], quiet=True)
     try:
         await asyncio.to_thread(wait_for_port, port, proc, "spec_receiver.js")

@@ -344,12 +344,12 @@ async def test_rotating_the_encryption_key_re_encrypts_custom_header_values(
 ) -> None:
     from cryptography.fernet import Fernet
 
-    from webhooks.cli import rotate_encryption_key
     from webhooks.core import open_core
     from webhooks.custom_headers import HeaderInput
     from webhooks.endpoint_controls import EndpointControls
     from webhooks.events import EventName
     from webhooks.models import Principal, Scope
+    from webhooks_cli.main import rotate_encryption_key
 
     # given a webhook with custom headers, encrypted under the old key
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from graphql_api import graphiql
+from tests.support import missing_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +64,7 @@ def built_vendor() -> Path:
     """The real vendored assets, built from the npm registry if they are not there yet."""
     if not graphiql.assets_available(graphiql.VENDOR_DIR):
         if shutil.which("npm") is None:
-            pytest.skip("GraphiQL assets not built and `npm` is not available to build them")
+            missing_tool("GraphiQL assets not built and `npm` is not available to build them")
         assert graphiql.build_assets(ROOT), "build_assets failed (see log)"
     assert graphiql.assets_available(graphiql.VENDOR_DIR)
     return graphiql.VENDOR_DIR

@@ -36,9 +36,10 @@ from graphql_api import graphiql
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook
 from tests.receiver import Receiver
+from tests.support import missing_tool
 from tests.test_subscriptions import TEST_WEBHOOK, Api, run_api
-from webhooks.embedded import free_port
 from webhooks.pubsub import ATTEMPTS_CHANNEL
+from webhooks_cli.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
@@ -59,10 +60,10 @@ FLAGS = (
 
 def require_tools() -> None:
     if not Path(CHROMIUM).is_file():
-        pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+        missing_tool("chromium is not installed (apt-get install -y chromium)")
     if not graphiql.assets_available():
         if shutil.which("npm") is None:
-            pytest.skip("the GraphiQL assets are not built and npm is missing to build them")
+            missing_tool("the GraphiQL assets are not built and npm is missing to build them")
         assert graphiql.build_assets(ROOT), "building the GraphiQL assets with npm failed (see the log)"
 
 

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from tests.conftest import REDIS_URL, make_settings
+from tests.conftest import make_settings, session_redis_url
 from tests.delivery_support import create_webhook, delivery, publish, wait_for_status
 from tests.receiver import Behaviour, Receiver, ok, sleep
 from tests.support import GraphQLClient, Stack, run_stack
@@ -85,7 +85,7 @@ async def breaker_becomes(gql: GraphQLClient, webhook_id: str, wanted: Callable[
 
 @pytest.fixture
 async def lanes() -> AsyncIterator[Lanes]:
-    redis = aioredis.from_url(REDIS_URL)
+    redis = aioredis.Redis.from_url(session_redis_url())
     yield Lanes(redis, f"test-lanes:{uuid.uuid4().hex[:8]}", default_limit=5)
     await redis.aclose()
 

@@ -27,9 +27,9 @@ from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import run_receiver, status
 from tests.support import run_stack, service_env
-from webhooks.embedded import free_port, spawn, stop, valkey_binary, wait_for_port
 from webhooks.logging_setup import JsonFormatter
 from webhooks.settings import Settings
+from webhooks_cli.embedded import free_port, spawn, stop, valkey_binary, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +43,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 def cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "webhooks.cli", *args],
+        [sys.executable, "-m", "webhooks_cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -57,7 +57,7 @@ def start_worker(env: dict[str, str], log_path: Path | None = None) -> subproces
     out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "webhooks.cli", "worker"],
+            [sys.executable, "-m", "webhooks_cli", "worker"],
             env=env,
             cwd=ROOT,
             stdout=out,

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import random
-import shutil
 import struct
 import subprocess
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import require_tool
 from webhooks.errors import ErrorCode, UserError, UserErrors
 from webhooks.payloads import (
     MAX_DETAILS_DEPTH,
@@ -536,11 +536,10 @@ def test_given_a_normalized_value_when_dumped_then_floats_use_javascript_notatio
 
 # --- the real JavaScript round trip ---------------------------------------------------------------
 
-NODE = shutil.which("node")
-needs_node = pytest.mark.skipif(
-    NODE is None,
-    reason="Node.js is not installed: the JSON.parse/JSON.stringify round trip needs a real JS engine",
-)
+
+def node_binary() -> str:
+    return require_tool("node", hint="apt-get install nodejs: the JSON round trip needs a real JS engine")
+
 
 # Reads newline-separated JSON documents (compact JSON never holds a raw newline) and writes each back
 # as JSON.stringify(JSON.parse(document)), exactly what the spec's Express receiver signs.
@@ -563,9 +562,8 @@ process.stdin.on('data', (c) => chunks.push(c)).on('end', () => {
 
 
 def _node(script: str, stdin: bytes, env: dict[str, str] | None = None) -> bytes:
-    assert NODE is not None
     done = subprocess.run(
-        [NODE, "-e", script],
+        [node_binary(), "-e", script],
         input=stdin,
         capture_output=True,
         timeout=60,
@@ -653,7 +651,6 @@ def _rich_payloads() -> list[object]:
     ]
 
 
-@needs_node
 def test_given_rich_payloads_when_round_tripped_through_node_then_the_bytes_are_unchanged() -> None:
     bodies = [_body(details) for details in _rich_payloads()]
     bodies.append(
@@ -669,7 +666,6 @@ def test_given_rich_payloads_when_round_tripped_through_node_then_the_bytes_are_
         assert back == body
 
 
-@needs_node
 def test_given_bodies_when_node_verifies_like_the_spec_then_its_hmac_matches_ours() -> None:
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     bodies = [

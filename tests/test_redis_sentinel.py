@@ -30,9 +30,9 @@ from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import Receiver
 from tests.support import run_stack, service_env
 from tests.test_subscriptions import gql_socket
-from webhooks.embedded import free_port, spawn, stop, valkey_binary, wait_for_port
 from webhooks.redis_conn import RedisConfigError, RedisTarget, parse_sentinels
 from webhooks.settings import Settings
+from webhooks_cli.embedded import free_port, spawn, stop, valkey_binary, wait_for_port
 
 MASTER = "hbmaster"
 SCHEDULE = (0.0, 1.0, 1.0, 2.0, 2.0, 4.0)
@@ -128,7 +128,7 @@ def sentinel_cluster(base: Path) -> Iterator[dict[str, Any]]:
 async def master_port(sentinel_port: int) -> int | None:
     client = aioredis.Redis(host="127.0.0.1", port=sentinel_port, socket_timeout=2)
     try:
-        got = await client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER)
+        got = await client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER)  # type: ignore[no-untyped-call]
     except Exception:
         return None
     finally:
@@ -205,7 +205,7 @@ class Supervised:
         self.restarts += 1
         with open(self.log_dir / f"worker-{self.restarts}.log", "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "webhooks.cli", "worker"],
+                [sys.executable, "-m", "webhooks_cli", "worker"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -14,11 +14,10 @@ from cryptography.fernet import Fernet
 from tests.conftest import make_settings
 from tests.receiver import Receiver, run_receiver
 from tests.support import Account, Stack, run_stack
-from webhooks.cli import rotate_encryption_key
 from webhooks.core import open_core
 from webhooks.crypto import SecretBox, new_signing_secret
 from webhooks.models import PreviousSecret, Webhook
-from webhooks.repositories.webhooks import WebhookRepository
+from webhooks_cli.main import rotate_encryption_key
 from workers.signing import spec_signature, standard_signature
 
 CREATE = """
@@ -245,4 +244,3 @@ def test_reencrypt_skips_documents_already_under_the_newest_key() -> None:
     assert box.rewrap(box.encrypt("s")) is None
     rewrapped = box.rewrap(SecretBox([old]).encrypt("s"))
     assert rewrapped is not None and SecretBox([new]).decrypt(rewrapped) == "s"
-    assert WebhookRepository.reencrypt_all.__doc__

@@ -46,7 +46,7 @@ async def api(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
 @pytest.fixture(scope="module")
 async def redis(api: Api) -> AsyncIterator[aioredis.Redis]:
     assert api.settings.redis_url
-    client = aioredis.from_url(api.settings.redis_url)
+    client = aioredis.Redis.from_url(api.settings.redis_url)
     yield client
     await client.aclose()
 

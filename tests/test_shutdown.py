@@ -14,7 +14,7 @@ from tests.delivery_support import create_webhook, publish
 from tests.receiver import run_receiver, sleep
 from tests.support import run_stack
 from tests.test_operations import start_worker, unique_settings, worker_env
-from webhooks.embedded import stop
+from webhooks_cli.embedded import stop
 
 BURST = 40
 

@@ -12,13 +12,13 @@ from aiohttp import web
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.ssrf import (
     BlockedDestination,
-    GuardedResolver,
     IPAddress,
     check_url_destination,
     forbidden_reason,
     parse_host_ip,
     resolve_checked,
 )
+from workers.resolver import GuardedResolver
 
 
 def ip(text: str) -> IPAddress:

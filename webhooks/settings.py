@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     user_agent: str = "HatchBeacon-Webhooks/1.0"
     queue_name: str = "webhooks:deliveries"
 
-    # Operations (see docs/operating.md).
+    # Operations (see the README, section "Operating").
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)  # off: no worker metrics endpoint
     worker_heartbeat_interval: float = Field(default=5.0, gt=0)
     worker_heartbeat_ttl: float = Field(

@@ -6,13 +6,10 @@ Three layers use the same classifier, :func:`forbidden_reason`:
   client as ``UserErrors``.
 * :func:`resolve_checked` resolves a host once and raises :class:`BlockedDestination` if any
   address is forbidden.
-* :class:`GuardedResolver` plugs :func:`resolve_checked` into aiohttp's ``TCPConnector``, so the
-  delivery worker connects only to addresses that were checked (no DNS-rebinding window), while
-  the ``Host`` header, SNI and certificate checks still use the hostname.
+* ``workers.resolver.GuardedResolver`` plugs :func:`resolve_checked` into the HTTP client of the
+  delivery worker, so it connects only to addresses that were checked (no DNS-rebinding window).
 
-Note on aiohttp: ``TCPConnector`` does not call its resolver for hosts that already look like IP
-literals (all digits and dots, or containing ``:``). Such URLs must be checked separately before
-the request, e.g. with :func:`parse_host_ip` + :func:`forbidden_reason` or :func:`resolve_checked`.
+This module is pure address classification and resolution: it knows no HTTP client.
 """
 
 from __future__ import annotations
@@ -26,8 +23,6 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
-
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from webhooks.errors import ErrorCode, UserErrors
 
@@ -264,8 +259,8 @@ class BlockedDestination(OSError):
         return self.message
 
 
-class _Unresolvable(OSError):
-    pass
+class Unresolvable(OSError):
+    """A host name that does not resolve (or to no address at all)."""
 
 
 def _first_forbidden(addresses: Sequence[IPAddress]) -> tuple[IPAddress, str] | None:
@@ -276,7 +271,7 @@ def _first_forbidden(addresses: Sequence[IPAddress]) -> tuple[IPAddress, str] | 
     return None
 
 
-async def _resolve(host: str, port: int, resolver: Resolver) -> tuple[list[IPAddress], bool]:
+async def resolve_addresses(host: str, port: int, resolver: Resolver) -> tuple[list[IPAddress], bool]:
     """Return ``(addresses, resolved)``; ``resolved`` is False when ``host`` is an IP literal."""
     literal = parse_host_ip(host)
     if literal is not None:
@@ -284,9 +279,9 @@ async def _resolve(host: str, port: int, resolver: Resolver) -> tuple[list[IPAdd
     try:
         addresses = await resolver.resolve(host, port)
     except (OSError, UnicodeError) as exc:
-        raise _Unresolvable(errno.ENOENT, f"host {host} does not resolve") from exc
+        raise Unresolvable(errno.ENOENT, f"host {host} does not resolve") from exc
     if not addresses:
-        raise _Unresolvable(errno.ENOENT, f"host {host} does not resolve")
+        raise Unresolvable(errno.ENOENT, f"host {host} does not resolve")
     return addresses, True
 
 
@@ -296,7 +291,7 @@ async def resolve_checked(host: str, port: int, resolver: Resolver) -> list[IPAd
     Raises :class:`BlockedDestination` if ANY address is forbidden, and an ``OSError`` if the
     host does not resolve. Used at connect time by the delivery worker.
     """
-    addresses, resolved = await _resolve(host, port, resolver)
+    addresses, resolved = await resolve_addresses(host, port, resolver)
     refused = _first_forbidden(addresses)
     if refused is not None:
         raise BlockedDestination(host, *refused, resolved=resolved)
@@ -322,49 +317,5 @@ async def check_url_destination(url: str, *, allow_private: bool, resolver: Reso
         await resolve_checked(host, port, resolver)
     except BlockedDestination as exc:
         raise UserErrors.one("url", ErrorCode.FORBIDDEN_DESTINATION, exc.message) from exc
-    except _Unresolvable as exc:
+    except Unresolvable as exc:
         raise UserErrors.one("url", ErrorCode.INVALID_URL, f"host {host} does not resolve") from exc
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that resolves once and hands aiohttp only checked addresses.
-
-    Use as ``TCPConnector(resolver=GuardedResolver())``. aiohttp then connects to the returned
-    IP addresses while still sending ``Host``/SNI and verifying the certificate for the hostname.
-    Raises :class:`BlockedDestination` (an ``OSError``) if any address is forbidden. With
-    ``allow_private=True`` it resolves but checks nothing.
-    """
-
-    def __init__(self, inner: Resolver | None = None, *, allow_private: bool = False) -> None:
-        self._inner: Resolver = inner if inner is not None else SystemResolver()
-        self._allow_private = allow_private
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if self._allow_private:
-            addresses, _ = await _resolve(host, port, self._inner)
-        else:
-            addresses = await resolve_checked(host, port, self._inner)
-        wanted = {
-            socket.AF_INET: (ipaddress.IPv4Address,),
-            socket.AF_INET6: (ipaddress.IPv6Address,),
-        }.get(family, (ipaddress.IPv4Address, ipaddress.IPv6Address))
-        results: list[ResolveResult] = [
-            ResolveResult(
-                hostname=host,
-                host=str(address),
-                port=port,
-                family=socket.AF_INET if address.version == 4 else socket.AF_INET6,
-                proto=0,
-                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            )
-            for address in addresses
-            if isinstance(address, wanted)
-        ]
-        if not results:
-            raise _Unresolvable(errno.ENOENT, f"host {host} has no address of the requested family")
-        return results
-
-    async def close(self) -> None:
-        """Nothing to release: the inner resolver owns no connections."""

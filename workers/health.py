@@ -3,6 +3,9 @@
 Key: ``<queue name>:workers:<hostname>:<pid>`` (``webhooks:deliveries:workers:...`` by default), value: JSON
 ``{"host", "pid", "at"}`` (Unix time of the last beat), with a TTL of ``worker_heartbeat_ttl`` seconds. A
 worker whose event loop is stuck stops beating, so its key ages out.
+
+Not arq's ``health_check_key``: arq keeps one key per queue that every worker overwrites and any stopping
+worker deletes, so it can neither count the live workers nor tell that one of several has died.
 """
 
 from __future__ import annotations

@@ -15,13 +15,13 @@ import yarl
 
 from webhooks.ssrf import (
     BlockedDestination,
-    GuardedResolver,
     Resolver,
     SystemResolver,
     parse_host_ip,
     resolve_checked,
 )
 from workers.policy import OutcomeClass, classify_status
+from workers.resolver import GuardedResolver
 
 E = TypeVar("E", bound=BaseException)
 MAX_RESPONSE_BODY = 4096

@@ -1,4 +1,8 @@
-"""The ``webhooks`` command: dev, serve, worker, create-account, export-schema."""
+"""The ``webhooks`` command: dev, serve, worker, create-account, rotate-encryption-key, export-schema.
+
+This package is the composition root: it sits above ``webhooks`` (the core), ``graphql_api`` and
+``workers`` and is the only place that wires them together.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,15 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
-from types import FrameType
 
 from webhooks.settings import Settings, get_settings
 
 log = logging.getLogger("webhooks")
 
 
-async def _create_account(settings: Settings, name: str) -> dict[str, str]:
+async def create_account(settings: Settings, name: str) -> dict[str, str]:
     from webhooks.core import open_store
     from webhooks.models import Scope
     from webhooks.repositories.accounts import AccountRepository, ApiKeyRepository
@@ -35,7 +34,7 @@ def cmd_create_account(args: argparse.Namespace) -> int:
     if not name:
         print("error: NAME must not be empty", file=sys.stderr)
         return 2
-    print(json.dumps(asyncio.run(_create_account(get_settings(), name))))
+    print(json.dumps(asyncio.run(create_account(get_settings(), name))))
     return 0
 
 
@@ -92,102 +91,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(message, file=sys.stdout if healthy else sys.stderr)
         return 0 if healthy else 1
 
-    from workers.settings import run_worker
+    from workers.worker import run_worker
 
     run_worker(get_settings())
     return 0
-
-
-def _dev_account(settings: Settings, data_dir: Path) -> dict[str, str]:
-    """One account for local development, created on the first run and kept in the data dir."""
-    path = data_dir / "dev-account.json"
-    if path.exists():
-        saved: dict[str, str] = json.loads(path.read_text())
-        return saved
-    account = asyncio.run(_create_account(settings, "Local development"))
-    path.write_text(json.dumps(account))
-    path.chmod(0o600)
-    return account
-
-
-def _ensure_graphiql_assets() -> None:
-    """Build the self-hosted GraphiQL assets once, when npm is available (else GraphiQL uses a CDN)."""
-    import shutil
-
-    from graphql_api.graphiql import ROOT_DIR, assets_available, build_assets
-
-    if assets_available() or shutil.which("npm") is None or not (ROOT_DIR / "frontend").is_dir():
-        return
-    log.info("building the GraphiQL assets from the npm registry (first run only)")
-    build_assets(ROOT_DIR)
-
-
-def _fresh_metrics_dir(data_dir: Path) -> Path:
-    """API and worker write their metrics here; /metrics aggregates them. Emptied at each start."""
-    import shutil
-
-    path = data_dir / "metrics"
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
-
-
-def cmd_dev(args: argparse.Namespace) -> int:
-    from webhooks.crypto import load_secret_box
-    from webhooks.embedded import spawn, start_stores, stop, wait_for_port
-
-    data_dir = Path(args.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    _ensure_graphiql_assets()
-    log.warning(
-        "dev mode: plain http and private/loopback destinations are allowed (never do this in production)"
-    )
-    stores = start_stores(data_dir)
-    env = {
-        **os.environ,
-        "WEBHOOKS_MONGODB_URL": stores.mongodb_url,
-        "WEBHOOKS_REDIS_URL": stores.redis_url,
-        "WEBHOOKS_ALLOW_HTTP": "true",
-        "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
-        "WEBHOOKS_DATA_DIR": str(data_dir),
-        "WEBHOOKS_LOG_FORMAT": os.environ.get("WEBHOOKS_LOG_FORMAT", "text"),
-        "PROMETHEUS_MULTIPROC_DIR": str(_fresh_metrics_dir(data_dir)),
-    }
-    children: list[subprocess.Popen[bytes]] = []
-    stopping = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        settings = Settings(mongodb_url=stores.mongodb_url, redis_url=stores.redis_url, data_dir=data_dir)
-        load_secret_box(settings)  # create the encryption key once, before two processes race for it
-        account = _dev_account(settings, data_dir)
-        exe = [sys.executable, "-m", "webhooks.cli"]
-        children.append(spawn([*exe, "worker"], env=env))
-        children.append(spawn([*exe, "serve", "--host", args.host, "--port", str(args.port)], env=env))
-        wait_for_port(args.port, children[-1], "the API", timeout=60)
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        print(f"\nHatchBeacon Webhooks is running (data in {data_dir})", flush=True)
-        print(f"  GraphiQL:  http://{host}:{args.port}/graphql", flush=True)
-        print(f"  API key:   {account['apiKey']}", flush=True)
-        print(f'  Headers:   {{"Authorization": "Bearer {account["apiKey"]}"}}', flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
-        while not stopping:
-            if any(c.poll() is not None for c in children):
-                log.error("a child process exited unexpectedly; stopping")
-                return 1
-            time.sleep(0.2)
-        return 0
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for child in reversed(children):
-            stop(child)
-        stores.stop()
-        print("stopped", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--data-dir", default=".webhooks")
-    dev.set_defaults(run=cmd_dev)
+    dev.set_defaults(run=cmd_dev)  # imported lazily: it needs the development stores
 
     serve = sub.add_parser("serve", help="run the GraphQL API")
     serve.add_argument("--host", default="127.0.0.1")
@@ -229,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", default=None)
     export.set_defaults(run=cmd_export_schema)
     return parser
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from webhooks_cli.dev import run_dev
+
+    return run_dev(args)
 
 
 def main(argv: list[str] | None = None) -> int:
