@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from pymongo import AsyncMongoClient
 
-from bench.figures import FIGURES, Ctx, Result
+from bench.figures import COUNTS_DIR, FIGURES, Ctx, Result
 from bench.p6 import p6
 from bench.procs import CACHE_DIR, stack
 
@@ -36,7 +36,9 @@ async def main_figures(selected: list[str], quick: bool, profile: bool, results:
         data_dir = CACHE_DIR / "run"
         shutil.rmtree(data_dir, ignore_errors=True)
         log("starting SecantusDB, Valkey, the API, one worker and the receiver ...")
-        with stack(data_dir) as running:
+        shutil.rmtree(COUNTS_DIR, ignore_errors=True)
+        # the API and the worker count their MongoDB commands (webhooks.command_counts) for P1
+        with stack(data_dir, WEBHOOKS_BENCH_COUNT_COMMANDS=str(COUNTS_DIR)) as running:
             mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(running.stores.mongodb_url,
                                                                       tz_aware=True)
             try:

@@ -159,6 +159,12 @@ class ReceiverControl:
             data: dict[str, int] = await r.json()
             return data
 
+    async def by_path(self) -> dict[str, int]:
+        """Requests received per path so far."""
+        async with self.session.get(self.url + "/_by_path") as r:
+            data: dict[str, int] = await r.json()
+            return data
+
     async def arrivals(self, since: int = 0) -> list[list[Any]]:
         """[[delivery id, arrival time.time(), path, valid], ...] from index ``since``."""
         async with self.session.get(self.url + f"/_arrivals?since={since}") as r:
