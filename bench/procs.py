@@ -165,9 +165,10 @@ class ReceiverControl:
             data: dict[str, int] = await r.json()
             return data
 
-    async def arrivals(self, since: int = 0) -> list[list[Any]]:
-        """[[delivery id, arrival time.time(), path, valid], ...] from index ``since``."""
-        async with self.session.get(self.url + f"/_arrivals?since={since}") as r:
+    async def arrivals(self, since: int = 0, path: str | None = None) -> list[list[Any]]:
+        """[[delivery id, arrival time.time(), path, valid], ...] from index ``since`` (only ``path``'s)."""
+        query = f"?since={since}" + (f"&path={path}" if path else "")
+        async with self.session.get(self.url + "/_arrivals" + query) as r:
             data: list[list[Any]] = await r.json()
             return data
 

@@ -127,7 +127,9 @@ def make_app() -> web.Application:
 
     async def arrivals(request: web.Request) -> web.StreamResponse:
         since = int(request.query.get("since", "0"))
-        return web.json_response(state.arrivals[since:])
+        path = request.query.get("path")
+        found = state.arrivals[since:]
+        return web.json_response(found if path is None else [a for a in found if a[2] == path])
 
     app = web.Application(client_max_size=4 << 20)
     app.router.add_post("/_register", register)
