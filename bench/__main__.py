@@ -27,7 +27,8 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def main_figures(selected: list[str], quick: bool, profile: bool, results: list[Result]) -> None:
+async def main_figures(selected: list[str], quick: bool, profile: bool, results: list[Result],
+                       p8_cases: list[str] | None = None) -> None:
     def emit(result: Result) -> None:
         results.append(result)
         print(result.line(), flush=True)
@@ -61,7 +62,7 @@ async def main_figures(selected: list[str], quick: bool, profile: bool, results:
         log("P8 ...")
         t0 = time.perf_counter()
         p1_rate = next((r.value for r in results if r.name == "P1 throughput"), None)
-        await p8(quick, log, emit, p1_rate)
+        await p8(quick, log, emit, p1_rate, p8_cases)
         log(f"P8 took {time.perf_counter() - t0:.0f} s")
     if "p6" in selected:
         log("P6 ...")
@@ -80,6 +81,7 @@ def main() -> int:
                         help="fewer events and shorter runs; P6 with 100,000 deliveries")
     parser.add_argument("--profile", action="store_true",
                         help="P1: record py-spy profiles of the worker and the API into bench/.cache/")
+    parser.add_argument("--p8-cases", default="", help="P8 subset: dead,dead10k,slow,huge (default: all)")
     args = parser.parse_args()
     selected = [s.strip().lower() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in selected if s not in ALL]
@@ -87,7 +89,8 @@ def main() -> int:
         parser.error(f"unknown figure(s): {', '.join(unknown)} (choose from {', '.join(ALL)})")
     results: list[Result] = []
     t0 = time.perf_counter()
-    asyncio.run(main_figures(selected, args.quick, args.profile, results))
+    p8_cases = [c.strip() for c in args.p8_cases.split(",") if c.strip()] or None
+    asyncio.run(main_figures(selected, args.quick, args.profile, results, p8_cases))
     log(f"done in {time.perf_counter() - t0:.0f} s")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / ("results-quick.json" if args.quick else "results.json")).write_text(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+import psutil
 
 from bench.figures import Result, fmt, pct, publish_many
 from bench.procs import CACHE_DIR, GraphQL, ReceiverControl, Stack, create_webhooks, publish, stack
@@ -34,6 +35,7 @@ ARRIVAL_TIMEOUT = 60.0
 
 @dataclass(frozen=True)
 class Case:
+    key: str  # for ``--p8-cases``
     name: str
     path: str  # A's endpoint on the receiver
     events: int  # A's backlog (full run)
@@ -41,21 +43,24 @@ class Case:
 
 
 CASES = [
-    Case("dead endpoint", "/hang/p8-a", 1_000),
-    Case("dead endpoint", "/hang/p8-a", 10_000),
-    Case("slow endpoint (2 s)", "/slow/2/p8-a", 10_000),
-    Case("huge healthy backlog", "/ok/p8-a", 100_000, huge=True),
+    Case("dead", "dead endpoint", "/hang/p8-a", 1_000),
+    Case("dead10k", "dead endpoint", "/hang/p8-a", 10_000),
+    Case("slow", "slow endpoint (2 s)", "/slow/2/p8-a", 10_000),
+    Case("huge", "huge healthy backlog", "/ok/p8-a", 100_000, huge=True),
 ]
 
 
-async def healthy_latencies(gql: GraphQL, recv: ReceiverControl, path: str,
-                            count: int) -> tuple[list[float], int]:
-    """B publishes ``count`` events, one every 250 ms; their latencies (ms) and how many never arrived."""
+async def healthy_latencies(gql: GraphQL, recv: ReceiverControl, path: str, count: int,
+                            publish_ms: list[float] | None = None) -> tuple[list[float], int]:
+    """B publishes ``count`` events, one every 250 ms; their latencies (ms) and how many never arrived.
+    ``publish_ms`` gets how long each ``publishEvent`` call took (the part of the latency in the API)."""
     since = len(await recv.arrivals(path=path))
     sent: dict[str, float] = {}
     for n in range(count):
         t = time.time()
         event = await publish(gql, n)
+        if publish_ms is not None:
+            publish_ms.append((time.time() - t) * 1000)
         sent[event["deliveries"][0]["id"]] = t
         await asyncio.sleep(HEALTHY_EVERY)
     deadline = time.perf_counter() + ARRIVAL_TIMEOUT
@@ -98,7 +103,10 @@ async def _case(case: Case, events: int, log: Callable[[str], None], emit: Calla
             warm, _ = await healthy_latencies(gql_b, recv, b_path, 1)
             log(f"  {label}: worker dispatching {time.perf_counter() - t_start:.1f} s after its start "
                 f"(B's warm-up event: {fmt(warm[0]) if warm else 'lost'} ms)")
-            loaded, lost_loaded = await healthy_latencies(gql_b, recv, b_path, HEALTHY)
+            publish_ms: list[float] = []
+            cpu0, w0 = _cpu(running), time.perf_counter()
+            loaded, lost_loaded = await healthy_latencies(gql_b, recv, b_path, HEALTHY, publish_ms)
+            busy = {k: (v - cpu0[k]) / (time.perf_counter() - w0) * 100 for k, v in _cpu(running).items()}
             t_window = time.perf_counter() - t_start
             by_path = await recv.by_path()
             stats = await recv.stats()
@@ -115,16 +123,26 @@ async def _case(case: Case, events: int, log: Callable[[str], None], emit: Calla
     lost = f"; {lost_alone + lost_loaded} of B's deliveries did not arrive in {ARRIVAL_TIMEOUT:.0f} s" if (
         lost_alone + lost_loaded) else ""
     log(f"  {label}: B alone p50 {a50:.0f} ms p99 {a99:.0f} ms; under load p50 {l50:.0f} ms "
-        f"p99 {l99:.0f} ms; {a_note}{lost}; under load, in order: {[round(x) for x in loaded]} ms")
+        f"p99 {l99:.0f} ms; {a_note}{lost}; under load, in order: {[round(x) for x in loaded]} ms, of which "
+        f"the publishEvent call: {[round(x) for x in publish_ms]} ms; CPU % of a core in the window: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in busy.items()))
     emit(Result(f"{label}: healthy p99", l99, "ms", a99, "ms healthy p99 alone, same stack", l99 / a99,
                 "<= 2x and <= 1,000 ms",
-                f"p50 {fmt(l50)} ms (alone {fmt(a50)} ms), {HEALTHY} events every 250 ms; {a_note}{lost}"))
+                f"p50 {fmt(l50)} ms (alone {fmt(a50)} ms), {HEALTHY} events every 250 ms; publishEvent call "
+                f"p50 {fmt(pct(publish_ms, 50))} ms, p99 {fmt(pct(publish_ms, 99))} ms; {a_note}{lost}"))
     if case.huge:
         emit(Result(f"{label}: backlogged account's throughput", a_rate, "deliveries/s",
                     p1_rate, "deliveries/s P1 throughput, same invocation" if p1_rate else "",
                     a_rate / p1_rate if p1_rate else None, ">= 0.8",
                     "one webhook, per-webhook in-flight limit 10; P1 uses 10 webhooks"
                     + ("" if p1_rate else "; run with p1 for the ratio")))
+
+
+def _cpu(running: Stack) -> dict[str, float]:
+    assert running.worker is not None
+    pids = {"SecantusDB": running.stores.processes[0].pid, "API": running.api.pid,
+            "worker": running.worker.pid, "receiver": running.receiver.pid}
+    return {k: sum(psutil.Process(p).cpu_times()[:2]) for k, p in pids.items()}
 
 
 def _stop_worker(running: Stack) -> None:
@@ -146,8 +164,10 @@ async def _drain(recv: ReceiverControl, path: str, events: int, before: int, t_s
 
 
 async def p8(quick: bool, log: Callable[[str], None], emit: Callable[[Result], None],
-             p1_rate: float | None) -> None:
+             p1_rate: float | None, only: list[str] | None = None) -> None:
     for case in CASES:
+        if only and case.key not in only:
+            continue
         events = case.events // 10 if quick else case.events
         t0 = time.perf_counter()
         try:
