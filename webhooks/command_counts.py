@@ -23,7 +23,7 @@ from typing import Any
 from pymongo import monitoring
 
 ENV = "WEBHOOKS_BENCH_COUNT_COMMANDS"
-DUMP_EVERY = 0.2  # seconds
+DUMP_EVERY = 1.0  # seconds
 WRITES = frozenset({"insert", "update", "delete", "findAndModify"})
 IGNORED = frozenset({"hello", "isMaster", "ismaster", "ping", "endSessions", "saslStart", "saslContinue"})
 
