@@ -14,31 +14,36 @@ from typing import Any
 import aiohttp
 from pymongo import AsyncMongoClient
 
-from bench.figures import FIGURES, Ctx, Result
+from bench.figures import COUNTS_DIR, FIGURES, Ctx, Result
 from bench.p6 import p6
+from bench.p8 import p8
 from bench.procs import CACHE_DIR, stack
 from bench.scale import SCALE_FIGURES
 
-ALL = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p9", "p10"]
+ALL = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10"]
 # P2 first: latency and idle CPU on a quiet system
-ORDER = ["p2", "p1", "p3", "p4", "p5", "p7", "p9", "p10", "p6"]
+ORDER = ["p2", "p1", "p3", "p4", "p5", "p7", "p8", "p9", "p10", "p6"]
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def main_figures(selected: list[str], quick: bool, profile: bool, results: list[Result]) -> None:
+async def main_figures(
+    selected: list[str], quick: bool, profile: bool, results: list[Result], p8_cases: list[str] | None = None
+) -> None:
     def emit(result: Result) -> None:
         results.append(result)
         print(result.line(), flush=True)
 
-    service = [f for f in ORDER if f in selected and f != "p6"]
+    service = [f for f in ORDER if f in selected and f not in ("p6", "p8")]
     if service:
         data_dir = CACHE_DIR / "run"
         shutil.rmtree(data_dir, ignore_errors=True)
         log("starting SecantusDB, Valkey, the API, one worker and the receiver ...")
-        with stack(data_dir) as running:
+        shutil.rmtree(COUNTS_DIR, ignore_errors=True)
+        # the API and the worker count their MongoDB commands (webhooks.command_counts) for P1
+        with stack(data_dir, WEBHOOKS_BENCH_COUNT_COMMANDS=str(COUNTS_DIR)) as running:
             mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
                 running.stores.mongodb_url, tz_aware=True
             )
@@ -57,6 +62,12 @@ async def main_figures(selected: list[str], quick: bool, profile: bool, results:
                             raise RuntimeError("the worker died (bench/.cache/logs/worker.log)")
             finally:
                 await mongo.close()
+    if "p8" in selected:  # its own stacks: one per case, so no backlog leaks into the next
+        log("P8 ...")
+        t0 = time.perf_counter()
+        p1_rate = next((r.value for r in results if r.name == "P1 throughput"), None)
+        await p8(quick, log, emit, p1_rate, p8_cases)
+        log(f"P8 took {time.perf_counter() - t0:.0f} s")
     if "p6" in selected:
         log("P6 ...")
         t0 = time.perf_counter()
@@ -78,6 +89,7 @@ def main() -> int:
         action="store_true",
         help="P1: record py-spy profiles of the worker and the API into bench/.cache/",
     )
+    parser.add_argument("--p8-cases", default="", help="P8 subset: dead,dead10k,slow,huge (default: all)")
     args = parser.parse_args()
     selected = [s.strip().lower() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in selected if s not in ALL]
@@ -85,7 +97,8 @@ def main() -> int:
         parser.error(f"unknown figure(s): {', '.join(unknown)} (choose from {', '.join(ALL)})")
     results: list[Result] = []
     t0 = time.perf_counter()
-    asyncio.run(main_figures(selected, args.quick, args.profile, results))
+    p8_cases = [c.strip() for c in args.p8_cases.split(",") if c.strip()] or None
+    asyncio.run(main_figures(selected, args.quick, args.profile, results, p8_cases))
     log(f"done in {time.perf_counter() - t0:.0f} s")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / ("results-quick.json" if args.quick else "results.json")).write_text(

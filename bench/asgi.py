@@ -3,7 +3,8 @@
 ``GET /bench/deliveries`` answers with the same 20 deliveries (and their attempts) that
 ``deliveries(first: 20) { ... attempts { number statusCode } }`` returns, straight from MongoDB as JSON:
 the same authentication (API key lookup), the same repository page query, then one ``$in`` query for the
-attempts. It is P5's baseline: what the process can do without GraphQL. Run: ``python -m bench.asgi PORT``.
+attempts (embedded in their delivery documents; a delivery not written yet has none). It is P5's
+baseline: what the process can do without GraphQL. Run: ``python -m bench.asgi PORT``.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ async def plain_deliveries(request: Request) -> Response:
     )
     ids = [d.id for d in page.items]
     attempts: dict[object, list[dict[str, object]]] = {i: [] for i in ids}
-    cursor = core.cols.attempts.find(
-        {"delivery_id": {"$in": ids}}, {"delivery_id": 1, "number": 1, "status_code": 1}
+    cursor = core.cols.deliveries.find(
+        {"_id": {"$in": ids}}, {"attempts.number": 1, "attempts.status_code": 1}
     )
-    for a in await cursor.to_list():
-        attempts[a["delivery_id"]].append({"number": a["number"], "statusCode": a.get("status_code")})
+    for d in await cursor.to_list():
+        attempts[d["_id"]] = [
+            {"number": a["number"], "statusCode": a.get("status_code")} for a in d.get("attempts") or ()
+        ]
     edges = [
         {
             "node": {

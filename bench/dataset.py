@@ -3,7 +3,8 @@
 The SecantusDB data directory lives in ``bench/.cache/p6-<N>/`` with ``meta.json`` (API keys, ids, the
 Fernet key, the cursors to query). A second account holds the 1,000-delivery baseline (one webhook, same
 time spread). Documents are made by ``webhooks.repositories.deliveries.delivery_doc`` (the service's own
-shape), as SUCCEEDED deliveries, into the collection with the service's indexes (``ensure_indexes``).
+shape, via ``bench.docs``), as SUCCEEDED deliveries with their first attempt embedded, into the collection
+with the service's indexes (``ensure_indexes``).
 ObjectIds carry their creation time (4-byte timestamp) and a unique 8-byte counter.
 """
 
@@ -23,12 +24,13 @@ from bson import ObjectId
 from cryptography.fernet import Fernet
 from pymongo import AsyncMongoClient
 
+from bench.docs import succeeded_doc
 from bench.procs import CACHE_DIR, GraphQL, ReceiverControl, create_webhooks, stack
 from webhooks.db import Collections, ensure_indexes
 from webhooks.pagination import encode_cursor
-from webhooks.repositories.deliveries import delivery_doc
 
 RETENTION = timedelta(days=30)
+SHAPE = 2  # the document shape: 2 = one document per delivery, attempts embedded (older caches are rebuilt)
 MAX_AGE = timedelta(days=2)  # older caches are rebuilt: their deliveries would fall out of the window
 WEBHOOKS = 100
 SMALL = 1_000
@@ -44,7 +46,8 @@ def load_meta(n: int) -> dict[str, Any] | None:
     if not path.exists():
         return None
     meta: dict[str, Any] = json.loads(path.read_text())
-    if not meta.get("complete") or time.time() - meta["built_at"] > MAX_AGE.total_seconds():
+    stale = time.time() - meta["built_at"] > MAX_AGE.total_seconds()
+    if not meta.get("complete") or meta.get("shape") != SHAPE or stale:
         return None
     return meta
 
@@ -77,17 +80,7 @@ async def _insert(
         oid = _oid(at, counter_base + i)
         if webhook == watch:
             watched.append(oid)
-        doc = delivery_doc(
-            delivery_id=oid,
-            account_id=account,
-            webhook_id=webhook,
-            event_id=ObjectId(),
-            event="job_application_created",
-            now=at,
-            retention=RETENTION,
-        )
-        doc.update(status="SUCCEEDED", attempt_count=1, next_attempt_at=None)
-        batch.append(doc)
+        batch.append(succeeded_doc(account, webhook, at, RETENTION, delivery_id=oid))
         if len(batch) == BATCH:
             if len(pending) >= 2:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -165,6 +158,7 @@ async def _build(n: int, log: Any) -> dict[str, Any]:
             "count": len(watched_small),
             "middle": encode_cursor(watched_small[len(watched_small) // 2]),
         },
+        "shape": SHAPE,
         "complete": True,
     }
     (directory / "meta.json").write_text(json.dumps(meta))

@@ -23,10 +23,10 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from bench.docs import succeeded_doc
 from bench.procs import CACHE_DIR, GraphQL, ReceiverControl, Stack, create_webhooks, publish
 from webhooks.db import INDEXES, Collections
 from webhooks.pubsub import ATTEMPTS_CHANNEL
-from webhooks.repositories.deliveries import delivery_doc
 
 Log = Callable[[str], None]
 
@@ -108,6 +108,9 @@ class Ctx:
     ) -> float:
         """Poll MongoDB until every delivery in ``ids`` has ``status``; return the perf_counter time.
 
+        A delivery not written yet (PENDING, still only in its event's outbox) is simply not found: it is
+        asked about again at the next poll. SUCCEEDED and FAILED deliveries are always written.
+
         Each poll asks only about the deliveries not yet seen in ``status``, so the check itself stays a
         small load on the store under test (a full ``$in`` count every poll would dominate it).
         """
@@ -184,26 +187,15 @@ SAMPLE_BODY = orjson.dumps(
 
 
 async def insert_ceiling(ctx: Ctx, batches: int) -> float:
-    """insert_many of 100 delivery-shaped docs into a collection with the deliveries indexes, docs/s."""
+    """insert_many of 100 delivery-shaped docs (a succeeded delivery, its attempt embedded, as the engine
+    writes it) into a collection with the deliveries indexes, docs/s."""
     col = ctx.mongo["webhooks"]["bench_insert_ceiling"]
     await col.drop()
     await col.create_indexes(INDEXES["deliveries"])
     now = datetime.now(tz=UTC)
     account, webhook = ObjectId(), ObjectId()
     docs = [
-        [
-            delivery_doc(
-                delivery_id=ObjectId(),
-                account_id=account,
-                webhook_id=webhook,
-                event_id=ObjectId(),
-                event="job_application_created",
-                now=now,
-                retention=timedelta(days=30),
-            )
-            for _ in range(100)
-        ]
-        for _ in range(batches)
+        [succeeded_doc(account, webhook, now, timedelta(days=30)) for _ in range(100)] for _ in range(batches)
     ]
     started = time.perf_counter()
     for batch in docs:
@@ -218,9 +210,12 @@ async def p1(ctx: Ctx) -> None:
     runs = 3
     gql, _ = await ctx.account("P1")
     paths = [f"/ok/p1-{i}" for i in range(hooks)]
-    await create_webhooks(gql, ctx.recv, paths)
+    webhook_ids = await create_webhooks(gql, ctx.recv, paths)
+    account = await ctx.account_id(webhook_ids[0])
     await publish_many(gql, 5, 5)  # warm-up: connections, caches
     await asyncio.sleep(1.0)
+    await _outbox_closed(ctx, account, 20)  # the warm-up's events leave the outbox before counting starts
+    counts0 = await store_counts(ctx)
     measured, baseline, ceiling, publish_rates = [], [], [], []
     invalid_total = 0
     raw_secret = await _register_raw(ctx)
@@ -268,6 +263,9 @@ async def p1(ctx: Ctx) -> None:
     for proc in profilers:
         proc.send_signal(signal.SIGINT)
         await asyncio.to_thread(proc.wait, 60)
+    # the sweeper closes each event once its deliveries are written: part of a delivery's cost, so wait
+    closed = await _outbox_closed(ctx, account, 30)
+    counts1 = await store_counts(ctx)
     value, base = med(measured), med(baseline)
     ctx.emit(
         Result(
@@ -292,15 +290,89 @@ async def p1(ctx: Ctx) -> None:
     store = med(ceiling)
     ctx.emit(
         Result(
-            "P1 store insert_many ceiling",
-            store,
-            "docs/s",
+            "P1 throughput vs store insert_many ceiling",
             value,
-            "deliveries/s P1 throughput",
+            "deliveries/s",
+            store,
+            "docs/s store insert_many ceiling",
             value / store,
-            note="batches of 100 delivery docs, deliveries indexes",
+            "ratio >= 0.5",
+            "batches of 100 delivery docs (first attempt embedded), deliveries indexes",
         )
     )
+    delivered = runs * hooks * events
+    written, trips = _diff(counts0, counts1, "written"), _diff(counts0, counts1, "commands")
+    outbox = "" if closed else "; SOME P1 EVENTS STILL OPEN (their close is not counted)"
+    ctx.emit(
+        Result(
+            "P1 store documents written per delivery",
+            sum(written.values()) / delivered,
+            "docs",
+            target="<= 1.2",
+            note=f"{delivered:,} deliveries, fan-out {hooks}, all first attempts succeeded; "
+            + _breakdown(written)
+            + outbox,
+        )
+    )
+    ctx.emit(
+        Result(
+            "P1 store round trips per delivery",
+            sum(trips.values()) / delivered,
+            "commands",
+            target="<= 0.3",
+            note="API + worker, sweeper included; " + _breakdown(trips),
+        )
+    )
+
+
+async def _outbox_closed(ctx: Ctx, account: ObjectId, timeout: float) -> bool:
+    """Wait until none of the account's events is open (the sweeper closes them); whether that happened."""
+    deadline = time.perf_counter() + timeout
+    while await ctx.cols.events.count_documents({"account_id": account, "open": True}):
+        if time.perf_counter() > deadline:
+            return False
+        await asyncio.sleep(0.5)
+    return True
+
+
+COUNTS_DIR = CACHE_DIR / "command-counts"
+
+
+async def store_counts(ctx: Ctx, timeout: float = 10.0) -> dict[str, dict[str, dict[str, int]]]:
+    """The API's and the worker's MongoDB command counts (``webhooks.command_counts``), dumped after now."""
+    assert ctx.stack.worker is not None
+    since = time.time()
+    deadline = time.perf_counter() + timeout
+    found: dict[str, dict[str, dict[str, int]]] = {}
+    for name, pid in (("api", ctx.stack.api.pid), ("worker", ctx.stack.worker.pid)):
+        path = COUNTS_DIR / f"{pid}.json"
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(path.read_text())
+                if data["at"] > since:
+                    found[name] = {"commands": data["commands"], "written": data["written"]}
+                    break
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"no command counts from the {name} in {path}")
+            await asyncio.sleep(0.1)
+    return found
+
+
+def _diff(
+    before: dict[str, dict[str, dict[str, int]]], after: dict[str, dict[str, dict[str, int]]], kind: str
+) -> dict[str, int]:
+    """Per ``process command`` increase of ``kind`` (commands or written) between two snapshots."""
+    out: dict[str, int] = {}
+    for proc, data in after.items():
+        for command, n in data[kind].items():
+            delta = n - before.get(proc, {}).get(kind, {}).get(command, 0)
+            if delta:
+                out[f"{proc} {command}"] = delta
+    return out
+
+
+def _breakdown(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _cpu(ctx: Ctx) -> dict[str, float]:
@@ -472,10 +544,9 @@ async def p3(ctx: Ctx) -> None:
     baseline = asyncio.gather(*(timer_baseline() for _ in range(hooks)))
     await ctx.wait_status(ids, "FAILED", 31 + 30, interval=0.5)
     await baseline
-    attempts = await ctx.cols.attempts.find({"delivery_id": {"$in": ids}}).to_list()
     by_delivery: dict[ObjectId, dict[int, dict[str, Any]]] = {}
-    for a in attempts:
-        by_delivery.setdefault(a["delivery_id"], {})[a["number"]] = a
+    async for d in ctx.cols.deliveries.find({"_id": {"$in": ids}}, {"attempts": 1}):
+        by_delivery[d["_id"]] = {a["number"]: a for a in d.get("attempts") or ()}
     errors: list[float] = []
     for numbered in by_delivery.values():
         for n in range(2, 7):
@@ -577,9 +648,13 @@ async def p4(ctx: Ctx) -> None:
         raise RuntimeError(f"subscribers did not finish: {_err.decode()[-2000:]}")
     result = json.loads(out_path.read_text())
     times: dict[str, list[float]] = result["times"]
-    attempts = await ctx.cols.attempts.find(
-        {"delivery_id": {"$in": [ObjectId(d) for d in timed]}}, {"_id": 1}
-    ).to_list()
+    attempts = [
+        a
+        async for d in ctx.cols.deliveries.find(
+            {"_id": {"$in": [ObjectId(d) for d in timed]}}, {"attempts._id": 1}
+        )
+        for a in d.get("attempts") or ()
+    ]
     lat: list[float] = []
     short = 0
     subs = connections * per_connection

@@ -175,9 +175,16 @@ class ReceiverControl:
             data: dict[str, int] = await r.json()
             return data
 
-    async def arrivals(self, since: int = 0) -> list[list[Any]]:
-        """[[delivery id, arrival time.time(), path, valid], ...] from index ``since``."""
-        async with self.session.get(self.url + f"/_arrivals?since={since}") as r:
+    async def by_path(self) -> dict[str, int]:
+        """Requests received per path so far."""
+        async with self.session.get(self.url + "/_by_path") as r:
+            data: dict[str, int] = await r.json()
+            return data
+
+    async def arrivals(self, since: int = 0, path: str | None = None) -> list[list[Any]]:
+        """[[delivery id, arrival time.time(), path, valid], ...] from index ``since`` (only ``path``'s)."""
+        query = f"?since={since}" + (f"&path={path}" if path else "")
+        async with self.session.get(self.url + "/_arrivals" + query) as r:
             data: list[list[Any]] = await r.json()
             return data
 

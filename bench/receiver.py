@@ -4,6 +4,7 @@ Paths (``<token>`` is any name; register its secret first with ``POST /_register
 - ``/ok/<token>``: 200 after reading the body;
 - ``/fail/<token>``: 500 after reading the body;
 - ``/slow/<seconds>/<token>``: 200 after sleeping;
+- ``/hang/<token>``: accepts the request, reads it and never answers (the sender's deadline ends it);
 - ``/big/<token>``: 200 with a 1 GiB body, streamed lazily from one 1 MiB buffer (never allocated whole).
 Every request's ``X-Webhook-Signature`` is checked (hex HMAC-SHA256 of the raw body, keyed with the
 registered secret) and counted valid/invalid; the arrival time (``time.time()`` when the handler starts,
@@ -35,6 +36,9 @@ class State:
         self.big_aborted = 0
         self.slow_inflight = 0
         self.slow_inflight_max = 0
+        self.hang_inflight = 0
+        self.hang_inflight_max = 0
+        self.by_path: dict[str, int] = {}
 
 
 def make_app() -> web.Application:
@@ -59,6 +63,7 @@ def make_app() -> web.Application:
         else:
             state.invalid += 1
         state.arrivals.append([request.headers.get("X-Webhook-Delivery"), arrived, request.path, valid])
+        state.by_path[request.path] = state.by_path.get(request.path, 0) + 1
 
     async def ok(request: web.Request) -> web.StreamResponse:
         await check(request)
@@ -77,6 +82,19 @@ def make_app() -> web.Application:
         finally:
             state.slow_inflight -= 1
         return web.Response(text="late")
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await check(request)
+        state.hang_inflight += 1
+        state.hang_inflight_max = max(state.hang_inflight_max, state.hang_inflight)
+        try:  # until the sender gives up and closes the connection (aiohttp does not cancel the handler)
+            for _ in range(36_000):
+                if request.transport is None or request.transport.is_closing():
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            state.hang_inflight -= 1
+        return web.Response(text="never")
 
     async def big(request: web.Request) -> web.StreamResponse:
         await check(request)
@@ -105,17 +123,26 @@ def make_app() -> web.Application:
                 "big_started": state.big_started,
                 "big_aborted": state.big_aborted,
                 "slow_inflight_max": state.slow_inflight_max,
+                "hang_inflight": state.hang_inflight,
+                "hang_inflight_max": state.hang_inflight_max,
             }
         )
 
+    async def by_path(request: web.Request) -> web.StreamResponse:
+        return web.json_response(state.by_path)
+
     async def arrivals(request: web.Request) -> web.StreamResponse:
         since = int(request.query.get("since", "0"))
-        return web.json_response(state.arrivals[since:])
+        path = request.query.get("path")
+        found = state.arrivals[since:]
+        return web.json_response(found if path is None else [a for a in found if a[2] == path])
 
     app = web.Application(client_max_size=4 << 20)
     app.router.add_post("/_register", register)
     app.router.add_get("/_stats", stats)
     app.router.add_get("/_arrivals", arrivals)
+    app.router.add_get("/_by_path", by_path)
+    app.router.add_post("/hang/{token}", hang)
     app.router.add_post("/ok/{token}", ok)
     app.router.add_post("/fail/{token}", fail)
     app.router.add_post("/slow/{seconds}/{token}", slow)

@@ -203,9 +203,13 @@ async def p10(ctx: Ctx) -> None:
         await pubsub.aclose()
         await redis.aclose()
         await asyncio.to_thread(stop, second, 10.0)
-    attempts = await ctx.cols.attempts.find(
-        {"delivery_id": {"$in": [_oid(d) for d in delivery_ids]}}, {"_id": 1}
-    ).to_list()
+    attempts = [
+        a
+        async for d in ctx.cols.deliveries.find(
+            {"_id": {"$in": [_oid(d) for d in delivery_ids]}}, {"attempts._id": 1}
+        )
+        for a in d.get("attempts") or ()
+    ]
     subs = 2 * per_process * per_connection
     lat: list[float] = []
     missed = dropped = 0

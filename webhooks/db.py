@@ -62,8 +62,14 @@ def connect(settings: Settings) -> AsyncMongoClient[Doc]:
             "WEBHOOKS_MONGODB_URL is not set: use `webhooks dev` for the embedded default, "
             "or point it at a MongoDB server"
         )
+    from webhooks import command_counts  # opt-in, for the benchmark only (WEBHOOKS_BENCH_COUNT_COMMANDS)
+
     return AsyncMongoClient(
-        settings.mongodb_url, tz_aware=True, connect=False, serverSelectionTimeoutMS=10_000
+        settings.mongodb_url,
+        tz_aware=True,
+        connect=False,
+        serverSelectionTimeoutMS=10_000,
+        event_listeners=command_counts.listeners(),
     )
 
 
