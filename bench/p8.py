@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import aiohttp
 import psutil
-from webhooks_cli.embedded import stop
 
 from bench.figures import Result, fmt, pct, publish_many
 from bench.procs import CACHE_DIR, GraphQL, ReceiverControl, Stack, create_webhooks, publish, stack
+from webhooks_cli.embedded import stop
 
 HEALTHY = 20  # events B publishes per phase (the measurement: 20, one every 250 ms)
 HEALTHY_EVERY = 0.25
