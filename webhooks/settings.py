@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     delivery_retention_days: int = Field(default=30, ge=1)
     sweep_interval: float = Field(default=5.0, gt=0)
     sweep_grace: float = Field(default=5.0, ge=0)
-    worker_poll_delay: float = Field(default=0.05, gt=0)
+    worker_poll_delay: float = Field(default=0.5, gt=0)  # arq polls only for its cron sweeper
     worker_max_jobs: int = Field(default=50, ge=1)  # arq jobs (the sweeper) per worker
     # Isolation (webhooks.lanes): attempts in flight per webhook across all workers (a webhook's
     # ``maxInFlight`` overrides it, from 1 to ``webhook_max_in_flight_cap``), attempts in flight per worker

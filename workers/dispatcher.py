@@ -26,6 +26,9 @@ MAX_IDLE_WAIT = 1.0  # seconds: the longest sleep, so a missed wake token costs 
 CLAIM_BATCH = 200  # attempts taken per claim (one Lua call)
 SLOT_TTL = 6.0  # seconds: a slot's lease, renewed while its attempt runs; a dead worker's slots expire
 SLOT_RENEW = 2.0
+# Attempts are claimed this much before they fall due, so that loading them (a store round trip for a
+# retry) happens before the due time; the engine then waits for the due time itself (never sends early).
+LOOKAHEAD = timedelta(milliseconds=50)
 
 
 class Dispatcher:
@@ -95,7 +98,7 @@ class Dispatcher:
             return False, None  # woken when a running attempt finishes
         want = min(free, CLAIM_BATCH)
         try:
-            claimed, next_due = await self._lanes.claim(utcnow(), want, slot_seconds=SLOT_TTL)
+            claimed, next_due = await self._lanes.claim(utcnow() + LOOKAHEAD, want, slot_seconds=SLOT_TTL)
         except Exception:
             log.warning("could not claim attempts; retrying", exc_info=True)
             return False, None
@@ -114,7 +117,7 @@ class Dispatcher:
     async def _sleep(self, next_due: datetime | None) -> None:
         wait = MAX_IDLE_WAIT
         if next_due is not None:
-            wait = min(wait, max(0.0, (next_due - utcnow()).total_seconds()))
+            wait = min(wait, max(0.0, (next_due - LOOKAHEAD - utcnow()).total_seconds()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._woken.wait(), timeout=wait)
 

@@ -134,6 +134,9 @@ class DeliveryEngine:
                 released = True
                 await self._releaser.call(Finished(claimed.item, BreakerOutcome.SKIPPED))
                 return
+            early = (claimed.due - utcnow()).total_seconds()
+            if early > 0:  # claimed ahead of its due time (``workers.dispatcher.LOOKAHEAD``): never send early
+                await asyncio.sleep(early)
             outcome = await self._attempt(planned)
             released = True
             await self._releaser.call(Finished(claimed.item, _breaker_outcome(outcome.result)))
