@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -45,6 +45,7 @@ from workers.signing import redacted, signature_headers
 log = logging.getLogger(__name__)
 
 EVENT_CACHE_BYTES = 32 * 1024 * 1024  # event bodies are immutable: kept while memory allows
+MAX_TRACKED_EVENTS = 100_000  # events with some, not all, deliveries written (for closing them)
 LATE_AFTER_MS = 500.0  # an attempt that starts later than this after its due time says why
 UNREACHABLE = frozenset(
     {
@@ -118,6 +119,8 @@ class DeliveryEngine:
         self._event_cache: SizedLRU[ObjectId, Event] = SizedLRU(
             EVENT_CACHE_BYTES, lambda e: len(e.body) + 256
         )
+        # first deliveries written per event (by this worker), until all of its planned ones are
+        self._written: OrderedDict[ObjectId, set[ObjectId]] = OrderedDict()
         self._loader: Coalescer[Claimed, Planned | None] = Coalescer(self._load)
         self._releaser: Coalescer[Finished, None] = Coalescer(self._release)
         self._recorder: Coalescer[Outcome, None] = Coalescer(self._record)
@@ -135,7 +138,9 @@ class DeliveryEngine:
                 await self._releaser.call(Finished(claimed.item, BreakerOutcome.SKIPPED))
                 return
             early = (claimed.due - utcnow()).total_seconds()
-            if early > 0:  # claimed ahead of its due time (``workers.dispatcher.LOOKAHEAD``): never send early
+            if (
+                early > 0
+            ):  # claimed ahead of its due time (``workers.dispatcher.LOOKAHEAD``): never send early
                 await asyncio.sleep(early)
             outcome = await self._attempt(planned)
             released = True
@@ -187,6 +192,7 @@ class DeliveryEngine:
             await self._deliveries.record_unsent(unsent, now, self._retention)
             for u in unsent:
                 metrics.delivery_finished(u.status.value, u.delivery.event)
+            await self._close_events([u.delivery for u in unsent if not u.stored])
         return answers
 
     async def _events_by_ids(self, ids: set[ObjectId]) -> dict[ObjectId, Event]:
@@ -294,6 +300,7 @@ class DeliveryEngine:
             )
             recorded.append(Recorded(delivery, attempt, status, next_at, now, first=not p.stored))
         await self._deliveries.record_outcomes(recorded, self._retention)
+        await self._close_events([r.delivery for r in recorded if r.first])
         # MongoDB now holds the outcome; everything after it is Redis and must not undo it: counting comes
         # first (it is never redone), a retry that fails to queue is re-queued by the sweeper, and the live
         # feed is best effort.
@@ -311,6 +318,27 @@ class DeliveryEngine:
         except Exception:
             log.exception("could not publish %d attempts to the live feed", len(recorded))
         return [None] * len(outcomes)
+
+    async def _close_events(self, written: list[Delivery]) -> None:
+        """Close the events whose planned deliveries this worker has now all written (one write, no read).
+        Events whose deliveries were written by several workers are closed by the sweeper instead."""
+        complete: list[ObjectId] = []
+        for delivery in written:
+            event = self._event_cache.get(delivery.event_id)
+            if event is None:
+                continue
+            seen = self._written.setdefault(event.id, set())
+            seen.add(delivery.id)
+            if seen >= {p.delivery_id for p in event.planned if not p.held}:
+                complete.append(event.id)
+                del self._written[event.id]
+        while len(self._written) > MAX_TRACKED_EVENTS:
+            self._written.popitem(last=False)
+        if complete:
+            try:
+                await self._events.close(complete)
+            except Exception:
+                log.warning("could not close %d events; the sweeper will", len(complete), exc_info=True)
 
     async def _count(self, finals: dict[ObjectId, list[bool]]) -> None:
         threshold = self._settings.disable_after_failures

@@ -1,17 +1,24 @@
 """The sweeper: rebuilds the lanes from MongoDB, so a Redis flush, a killed worker or a lost enqueue loses
 nothing. It runs as an arq cron job (one worker per tick, arq's ``unique`` cron jobs).
 
-Two bounded scans, each putting back what is in no lane and no slot (``Lanes.add(only_if_absent=True)``):
-- open events (the outbox) older than the grace period: their planned deliveries not yet written; an
-  event whose deliveries are all written is closed. The scan pages through the outbox from where the
-  last one stopped, so a large backlog is covered a page per tick.
-- written deliveries still PENDING whose next attempt is overdue by the grace period.
+It puts back what is in no lane, no slot and not being recorded (``Lanes.add(only_if_absent=True)``):
+- first attempts planned in open events (the outbox) but not written; an event whose deliveries are all
+  written is closed (the engine closes most events itself, as it records their last delivery);
+- written deliveries still PENDING whose next attempt is overdue.
+
+Every read is bounded, because a query costs the store what it matches, limit or not: a backlog of 10,000
+events waiting for a dead endpoint stays open (and overdue), and reading all of it every tick took
+SecantusDB's one core for most of a second. Each scan pages through the retention period in time windows
+that match fewer than ``SWEEP_BATCH`` documents, a few windows per tick, and starts over at the end, so a
+FLUSHALL under a large backlog is rebuilt over successive ticks while an idle history costs a few empty,
+cheap windows.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bson import ObjectId
@@ -26,7 +33,45 @@ from webhooks.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
-SWEEP_BATCH = 500
+SWEEP_BATCH = 200  # documents read per window: about 50 ms of SecantusDB
+TICK_BUDGET = 2 * SWEEP_BATCH  # documents read per scan and tick
+MAX_STEPS = 24  # windows per scan and tick (an empty one costs a few ms)
+FIRST_WINDOW = timedelta(minutes=1)
+MIN_WINDOW = timedelta(milliseconds=100)
+MAX_WINDOW = timedelta(days=1)
+
+
+@dataclass
+class Pager:
+    """Pages through ``[floor, ceiling)`` in windows that each match fewer than ``SWEEP_BATCH`` documents:
+    a full window shrinks and is read again; a sparse one grows. Starts over once past the ceiling."""
+
+    at: datetime | None = None
+    window: timedelta = FIRST_WINDOW
+
+    async def tick(self, floor: datetime, ceiling: datetime, scan: Scan) -> None:
+        """A few windows, within the tick's budget of documents and steps; at most one pass."""
+        read = 0
+        for _ in range(MAX_STEPS):
+            if self.at is None or self.at < floor:
+                self.at = floor
+            if self.at >= ceiling:
+                self.at = None  # the pass is complete: the next tick starts over
+                return
+            upper = min(self.at + self.window, ceiling)
+            found = await scan(self.at, upper)
+            read += found
+            if found >= SWEEP_BATCH and self.window > MIN_WINDOW:
+                self.window = max(self.window / 4, MIN_WINDOW)  # too dense: read it again, narrower
+            else:
+                self.at = upper
+                if found < SWEEP_BATCH // 4:
+                    self.window = min(self.window * 2, MAX_WINDOW)
+            if read >= TICK_BUDGET:
+                return
+
+
+Scan = Callable[[datetime, datetime], Awaitable[int]]
 
 
 @dataclass
@@ -36,20 +81,34 @@ class Sweeper:
     events: EventRepository
     deliveries: DeliveryRepository
     webhooks: WebhookRepository
-    _outbox_cursor: ObjectId | None = None
+    _outbox: Pager = field(default_factory=Pager)
+    _overdue: Pager = field(default_factory=Pager)
 
     async def sweep(self) -> int:
-        """One pass; how many attempts it put back."""
+        """One tick; how many attempts it put back."""
         before = utcnow() - timedelta(seconds=self.settings.sweep_grace)
-        requeued = await self._outbox(before) + await self._overdue(before)
+        oldest = utcnow() - timedelta(days=self.settings.delivery_retention_days)
+        counts: list[int] = []
+
+        async def outbox(lower: datetime, upper: datetime) -> int:
+            found, requeued = await self._scan_outbox(lower, upper)
+            counts.append(requeued)
+            return found
+
+        async def overdue(lower: datetime, upper: datetime) -> int:
+            found, requeued = await self._scan_overdue(lower, upper)
+            counts.append(requeued)
+            return found
+
+        await self._outbox.tick(oldest, before, outbox)
+        await self._overdue.tick(oldest, before, overdue)
+        requeued = sum(counts)
         if requeued:
             log.warning("sweeper re-queued %d attempts", requeued)
         return requeued
 
-    async def _outbox(self, before: datetime) -> int:
-        events = await self.events.open_after(self._outbox_cursor, before, SWEEP_BATCH)
-        # the next tick goes on from here, and starts over once the end is reached
-        self._outbox_cursor = events[-1].id if len(events) == SWEEP_BATCH else None
+    async def _scan_outbox(self, lower: datetime, upper: datetime) -> tuple[int, int]:
+        events = await self.events.open_between(lower, upper, SWEEP_BATCH)
         planned = {
             LaneItem(str(p.webhook_id), str(p.delivery_id), 1, str(e.id), Kind.NEW): e
             for e in events
@@ -73,10 +132,10 @@ class Sweeper:
             )
             for i in lost
         ]
-        return await self.lanes.add(entries, only_if_absent=True)
+        return len(events), await self.lanes.add(entries, only_if_absent=True)
 
-    async def _overdue(self, before: datetime) -> int:
-        overdue = await self.deliveries.overdue(before, SWEEP_BATCH)
+    async def _scan_overdue(self, lower: datetime, upper: datetime) -> tuple[int, int]:
+        overdue = await self.deliveries.due_between(lower, upper, SWEEP_BATCH)
         limits = await self._limits({d.webhook_id for d in overdue})
         entries = [
             Enqueue(
@@ -86,7 +145,7 @@ class Sweeper:
             )
             for d in overdue
         ]
-        return await self.lanes.add(entries, only_if_absent=True)
+        return len(overdue), await self.lanes.add(entries, only_if_absent=True)
 
     async def _limits(self, webhook_ids: set[ObjectId]) -> dict[ObjectId, int]:
         if not webhook_ids:

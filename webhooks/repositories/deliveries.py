@@ -197,12 +197,13 @@ class DeliveryRepository:
         if doc is not None:
             return Delivery.from_doc(doc)
         event = await self._events.planning(account_id, delivery_id)
+        # written (and its event closed) between the two reads?
+        doc = await self._col.find_one({"_id": delivery_id, "account_id": account_id}, {"attempts": 0})
+        if doc is not None:
+            return Delivery.from_doc(doc)
         if event is None:
             return None
-        planned = next(p for p in event.planned if p.delivery_id == delivery_id)
-        # written between the two reads?
-        doc = await self._col.find_one({"_id": delivery_id}, {"attempts": 0})
-        return Delivery.from_doc(doc) if doc else event.pending_delivery(planned)
+        return event.pending_delivery(next(p for p in event.planned if p.delivery_id == delivery_id))
 
     async def page(
         self,
@@ -317,11 +318,11 @@ class DeliveryRepository:
             return set()
         return {d["_id"] async for d in self._col.find({"_id": {"$in": ids}}, {"_id": 1})}
 
-    async def overdue(self, before: datetime, limit: int) -> list[Delivery]:
-        """Written, pending deliveries whose next attempt is overdue (the sweeper's scan, bounded)."""
-        cursor = self._col.find(
-            {"status": DeliveryStatus.PENDING.value, "next_attempt_at": {"$lt": before}}, {"attempts": 0}
-        ).limit(limit)
+    async def due_between(self, lower: datetime, upper: datetime, limit: int) -> list[Delivery]:
+        """Written, pending deliveries whose next attempt fell due in ``[lower, upper)`` (the sweeper's
+        scan; unsorted, so the caller keeps the window small)."""
+        query = {"status": DeliveryStatus.PENDING.value, "next_attempt_at": {"$gte": lower, "$lt": upper}}
+        cursor = self._col.find(query, {"attempts": 0}).limit(limit)
         return [Delivery.from_doc(d) async for d in cursor]
 
     async def count_overdue(self, before: datetime, limit: int, max_time_ms: int) -> int:

@@ -95,12 +95,11 @@ class EventRepository:
         )
         return _plan(doc) if doc else None
 
-    async def open_after(self, after: ObjectId | None, before: datetime, limit: int) -> list[Event]:
-        """Open events created before ``before``, oldest first from ``after`` (internal: the sweeper)."""
-        bounds: Doc = {"$lt": ObjectId.from_datetime(before)}
-        if after is not None:
-            bounds["$gt"] = after
-        cursor = self._col.find({"open": True, "_id": bounds}, _projection()).sort("_id", 1).limit(limit)
+    async def open_between(self, lower: datetime, upper: datetime, limit: int) -> list[Event]:
+        """Open events created in ``[lower, upper)`` (internal: the sweeper). Unsorted: the caller keeps the
+        window small enough to get them all (on SecantusDB a query costs what it matches, limit or not)."""
+        bounds = {"$gte": ObjectId.from_datetime(lower), "$lt": ObjectId.from_datetime(upper)}
+        cursor = self._col.find({"open": True, "_id": bounds}, _projection()).limit(limit)
         return [_plan(d) async for d in cursor]
 
     async def close(self, ids: list[ObjectId]) -> None:
