@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Hashable
+from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -76,3 +76,24 @@ class SizedLRU(Generic[K, V]):
         while self._used > self._max and self._entries:
             _, evicted = self._entries.popitem(last=False)
             self._used -= self._size(evicted)
+
+
+KC = TypeVar("KC", bound=Hashable, contravariant=True)
+
+
+class _Cache(Protocol[KC, V]):
+    def get(self, key: KC) -> V | None: ...
+    def put(self, key: KC, value: V) -> None: ...
+
+
+async def read_through(
+    cache: _Cache[K, V], keys: Collection[K], load: Callable[[list[K]], Awaitable[dict[K, V]]]
+) -> dict[K, V]:
+    """The cached values of ``keys``, loading the missing ones in one call (absent keys stay absent)."""
+    found = {k: v for k in keys if (v := cache.get(k)) is not None}
+    missing = [k for k in keys if k not in found]
+    if missing:
+        for key, value in (await load(missing)).items():
+            cache.put(key, value)
+            found[key] = value
+    return found

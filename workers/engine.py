@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from bson import ObjectId
 
 from webhooks import metrics
-from webhooks.cache import SizedLRU
+from webhooks.cache import SizedLRU, read_through
 from webhooks.coalesce import Coalescer
 from webhooks.crypto import SecretBox
 from webhooks.lanes import Claimed, Enqueue, Finished, Kind, LaneItem, Lanes, LateReason
@@ -163,7 +163,9 @@ class DeliveryEngine:
         stored = await self._deliveries.stored_by_ids(
             [ObjectId(c.item.delivery_id) for c in batch if c.item.kind is Kind.STORED]
         )
-        events = await self._events_by_ids({ObjectId(c.item.event_id) for c in batch})
+        events = await read_through(
+            self._event_cache, {ObjectId(c.item.event_id) for c in batch}, self._events.get_many
+        )
         webhooks = await self._webhook_cache.get_many({ObjectId(c.item.webhook_id) for c in batch})
         now = utcnow()
         unsent: list[Unsent] = []
@@ -194,15 +196,6 @@ class DeliveryEngine:
                 metrics.delivery_finished(u.status.value, u.delivery.event)
             await self._close_events([u.delivery for u in unsent if not u.stored])
         return answers
-
-    async def _events_by_ids(self, ids: set[ObjectId]) -> dict[ObjectId, Event]:
-        found = {i: e for i in ids if (e := self._event_cache.get(i)) is not None}
-        missing = [i for i in ids if i not in found]
-        if missing:
-            for event_id, event in (await self._events.get_many(missing)).items():
-                self._event_cache.put(event_id, event)
-                found[event_id] = event
-        return found
 
     # -- attempt ---------------------------------------------------------------------------------------
 

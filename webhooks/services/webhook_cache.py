@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from bson import ObjectId
 
-from webhooks.cache import TTLCache
+from webhooks.cache import TTLCache, read_through
 from webhooks.invalidation import Invalidation, Invalidations
 from webhooks.models import Webhook
 from webhooks.repositories.webhooks import WebhookRepository
@@ -32,13 +32,7 @@ class WebhookCache:
 
     async def get_many(self, ids: set[ObjectId]) -> dict[ObjectId, Webhook]:
         """Webhooks by id (internal, worker side: not account-scoped); deleted ones are left out."""
-        found = {i: w for i in ids if (w := self._by_id.get(i)) is not None}
-        missing = [i for i in ids if i not in found]
-        if missing:
-            for webhook_id, webhook in (await self._repo.get_many(missing)).items():
-                self._by_id.put(webhook_id, webhook)
-                found[webhook_id] = webhook
-        return found
+        return await read_through(self._by_id, ids, self._repo.get_many)
 
     async def changed(self, webhook_id: ObjectId, account_id: ObjectId) -> None:
         await self._invalidations.publish(Invalidation(WEBHOOK, str(webhook_id), str(account_id)))
