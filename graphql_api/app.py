@@ -24,6 +24,7 @@ from graphql_api.feed import Feed
 from graphql_api.graphiql import graphiql_routes, render_graphiql
 from graphql_api.health import health_routes
 from graphql_api.observability import RequestIdMiddleware
+from graphql_api.portal import portal_routes
 from graphql_api.schema import schema
 from graphql_api.security import RequestGuard
 from graphql_api.subscriptions import PARSERS
@@ -74,6 +75,7 @@ def routes(settings: Settings, view: GraphQLView) -> list[BaseRoute]:
         Route("/graphql", view, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", view),
         *graphiql_routes(settings.graphiql),
+        *portal_routes(settings),
         *health_routes(),
     ]
 

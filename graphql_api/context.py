@@ -14,6 +14,7 @@ from strawberry.types import Info as _Info
 
 from webhooks.core import Core
 from webhooks.models import Attempt, Delivery, Principal, Scope
+from webhooks.timeutil import utcnow
 
 UNAUTHENTICATED = "UNAUTHENTICATED"
 FORBIDDEN = "FORBIDDEN"
@@ -69,6 +70,8 @@ class Context:
             raise auth_error(
                 UNAUTHENTICATED, "A valid API key is required: send 'Authorization: Bearer <key>'"
             )
+        if who.expires_at is not None and who.expires_at <= utcnow():  # a portal session, on a long socket
+            raise auth_error(UNAUTHENTICATED, "The portal session has expired")
         if scope not in who.scopes:
             raise auth_error(FORBIDDEN, f"This API key lacks the '{scope.value}' scope")
         return who

@@ -54,6 +54,11 @@ ASSETS: tuple[tuple[str, str], ...] = (
     ("graphiql/graphiql.min.css", "graphiql.min.css"),
     # The graphql-ws client (global ``graphqlWs``): the page's fetcher runs subscriptions with it.
     ("graphql-ws/umd/graphql-ws.min.js", "graphql-ws.min.js"),
+    # The customer portal (graphql_api/portal.py): plain ES modules, no bundler.
+    ("htm/preact/standalone.mjs", "portal/htm-preact.mjs"),
+    ("graphql-ws/lib/client.mjs", "portal/graphql-ws/client.mjs"),
+    ("graphql-ws/lib/common.mjs", "portal/graphql-ws/common.mjs"),
+    ("graphql-ws/lib/utils.mjs", "portal/graphql-ws/utils.mjs"),
 )
 # Source maps: copied when present (only fetched by browser devtools), never required.
 OPTIONAL_ASSETS: tuple[tuple[str, str], ...] = (
@@ -61,7 +66,7 @@ OPTIONAL_ASSETS: tuple[tuple[str, str], ...] = (
     ("graphiql/graphiql.min.css.map", "graphiql.min.css.map"),
 )
 # Packages whose installed versions are recorded in the vendor manifest.
-PACKAGES = ("graphiql", "react", "react-dom", "graphql", "graphql-ws", "@graphiql/toolkit")
+PACKAGES = ("graphiql", "react", "react-dom", "graphql", "graphql-ws", "@graphiql/toolkit", "htm")
 
 NPM_TIMEOUT = 600.0
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
@@ -117,6 +122,7 @@ def copy_assets(node_modules: Path, vendor: Path) -> bool:
     for src, dest in ASSETS + OPTIONAL_ASSETS:
         path = node_modules / src
         if path.is_file():
+            (vendor / dest).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, vendor / dest)
             digest.update(dest.encode() + b"\0" + path.read_bytes())
     versions = {name: _package_version(node_modules / name) for name in PACKAGES}

@@ -9,6 +9,7 @@ from strawberry.schema.config import StrawberryConfig
 from graphql_api.context import Info
 from graphql_api.extensions import schema_extensions
 from graphql_api.mutations import deliveries as delivery_mutations
+from graphql_api.mutations import portal as portal_mutations
 from graphql_api.mutations import secrets as secret_mutations
 from graphql_api.mutations import webhooks as webhook_mutations
 from graphql_api.security import RateLimit
@@ -94,6 +95,12 @@ class Query:
         return Delivery.from_record(record) if record else None
 
 
+    portal_session = strawberry.field(
+        resolver=portal_mutations.portal_session,
+        description="The calling customer portal session; null when the caller uses an API key.",
+    )
+
+
 @strawberry.type
 class Mutation:
     create_webhook = strawberry.mutation(resolver=webhook_mutations.create_webhook)
@@ -116,6 +123,14 @@ class Mutation:
     rotate_webhook_secret = strawberry.mutation(
         resolver=secret_mutations.rotate_webhook_secret,
         description="Replace the signing secret; the previous one keeps signing during the grace period.",
+    )
+    create_portal_session = strawberry.mutation(
+        resolver=portal_mutations.create_portal_session,
+        description="A short-lived customer portal session (webhooks:manage only); needs an API key.",
+    )
+    revoke_portal_session = strawberry.mutation(
+        resolver=portal_mutations.revoke_portal_session,
+        description="End a portal session now (by id, or the calling one).",
     )
 
 

@@ -70,6 +70,9 @@ class Webhook:
     disabled_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    consecutive_failures: int = strawberry.field(
+        default=0, description="Failed deliveries in a row (reset by a success); at the limit it is disabled."
+    )
 
     @classmethod
     def from_record(cls, w: WebhookRecord) -> Webhook:
@@ -83,6 +86,7 @@ class Webhook:
             disabled_at=w.disabled_at,
             created_at=w.created_at,
             updated_at=w.updated_at,
+            consecutive_failures=w.consecutive_failures,
         )
 
 
