@@ -1,6 +1,6 @@
 // HatchBeacon Webhooks customer portal: Settings → Webhooks, a client of the public GraphQL API only.
 // Plain ES modules: htm + Preact and the graphql-ws client, built from npm into ../vendor (never committed).
-import { html, render, useState, useEffect, useRef, useCallback } from '../vendor/htm-preact.mjs';
+import { html, render, useState, useEffect, useLayoutEffect, useRef, useCallback } from '../vendor/htm-preact.mjs';
 import { createClient } from '../vendor/graphql-ws/client.mjs';
 
 const STORAGE_KEY = 'hbWebhooksPortalSession';
@@ -217,7 +217,8 @@ function WebhookFacts({ webhook }) {
 
 function Dialog({ open, title, children, onClose, labelId }) {
   const ref = useRef(null);
-  useEffect(() => {
+  // A layout effect: the dialog closes (and the browser gives focus back) before other effects move focus.
+  useLayoutEffect(() => {
     const dialog = ref.current;
     if (!dialog) return;
     if (open && !dialog.open) dialog.showModal();
@@ -543,7 +544,7 @@ function TestResult({ test }) {
   const a = test.attempt;
   return html`<div class="notice info" role="status" aria-live="polite" data-testid="test-result">
     ${test.error ? html`<p class="error">${test.error}</p>` : !a ? html`<p>Test event sent; waiting for your endpoint…</p>` : html`
-      <p><strong>Test ${a.deliveryStatus === 'SUCCEEDED' ? 'succeeded' : 'failed'}:</strong>
+      <p><strong>Test ${a.deliveryStatus === 'SUCCEEDED' ? 'succeeded' : 'failed'}:</strong>${' '}
         ${a.statusCode ? `HTTP ${a.statusCode}` : 'no response'}${a.durationMs != null ? ` in ${a.durationMs} ms` : ''}</p>
       ${a.error ? html`<p class="error">${a.error}</p>` : ''}
       ${a.responseBody ? html`<div>Response body<pre>${a.responseBody}</pre></div>` : ''}`}

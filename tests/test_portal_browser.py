@@ -1,0 +1,222 @@
+"""The customer portal in a real browser (Playwright driving Debian's chromium) against the real stack: the
+API over real HTTP and WebSocket, a real worker, SecantusDB, Redis and a real receiver.
+
+The whole flow of Settings → Webhooks runs in the page, in the spec's order, with axe-core on every
+screen; screenshots are kept in ``test-artifacts/``."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Page, expect
+
+from tests.browser import Requests, check_accessibility, chromium, require_tools, screenshot
+from tests.conftest import make_settings
+from tests.delivery_support import create_webhook, publish
+from tests.receiver import Receiver, ok, status
+from tests.support import Account, GraphQLClient, run_worker, serve_asgi
+from tests.test_subscriptions import Api, run_api
+from webhooks.core import open_core
+from webhooks.embedded import free_port
+from webhooks.models import Scope
+
+SESSION = """mutation($ttl: Int) { createPortalSession(ttlMinutes: $ttl) {
+  url token expiresAt errors { field code message } } }"""
+WEBHOOKS = "{ webhooks { edges { node { id } } } }"
+DESKTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 375, "height": 740}
+
+
+def signature(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def portal_url(account: Account, ttl: int = 60) -> dict[str, str]:
+    created: dict[str, str] = (await account.gql.execute(SESSION, {"ttl": ttl}))["createPortalSession"]
+    assert created["errors"] == [], created
+    return created
+
+
+async def no_horizontal_scroll(page: Page) -> None:
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"] if page.viewport_size else True, width  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+    require_tools()
+    settings = make_settings(
+        mongodb_url,
+        tmp_path_factory.mktemp("portal"),
+        retry_schedule=(0.0,),  # one attempt per delivery: a failing receiver fails deliveries at once
+        disable_after_failures=2,
+    )
+    async with run_api(settings, worker=True) as running:
+        yield running
+
+
+async def test_the_whole_portal_flow_in_a_browser(stack: Api, receiver: Receiver) -> None:
+    account = await stack.account()
+    path = f"/portal/{uuid.uuid4().hex[:8]}"
+    receiver_url = receiver.url(path)
+
+    # 1. the product's backend creates a session with its API key; the token is in the URL fragment
+    session = await portal_url(account)
+    assert session["url"] == f"{stack.url}/portal#token={session['token']}"
+
+    async with chromium() as browser:
+        context = await browser.new_context(viewport=DESKTOP)
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
+        page = await context.new_page()
+        await page.clock.install()
+        requests = Requests(page)
+        await page.goto(session["url"])
+        heading = page.get_by_role("heading", name="Webhooks", level=1)
+        await expect(heading).to_be_focused()
+        await expect(page.get_by_test_id("live-status")).to_have_text("Live updates on")
+        # the token left the address bar; it is in sessionStorage only
+        assert "token" not in page.url
+        assert await page.evaluate("localStorage.length") == 0
+        assert session["token"] in await page.evaluate("JSON.stringify(sessionStorage)")
+        await expect(page.get_by_text("No webhooks yet.")).to_be_visible()
+        await check_accessibility(page, "portal-01-list-empty")
+
+        # 2. add a webhook: the server's own validation error shows on the URL field
+        await page.get_by_role("button", name="Add Webhook").click()
+        await expect(page.get_by_role("heading", name="Add Webhook", level=1)).to_be_focused()
+        await page.get_by_label("Name").fill("Portal receiver")
+        url_field = page.get_by_label("Endpoint URL")
+        await url_field.fill("ftp://example.com/hook")
+        event = page.get_by_role("checkbox", name="job_application_created")
+        await expect(event).to_have_accessible_description(re.compile(r"\w"))  # the event's description
+        await event.check()
+        await page.get_by_role("button", name="Create webhook").click()
+        await expect(url_field).to_have_attribute("aria-invalid", "true")
+        await expect(url_field).to_be_focused()
+        await expect(url_field).to_have_accessible_description(re.compile("url"))
+        await check_accessibility(page, "portal-02-add-webhook-invalid-url")
+        # select all checks every event, and unchecks them again
+        await page.get_by_label("Select all").check()
+        events = page.locator(".events input[type=checkbox]")
+        assert await events.count() == 16
+        for i in range(16):
+            await expect(events.nth(i)).to_be_checked()
+        await page.get_by_label("Select all").uncheck()
+        await event.check()
+        await url_field.fill(receiver_url)
+        await page.get_by_role("button", name="Create webhook").click()
+
+        # 3. the secret is shown once, with Copy; a delivery's signature verifies with it
+        secret_field = page.get_by_label("Signing secret", exact=True)
+        await expect(secret_field).to_have_value(re.compile("^whsec_"))
+        secret = await secret_field.input_value()
+        await expect(page.get_by_text("It will not be shown again.")).to_be_visible()
+        await page.get_by_role("button", name="Copy").click()
+        await expect(page.get_by_text("Copied to the clipboard.")).to_be_visible()
+        assert await page.evaluate("navigator.clipboard.readText()") == secret
+        await check_accessibility(page, "portal-03-secret")
+        await page.get_by_role("button", name="I have copied the secret: continue").click()
+        await expect(page.get_by_role("heading", name="Portal receiver", level=1)).to_be_focused()
+
+        # 4. Test: the attempt's result appears live (status, duration, response body)
+        await page.get_by_role("button", name="Test", exact=True).click()
+        result = page.get_by_test_id("test-result")
+        await expect(result).to_contain_text("Test succeeded: HTTP 200 in")
+        await expect(result).to_contain_text("OK")
+        (tested,) = await receiver.wait_for(path, 1)
+        assert tested.headers["X-Webhook-Signature"] == signature(secret, tested.body)
+        await check_accessibility(page, "portal-04-test-result")
+
+        # 5. the backend publishes: the delivery and its attempt appear in the log without reload
+        published = await publish(account.gql)
+        (delivery,) = published["event"]["deliveries"]
+        row = page.locator(f'[data-delivery="{delivery["id"]}"]')
+        await expect(row).to_contain_text("job_application_created")
+        await expect(row).to_contain_text("succeeded")
+        await row.get_by_role("button", name="Details").click()
+        await expect(row).to_contain_text("Attempt 1")
+        await expect(row).to_contain_text("HTTP 200")
+        await expect(row).to_contain_text("Request headers (signatures redacted)")
+        assert signature(secret, (await receiver.wait_for(path, 2))[1].body) not in await row.inner_text()
+        await check_accessibility(page, "portal-05-delivery-details")
+
+        # 6. the receiver fails: failed deliveries, then the webhook is disabled, live
+        receiver.behaviours[path] = status(500)
+        failed = await publish(account.gql)
+        failed_id = failed["event"]["deliveries"][0]["id"]
+        await expect(page.locator(f'[data-delivery="{failed_id}"]')).to_contain_text("failed")
+        await publish(account.gql)
+        facts = page.locator("dl.meta")
+        await expect(facts).to_contain_text("Disabled")
+        await expect(facts).to_contain_text("consecutive failed deliveries")
+        await expect(facts).to_contain_text(re.compile(r"Failures in a row\s*2"))
+        await expect(page.get_by_role("button", name="Enable")).to_be_visible()
+        await check_accessibility(page, "portal-06-disabled")
+
+        # 7. retry: the receiver recovers, the webhook is enabled again, a failed delivery is retried
+        receiver.behaviours[path] = ok
+        await page.get_by_role("button", name="Enable").click()
+        await expect(facts).to_contain_text("Enabled")
+        failed_row = page.locator(f'[data-delivery="{failed_id}"]')
+        await failed_row.get_by_role("button", name="Retry").click()
+        await expect(failed_row).to_contain_text("succeeded")
+        await expect(failed_row).to_contain_text("2 attempts")
+
+        # 8. rotate the secret: a dialog, then the new secret once; the next delivery is signed with it
+        rotate = page.get_by_role("button", name="Rotate secret")
+        await rotate.click()
+        dialog = page.get_by_role("dialog", name="Rotate the signing secret?")
+        await expect(dialog.get_by_label("Grace period (hours, 0 to 168)")).to_be_focused()
+        await check_accessibility(page, "portal-08-rotate-dialog")
+        await dialog.get_by_role("button", name="Rotate secret").click()
+        await expect(dialog).to_be_hidden()
+        await expect(page.get_by_role("heading", name="New signing secret")).to_be_focused()
+        new_secret = await page.get_by_label("Signing secret", exact=True).input_value()
+        assert new_secret.startswith("whsec_") and new_secret != secret
+        before = len(receiver.received[path])
+        await page.get_by_role("button", name="Test", exact=True).click()
+        await expect(result).to_contain_text("Test succeeded")
+        rotated = (await receiver.wait_for(path, before + 1))[before]
+        assert rotated.headers["X-Webhook-Signature"] == signature(new_secret, rotated.body)
+        await check_accessibility(page, "portal-08-new-secret")
+        await page.get_by_role("button", name="I have copied the new secret").click()
+
+        # 9. disable
+        await page.get_by_role("button", name="Disable").click()
+        await expect(page.get_by_test_id("message")).to_have_text("Webhook disabled.")
+        await expect(facts).to_contain_text("Disabled")
+
+        # 10. delete, with a confirmation; Escape cancels and gives focus back
+        delete = page.get_by_role("button", name="Delete", exact=True)
+        await delete.click()
+        confirm = page.get_by_role("dialog", name="Delete this webhook?")
+        await expect(confirm.get_by_role("button", name="Cancel")).to_be_focused()
+        await check_accessibility(page, "portal-10-delete-dialog")
+        await page.keyboard.press("Escape")
+        await expect(confirm).to_be_hidden()
+        await expect(delete).to_be_focused()
+        await delete.click()
+        await confirm.get_by_role("button", name="Delete webhook").click()
+        await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_focused()
+        await expect(page.get_by_text("No webhooks yet.")).to_be_visible()
+        assert (await account.gql.execute(WEBHOOKS))["webhooks"]["edges"] == []
+
+        # 11. the session expires: a clear screen, and the token is gone from the browser
+        await page.clock.fast_forward("01:00:01")
+        await expect(page.get_by_role("heading", name="Session expired", level=1)).to_be_visible()
+        assert await page.evaluate("sessionStorage.length + localStorage.length") == 0
+        await check_accessibility(page, "portal-11-expired")
+        await page.reload()
+        await expect(page.get_by_role("heading", name="No session", level=1)).to_be_visible()
+
+        # every request went to this service: no CDN, nothing external
+        assert requests.urls and not requests.foreign(stack.url), requests.foreign(stack.url)
+        assert {u.split("?")[0] for u in requests.websockets()} == {stack.url.replace("http", "ws") + "/graphql"}
