@@ -219,4 +219,126 @@ async def test_the_whole_portal_flow_in_a_browser(stack: Api, receiver: Receiver
 
         # every request went to this service: no CDN, nothing external
         assert requests.urls and not requests.foreign(stack.url), requests.foreign(stack.url)
-        assert {u.split("?")[0] for u in requests.websockets()} == {stack.url.replace("http", "ws") + "/graphql"}
+        assert {u.split("?")[0] for u in requests.websockets()} == {
+            stack.url.replace("http", "ws") + "/graphql"
+        }
+
+
+async def test_the_portal_at_375_px_in_the_dark_theme_recovers_failed_deliveries(
+    stack: Api, receiver: Receiver
+) -> None:
+    # given a webhook whose receiver failed two deliveries (and so was disabled), then recovered
+    account = await stack.account()
+    path = f"/phone/{uuid.uuid4().hex[:8]}"
+    webhook_id, _ = await create_webhook(account.gql, receiver.url(path, status(503)), name="Phone receiver")
+    for _ in range(2):
+        await publish(account.gql)
+    await receiver.wait_for(path, 2)
+    receiver.behaviours[path] = ok
+    session = await portal_url(account)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=PHONE)
+        await page.goto(session["url"].replace("/portal#", "/portal?theme=dark#"))
+        assert await page.evaluate("document.documentElement.dataset.theme") == "dark"
+        card = page.get_by_role("listitem").filter(has_text="Phone receiver")
+        await expect(card).to_contain_text("Disabled")
+        await no_horizontal_scroll(page)
+        await check_accessibility(page, "portal-phone-list-dark")
+
+        # when the customer opens it, enables it, counts what "recover failed since…" would send, and recovers
+        await page.get_by_role("button", name="Phone receiver").click()
+        await expect(page.get_by_role("heading", name="Phone receiver", level=1)).to_be_focused()
+        await page.get_by_role("button", name="Enable").click()
+        await expect(page.locator("dl.meta")).to_contain_text("Enabled")
+        await page.get_by_label("Status", exact=True).select_option("FAILED")
+        log = page.get_by_role("list", name="Deliveries")
+        await expect(log.get_by_role("listitem")).to_have_count(2)
+        await page.get_by_role("button", name="Count").click()
+        await expect(
+            page.get_by_text("2 failed or held deliveries since then would be sent again.")
+        ).to_be_visible()
+        await no_horizontal_scroll(page)
+        await check_accessibility(page, "portal-phone-detail-dark")
+        await page.get_by_role("button", name="Recover 2 deliveries").click()
+        await expect(page.get_by_text("2 deliveries are being sent again.")).to_be_visible()
+
+        # then both are delivered (the filter shows none failed once the attempts arrive live)
+        await receiver.wait_for(path, 4)
+        await page.get_by_label("Status", exact=True).select_option("SUCCEEDED")
+        await expect(log.get_by_role("listitem")).to_have_count(2)
+        await screenshot(page, "portal-phone-recovered-dark")
+        webhook = (
+            await account.gql.execute(
+                "query($id: ID!) { webhook(id: $id) { consecutiveFailures } }", {"id": webhook_id}
+            )
+        )["webhook"]
+        assert webhook == {"consecutiveFailures": 0}
+
+
+async def test_without_a_session_the_portal_says_where_to_open_it(stack: Api) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        requests = Requests(page)
+        await page.goto(f"{stack.url}/portal")
+        await expect(page.get_by_role("heading", name="No session", level=1)).to_be_visible()
+        await check_accessibility(page, "portal-no-session")
+        # an API key in the fragment is not a session: refused and not kept
+        account = await stack.account()
+        await page.goto(f"{stack.url}/portal#token={account.api_key}")
+        await page.reload()
+        await expect(page.get_by_role("heading", name="No session", level=1)).to_be_visible()
+        assert await page.evaluate("sessionStorage.length") == 0
+        assert not requests.websockets()
+
+
+@contextlib.asynccontextmanager
+async def restartable_api(settings: object, port: int) -> AsyncIterator[str]:
+    from graphql_api.app import create_app
+
+    async with serve_asgi(create_app(settings), port=port) as url:  # type: ignore[arg-type]
+        yield url
+
+
+async def test_the_portal_reconnects_after_the_api_restarts_and_catches_up(
+    mongodb_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    require_tools()
+    settings = make_settings(mongodb_url, tmp_path, retry_schedule=(0.0,))
+    port = free_port()
+    async with contextlib.AsyncExitStack() as stack:
+        core = await stack.enter_async_context(open_core(settings))
+        await stack.enter_async_context(run_worker(settings))
+        # a second API process, for the backend while the page's one is down
+        backend_url = await stack.enter_async_context(restartable_api(settings, free_port()))
+        backend = await stack.enter_async_context(httpx.AsyncClient(base_url=backend_url, timeout=30))
+        account_id = await core.accounts.create("acct")
+        gql = GraphQLClient(backend, await core.api_keys.issue(account_id, frozenset(Scope)))
+        account = Account(id=str(account_id), api_key=gql.api_key or "", gql=gql)
+        path = f"/restart/{uuid.uuid4().hex[:8]}"
+        await create_webhook(gql, receiver.url(path), name="Restart receiver")
+        session = await portal_url(account)
+        page_url = session["url"].replace(backend_url, f"http://127.0.0.1:{port}")
+        browser = await stack.enter_async_context(chromium())
+        page = await browser.new_page(viewport=DESKTOP)
+        live = page.get_by_test_id("live-status")
+
+        # given the portal open on a webhook, live
+        async with restartable_api(settings, port):
+            await page.goto(page_url)
+            await page.get_by_role("button", name="Restart receiver").click()
+            await expect(live).to_have_text("Live updates on")
+            await expect(page.get_by_text("No deliveries match.")).to_be_visible()
+        # when its API process goes away, the page says so, and a delivery happens meanwhile
+        await expect(live).to_contain_text("Connection lost: reconnecting.")
+        await check_accessibility(page, "portal-reconnecting")
+        missed = (await publish(gql))["event"]["deliveries"][0]["id"]
+        await receiver.wait_for(path, 1)
+        # then, once it is back, the page reconnects and re-queries: the missed delivery is listed
+        async with restartable_api(settings, port):
+            await expect(live).to_contain_text("reconnected and refreshed", timeout=20_000)
+            row = page.locator(f'[data-delivery="{missed}"]')
+            await expect(row).to_contain_text("succeeded")
+            await screenshot(page, "portal-reconnected")
+            # and it is live again
+            again = (await publish(gql))["event"]["deliveries"][0]["id"]
+            await expect(page.locator(f'[data-delivery="{again}"]')).to_contain_text("succeeded")
