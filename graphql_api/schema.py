@@ -94,7 +94,6 @@ class Query:
             raise bad_input(exc) from exc
         return Delivery.from_record(record) if record else None
 
-
     portal_session = strawberry.field(
         resolver=portal_mutations.portal_session,
         description="The calling customer portal session; null when the caller uses an API key.",
