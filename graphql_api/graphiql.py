@@ -54,7 +54,9 @@ ASSETS: tuple[tuple[str, str], ...] = (
     ("graphiql/graphiql.min.css", "graphiql.min.css"),
     # The graphql-ws client (global ``graphqlWs``): the page's fetcher runs subscriptions with it.
     ("graphql-ws/umd/graphql-ws.min.js", "graphql-ws.min.js"),
-    # The customer portal (graphql_api/portal.py): plain ES modules, no bundler.
+)
+# The customer portal's modules (graphql_api/portal.py), built in the same step: plain ES modules, no bundler.
+PORTAL_ASSETS: tuple[tuple[str, str], ...] = (
     ("htm/preact/standalone.mjs", "portal/htm-preact.mjs"),
     ("graphql-ws/lib/client.mjs", "portal/graphql-ws/client.mjs"),
     ("graphql-ws/lib/common.mjs", "portal/graphql-ws/common.mjs"),
@@ -111,7 +113,7 @@ def build_assets(root: Path) -> bool:
 
 def copy_assets(node_modules: Path, vendor: Path) -> bool:
     """Copy the assets out of an installed ``node_modules`` into ``vendor`` (replacing its content)."""
-    missing = [src for src, _ in ASSETS if not (node_modules / src).is_file()]
+    missing = [src for src, _ in ASSETS + PORTAL_ASSETS if not (node_modules / src).is_file()]
     if missing:
         log.error("cannot build GraphiQL assets: not in %s: %s", node_modules, ", ".join(missing))
         return False
@@ -119,7 +121,7 @@ def copy_assets(node_modules: Path, vendor: Path) -> bool:
         shutil.rmtree(vendor)
     vendor.mkdir(parents=True)
     digest = hashlib.sha256()
-    for src, dest in ASSETS + OPTIONAL_ASSETS:
+    for src, dest in ASSETS + PORTAL_ASSETS + OPTIONAL_ASSETS:
         path = node_modules / src
         if path.is_file():
             (vendor / dest).parent.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,6 @@ from webhooks.settings import Settings
 
 PORTAL_DIR = Path(__file__).resolve().parent / "static" / "portal"
 PAGE = "index.html"
-# Files the page needs from the vendor build (relative to graphiql.VENDOR_DIR).
-VENDOR_FILES = ("portal/htm-preact.mjs", "portal/graphql-ws/client.mjs")
 
 # One CSP source expression: a keyword ('self', 'none'), a scheme (https:) or a host source
 # (https://app.example.com, *.example.com, example.com:8443).
@@ -99,7 +97,10 @@ def _security_headers(csp: str) -> dict[str, str]:
 
 def assets_available(vendor: Path | None = None) -> bool:
     vendor = graphiql.VENDOR_DIR if vendor is None else vendor
-    return all((vendor / name).is_file() for name in VENDOR_FILES) and graphiql.assets_available(vendor)
+    return (
+        all((vendor / dest).is_file() for _, dest in graphiql.PORTAL_ASSETS)
+        and (vendor / graphiql.BUILD_STAMP).is_file()
+    )
 
 
 @functools.cache
