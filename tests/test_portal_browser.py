@@ -342,3 +342,62 @@ async def test_the_portal_reconnects_after_the_api_restarts_and_catches_up(
             # and it is live again
             again = (await publish(gql))["event"]["deliveries"][0]["id"]
             await expect(page.locator(f'[data-delivery="{again}"]')).to_contain_text("succeeded")
+
+
+def product_site(portal: str) -> contextlib.AbstractAsyncContextManager[str]:
+    return product_site_on(free_port(), portal)
+
+
+@contextlib.asynccontextmanager
+async def product_site_on(port: int, portal: str) -> AsyncIterator[str]:
+    """A real page of another origin (``localhost``, where the API is ``127.0.0.1``) that embeds ``portal``
+    in an iframe; yields its origin."""
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    html = f'<!doctype html><html lang="en"><title>Product</title><iframe title="Webhooks" src="{portal}">'
+    html += "</iframe>"
+
+    async def settings_page(request: object) -> HTMLResponse:
+        return HTMLResponse(html)
+
+    async with serve_asgi(Starlette(routes=[Route("/settings", settings_page)]), port=port):
+        yield f"http://localhost:{port}"
+
+
+async def test_by_default_another_site_cannot_embed_the_portal(stack: Api) -> None:
+    account = await stack.account()
+    session = await portal_url(account)
+    async with chromium() as browser, product_site(session["url"]) as origin:
+        page = await browser.new_page(viewport=DESKTOP)
+        # the browser refuses the frame (the same page embeds fine from a listed origin: next test)
+        blocked = lambda frame: frame.url.startswith("chrome-error://")  # noqa: E731
+        async with page.expect_event("framenavigated", blocked, timeout=10_000):
+            await page.goto(f"{origin}/settings")
+        await expect(page.frame_locator("iframe").get_by_role("heading", name="Webhooks")).to_have_count(0)
+
+
+async def test_a_site_listed_in_the_setting_embeds_the_portal(
+    mongodb_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    require_tools()
+    port = free_port()
+    settings = make_settings(mongodb_url, tmp_path, portal_frame_ancestors=f"'self' http://localhost:{port}")
+    async with run_api(settings, worker=False) as api, chromium() as browser:
+        account = await api.account()
+        await create_webhook(account.gql, receiver.url("/embedded"), name="Embedded receiver")
+        session = await portal_url(account)
+        page = await browser.new_page(viewport=DESKTOP)
+        async with product_site_on(port, session["url"]) as origin:
+            await page.goto(f"{origin}/settings")
+            frame = page.frame_locator("iframe")
+            await expect(frame.get_by_role("button", name="Embedded receiver")).to_be_visible()
+            await expect(frame.get_by_test_id("live-status")).to_have_text("Live updates on")
+            await screenshot(page, "portal-embedded")
+
+            # and "End session" ends it for the API too
+            await frame.get_by_role("button", name="End session").click()
+            await expect(frame.get_by_role("heading", name="Session expired")).to_be_visible()
+        refused = await GraphQLClient(api.http, session["token"]).raw(WEBHOOKS)
+        assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"

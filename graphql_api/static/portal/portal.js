@@ -21,17 +21,33 @@ const STATUSES = ['PENDING', 'SUCCEEDED', 'FAILED', 'HELD'];
 })();
 
 // ----------------------------------------------------------------------------------------- session
+// sessionStorage, or memory when the browser denies storage to this frame (third-party storage blocked in
+// an embedding): the session then works until a reload.
+const store = (() => {
+  try {
+    const storage = window.sessionStorage;
+    storage.getItem(STORAGE_KEY);
+    return storage;
+  } catch {
+    const memory = new Map();
+    return {
+      getItem: (key) => (memory.has(key) ? memory.get(key) : null),
+      setItem: (key, value) => memory.set(key, String(value)),
+      removeItem: (key) => memory.delete(key),
+    };
+  }
+})();
 // The token arrives in the fragment (never sent to a server), moves to sessionStorage (never
 // localStorage) and is removed from the address bar; it is cleared on expiry and sign-out.
 function takeSession() {
   const fragment = new URLSearchParams(location.hash.slice(1));
   const token = fragment.get('token');
   if (token) {
-    sessionStorage.setItem(STORAGE_KEY, JSON.stringify({ token }));
+    store.setItem(STORAGE_KEY, JSON.stringify({ token }));
     history.replaceState(null, '', location.pathname + location.search);
   }
   try {
-    const saved = JSON.parse(sessionStorage.getItem(STORAGE_KEY) || 'null');
+    const saved = JSON.parse(store.getItem(STORAGE_KEY) || 'null');
     return saved && typeof saved.token === 'string' ? saved : null;
   } catch {
     return null;
@@ -44,7 +60,7 @@ function expireSession() {
   if (session.expired) return;
   session.expired = true;
   session.token = null;
-  sessionStorage.removeItem(STORAGE_KEY);
+  store.removeItem(STORAGE_KEY);
   clearTimeout(session.timer);
   live.dispose();
   session.onExpire();
@@ -52,8 +68,8 @@ function expireSession() {
 
 function scheduleExpiry(expiresAt) {
   session.expiresAt = expiresAt;
-  const saved = JSON.parse(sessionStorage.getItem(STORAGE_KEY) || '{}');
-  sessionStorage.setItem(STORAGE_KEY, JSON.stringify({ ...saved, expiresAt }));
+  const saved = JSON.parse(store.getItem(STORAGE_KEY) || '{}');
+  store.setItem(STORAGE_KEY, JSON.stringify({ ...saved, expiresAt }));
   clearTimeout(session.timer);
   const wait = new Date(expiresAt).getTime() - Date.now();
   // setTimeout overflows past ~24.8 days; sessions last at most 24 h.
@@ -766,7 +782,7 @@ function App() {
       try {
         const data = await gql('{ portalSession { id expiresAt } eventTypes { value name description } }');
         if (!data.portalSession) {
-          sessionStorage.removeItem(STORAGE_KEY);
+          store.removeItem(STORAGE_KEY);
           session.token = null;
           setPhase('none');
           return;
