@@ -63,6 +63,11 @@ class Context:
             self._resolved = True
         return self._principal
 
+    async def still_authenticated(self) -> bool:
+        """Whether the caller's credentials are still accepted now (not cached): for long connections."""
+        token = bearer_token(self._authorization())
+        return token is not None and await self.core.api_keys.authenticate(token) is not None
+
     async def require(self, scope: Scope) -> Principal:
         """The caller, if authenticated and allowed ``scope``; else a top-level GraphQL error."""
         who = await self.principal()

@@ -20,8 +20,13 @@ Wiring (``graphql_api/app.py``)::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
 import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 
 from starlette.requests import Request
@@ -29,9 +34,13 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketState
 
 from graphql_api import graphiql
 from webhooks.settings import Settings
+from webhooks.timeutil import utcnow
+
+log = logging.getLogger(__name__)
 
 PORTAL_DIR = Path(__file__).resolve().parent / "static" / "portal"
 PAGE = "index.html"
@@ -42,6 +51,11 @@ _SOURCE_RE = re.compile(
     r"^('self'|'none'|[a-z][a-z0-9+.\-]*:|([a-z][a-z0-9+.\-]*://)?(\*\.)?[A-Za-z0-9.\-]+(:(\d{1,5}|\*))?(/[^\s;,']*)?)$"
 )
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+# How often an open WebSocket of a portal session re-checks that the session was not revoked.
+SESSION_RECHECK_SECONDS = 5.0
+SESSION_ENDED_CLOSE_CODE = 4403
+_guards: set[asyncio.Task[None]] = set()
 
 SETUP_HINT = (
     "The customer portal's browser assets are not built. Build them once with npm: "
@@ -148,3 +162,31 @@ def portal_routes(settings: Settings, vendor: Path | None = None) -> list[BaseRo
             "/portal/vendor", app=_StaticWithHeaders(vendor_dir / "portal", asset_csp), name="portal-vendor"
         ),
     ]
+
+
+def end_socket_with_session(
+    websocket: WebSocket, expires_at: datetime, still_valid: Callable[[], Awaitable[bool]]
+) -> None:
+    """Close a portal session's WebSocket (code 4403) when the session expires or is revoked, so a live
+    feed never outlives its session. Re-checks every ``SESSION_RECHECK_SECONDS``; ends with the socket."""
+
+    def connected() -> bool:
+        return (
+            websocket.client_state is WebSocketState.CONNECTED
+            and websocket.application_state is WebSocketState.CONNECTED
+        )
+
+    async def guard() -> None:
+        while connected():
+            left = (expires_at - utcnow()).total_seconds()
+            await asyncio.sleep(max(0.0, min(SESSION_RECHECK_SECONDS, left)))
+            if not connected():
+                return
+            if expires_at <= utcnow() or not await still_valid():
+                with contextlib.suppress(Exception):  # the client may be gone at this very moment
+                    await websocket.close(SESSION_ENDED_CLOSE_CODE, "The portal session has ended")
+                return
+
+    task = asyncio.get_running_loop().create_task(guard())
+    _guards.add(task)
+    task.add_done_callback(_guards.discard)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,3 +193,25 @@ async def test_the_default_allows_embedding_on_the_same_origin_only(
 def test_a_bad_frame_ancestors_setting_is_refused_at_start(value: str) -> None:
     with pytest.raises(ValueError, match="WEBHOOKS_PORTAL_FRAME_ANCESTORS"):
         frame_ancestors(value)
+
+
+async def test_revoking_a_session_closes_its_open_live_feed(account: Account, api_url: str) -> None:
+    # given a session's subscription, live
+    created = await session_of(account)
+    url = api_url.replace("http", "ws") + "/graphql"
+    async with websockets.connect(url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]) as ws:
+        auth = {"Authorization": f"Bearer {created['token']}"}
+        await ws.send(json.dumps({"type": "connection_init", "payload": auth}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        query = "subscription { deliveryAttempts { id } }"
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await ws.recv())["type"] == "pong"
+        # when the product's backend revokes it
+        await account.gql.execute(REVOKE, {"id": created["session"]["id"]})
+        # then the server closes the socket: the feed does not outlive the session
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(30):
+                while True:
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
