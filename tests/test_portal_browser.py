@@ -401,3 +401,34 @@ async def test_a_site_listed_in_the_setting_embeds_the_portal(
             await expect(frame.get_by_role("heading", name="Session expired")).to_be_visible()
         refused = await GraphQLClient(api.http, session["token"]).raw(WEBHOOKS)
         assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_the_delivery_log_pages_with_a_cursor_and_filters_by_event(
+    stack: Api, receiver: Receiver
+) -> None:
+    # given 21 deliveries of one event and one of another
+    account = await stack.account()
+    path = f"/pages/{uuid.uuid4().hex[:8]}"
+    await create_webhook(
+        account.gql, receiver.url(path), events=["JOB_CREATED", "JOB_CLOSED"], name="Busy receiver"
+    )
+    for _ in range(21):
+        await publish(account.gql, event="JOB_CREATED")
+    await publish(account.gql, event="JOB_CLOSED")
+    await receiver.wait_for(path, 22)
+    session = await portal_url(account)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(session["url"])
+        await page.get_by_role("button", name="Busy receiver").click()
+        rows = page.get_by_role("list", name="Deliveries").get_by_role("listitem")
+        # the first page has 20, newest first; the next page comes from the cursor
+        await expect(rows).to_have_count(20)
+        await expect(rows.first).to_contain_text("job_closed")
+        await page.get_by_role("button", name="Load older deliveries").click()
+        await expect(rows).to_have_count(22)
+        await expect(page.get_by_role("button", name="Load older deliveries")).to_have_count(0)
+        # the event filter asks the server for that event only
+        await page.get_by_label("Event", exact=True).select_option("job_closed")
+        await expect(rows).to_have_count(1)
+        await check_accessibility(page, "portal-log-filtered")
