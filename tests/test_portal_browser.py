@@ -432,3 +432,52 @@ async def test_the_delivery_log_pages_with_a_cursor_and_filters_by_event(
         await page.get_by_label("Event", exact=True).select_option("job_closed")
         await expect(rows).to_have_count(1)
         await check_accessibility(page, "portal-log-filtered")
+
+
+async def focus_ring(page: Page) -> str:
+    """The focused element's outline, as drawn (keyboard focus must be visible)."""
+    style: str = await page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return s.outlineStyle + ' ' + s.outlineWidth; })()"
+    )
+    return style
+
+
+async def test_adding_a_webhook_works_with_the_keyboard_alone_and_focus_stays_visible(
+    stack: Api, receiver: Receiver
+) -> None:
+    account = await stack.account()
+    session = await portal_url(account)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(session["url"])
+        await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_focused()
+        # Tab from the heading reaches "Add Webhook", with a visible focus ring
+        await page.keyboard.press("Tab")
+        add = page.get_by_role("button", name="Add Webhook")
+        await expect(add).to_be_focused()
+        assert (await focus_ring(page)).startswith("solid")
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("heading", name="Add Webhook", level=1)).to_be_focused()
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Name")).to_be_focused()
+        await page.keyboard.type("Keyboard receiver")
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Endpoint URL")).to_be_focused()
+        await page.keyboard.type(receiver.url("/keyboard"))
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Select all")).to_be_focused()
+        assert (await focus_ring(page)).startswith("solid")
+        await page.keyboard.press("Space")
+        await expect(page.get_by_label("Select all")).to_be_checked()
+        # Enter in a field submits the form; the secret screen takes focus
+        await page.keyboard.press("Shift+Tab")
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("heading", name="Signing secret for Keyboard receiver")).to_be_focused()
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Signing secret", exact=True)).to_be_focused()
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_role("button", name="Copy")).to_be_focused()
+        webhooks = (await account.gql.execute("{ webhooks { edges { node { name events } } } }"))["webhooks"]
+        assert [e["node"]["name"] for e in webhooks["edges"]] == ["Keyboard receiver"]
+        assert len(webhooks["edges"][0]["node"]["events"]) == 16
