@@ -78,6 +78,9 @@ async def test_the_whole_portal_flow_in_a_browser(stack: Api, receiver: Receiver
         page = await context.new_page()
         await page.clock.install()
         requests = Requests(page)
+        problems: list[str] = []  # console errors (CSP violations among them) and uncaught exceptions
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
         await page.goto(session["url"])
         heading = page.get_by_role("heading", name="Webhooks", level=1)
         await expect(heading).to_be_focused()
@@ -217,8 +220,9 @@ async def test_the_whole_portal_flow_in_a_browser(stack: Api, receiver: Receiver
         await page.reload()
         await expect(page.get_by_role("heading", name="No session", level=1)).to_be_visible()
 
-        # every request went to this service: no CDN, nothing external
+        # every request went to this service: no CDN, nothing external; nothing broke the CSP or the page
         assert requests.urls and not requests.foreign(stack.url), requests.foreign(stack.url)
+        assert problems == [], problems
         assert {u.split("?")[0] for u in requests.websockets()} == {
             stack.url.replace("http", "ws") + "/graphql"
         }
