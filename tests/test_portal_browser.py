@@ -271,6 +271,17 @@ async def test_the_portal_at_375_px_in_the_dark_theme_recovers_failed_deliveries
         await page.get_by_label("Status", exact=True).select_option("SUCCEEDED")
         await expect(log.get_by_role("listitem")).to_have_count(2)
         await screenshot(page, "portal-phone-recovered-dark")
+
+        # and edits it: the form comes back filled in, and saving shows the new name
+        await page.get_by_role("button", name="Edit").click()
+        await expect(page.get_by_role("heading", name="Edit Phone receiver", level=1)).to_be_focused()
+        await expect(page.get_by_role("checkbox", name="job_application_created")).to_be_checked()
+        await page.get_by_label("Name").fill("Phone receiver v2")
+        await no_horizontal_scroll(page)
+        await check_accessibility(page, "portal-phone-edit-dark")
+        await page.get_by_role("button", name="Save changes").click()
+        await expect(page.get_by_role("heading", name="Phone receiver v2", level=1)).to_be_focused()
+        await expect(page.get_by_test_id("message")).to_have_text("Changes saved.")
         webhook = (
             await account.gql.execute(
                 "query($id: ID!) { webhook(id: $id) { consecutiveFailures } }", {"id": webhook_id}

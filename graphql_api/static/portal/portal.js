@@ -704,14 +704,14 @@ function WebhookDetail({ id, go, eventTypes }) {
   }
   if (!webhook) return html`<p>Loading…</p>`;
   if (mode === 'edit') {
-    return html`<div><${Heading}>Edit ${webhook.name}</${Heading}>
+    return html`<div><${Heading} key="edit">Edit ${webhook.name}</${Heading}>
       <${WebhookForm} eventTypes=${eventTypes} initial=${webhook} submitLabel="Save changes"
         onSubmit=${async (input) => { const errors = await update(input); if (!errors.length) { setMode('view'); setMessage('Changes saved.'); } return errors; }}
         onCancel=${() => setMode('view')} /></div>`;
   }
   return html`<div>
     <p class="crumb"><button type="button" class="link" onClick=${() => go({ name: 'list' })}>← All webhooks</button></p>
-    <${Heading}>${webhook.name}</${Heading}>
+    <${Heading} key="view">${webhook.name}</${Heading}>
     <${WebhookFacts} webhook=${webhook} />
     <div class="actions" role="group" aria-label="Webhook actions">
       <button type="button" class="primary" onClick=${runTest}>Test</button>
