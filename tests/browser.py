@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from graphql_api import graphiql, portal
 
@@ -78,6 +78,9 @@ class Requests:
 
 
 _axe = Axe()
+# How long expect() waits for the page to get there (Playwright's default is 5 s): a bound for a loaded
+# machine (2 cores shared by the suite's processes), not a performance assertion.
+expect.set_options(timeout=20_000)
 
 
 async def check_accessibility(page: Page, screen: str) -> None:

@@ -530,7 +530,9 @@ function DeliveryLog({ webhookId, eventTypes }) {
         attemptCount: value.number, createdAt: value.startedAt }, ...old];
     });
   });
-  const changed = (d) => setItems((old) => old.map((x) => (x.id === d.id ? { ...x, ...d } : x)));
+  // A mutation's answer can be older than an attempt already shown live: never go back in attempts.
+  const changed = (d) =>
+    setItems((old) => old.map((x) => (x.id === d.id && d.attemptCount >= x.attemptCount ? { ...x, ...d } : x)));
   const eventNames = ['webhook.test', ...eventTypes.map((t) => t.name)];
   return html`<section aria-labelledby="log-title">
     <h2 id="log-title">Delivery log</h2>
@@ -611,6 +613,8 @@ function WebhookDetail({ id, go, eventTypes }) {
   const [test, setTest] = useState(null);
   const [message, setMessage] = useState('');
   const triggerRef = useRef(null);
+  // Test attempts by delivery id: the attempt can arrive on the feed before testWebhook's answer does.
+  const testAttempts = useRef(new Map());
 
   const load = async () => {
     const data = await gql(`query($id: ID!) { webhook(id: $id) { ${WEBHOOK_FIELDS} } }`, { id });
@@ -629,6 +633,7 @@ function WebhookDetail({ id, go, eventTypes }) {
     if (kind === 'state' && value.resynced) { load().catch(() => {}); catchUpTest(test).catch(() => {}); }
     if (kind === 'webhook' && value.id === id) setWebhook(value);
     if (kind === 'attempt' && value.webhookId === id) {
+      if (value.trigger === 'TEST') testAttempts.current.set(value.deliveryId, value);
       setTest((t) => (t && t.deliveryId === value.deliveryId ? { ...t, attempt: value } : t));
       if (value.deliveryStatus !== 'PENDING' && value.trigger !== 'TEST') load().catch(() => {});
     }
@@ -664,7 +669,7 @@ function WebhookDetail({ id, go, eventTypes }) {
       const data = await gql(`mutation($id: ID!) { testWebhook(id: $id) { delivery { id } errors { message } } }`, { id });
       const result = data.testWebhook;
       if (result.errors.length) setTest({ error: result.errors.map((e) => e.message).join(' ') });
-      else setTest((t) => ({ deliveryId: result.delivery.id, attempt: t && t.attempt && t.attempt.deliveryId === result.delivery.id ? t.attempt : null }));
+      else setTest({ deliveryId: result.delivery.id, attempt: testAttempts.current.get(result.delivery.id) || null });
     } catch (err) {
       setTest({ error: err.message });
     }
