@@ -12,7 +12,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # --------------------------------------------------------------------------------------------- builder
 FROM ${PYTHON_IMAGE} AS builder
 
-# Node.js + npm only to fetch GraphiQL's browser assets; they stay in this stage.
+# Node.js + npm only to fetch the browser assets (GraphiQL, the customer portal); they stay in this stage.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends nodejs npm \
     && rm -rf /var/lib/apt/lists/*
@@ -38,10 +38,11 @@ COPY webhooks ./webhooks
 COPY graphql_api ./graphql_api
 COPY workers ./workers
 COPY webhooks_cli ./webhooks_cli
+COPY hatch_build.py ./
 COPY frontend/package*.json ./frontend/
 
-# GraphiQL's assets (React, GraphiQL) from the npm registry into graphql_api/static/vendor, so the
-# /graphql page never loads anything from a CDN. build_assets() logs why and returns False when npm
+# GraphiQL's assets (React, GraphiQL) and the customer portal's modules (htm + Preact, graphql-ws) from
+# the npm registry into graphql_api/static/vendor, so /graphql and /portal never load anything from a CDN. build_assets() logs why and returns False when npm
 # fails; a False result fails the image build rather than shipping the CDN fallback silently.
 RUN --mount=type=cache,target=/root/.npm \
     /app/.venv/bin/python -c "import logging, sys; from pathlib import Path; \

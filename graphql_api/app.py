@@ -23,6 +23,7 @@ from graphql_api.feed import Feed
 from graphql_api.graphiql import graphiql_routes, render_graphiql
 from graphql_api.health import health_routes
 from graphql_api.observability import RequestIdMiddleware
+from graphql_api.portal import end_socket_with_session, portal_routes
 from graphql_api.schema import build_schema
 from graphql_api.security import RequestGuard
 from graphql_api.shared_subscriptions import Hub, SharedSubscriptionsHandler, encode_json
@@ -74,8 +75,11 @@ class GraphQLView(GraphQLOverHTTP):
 
     async def on_ws_connect(self, context: Context) -> Any:
         """Authenticate once per connection, from ``connection_init``'s payload (close 4403 if refused)."""
-        if await context.principal() is None:
+        who = await context.principal()
+        if who is None:
             raise ConnectionRejectionError()
+        if who.expires_at is not None and isinstance(context.request, WebSocket):  # a portal session
+            end_socket_with_session(context.request, who.expires_at, context.still_authenticated)
         return None
 
 
@@ -84,6 +88,7 @@ def routes(settings: Settings, view: GraphQLView) -> list[BaseRoute]:
         Route("/graphql", view),  # the view answers other methods itself (405, JSON)
         WebSocketRoute("/graphql", view),
         *graphiql_routes(settings.graphiql),
+        *portal_routes(settings),
         *health_routes(),
     ]
 

@@ -89,6 +89,11 @@ class Context:
             raise RuntimeError("caller used in a resolver without a HasScope permission")
         return self._principal
 
+    async def still_authenticated(self) -> bool:
+        """Whether the caller's credentials are still accepted now (not cached): for long connections."""
+        token = bearer_token(self._authorization())
+        return token is not None and await self.core.api_keys.authenticate(token) is not None
+
     async def require(self, scope: Scope) -> Principal:
         """The caller, if authenticated and allowed ``scope``; else a top-level GraphQL error."""
         who = await self.principal()
@@ -96,6 +101,8 @@ class Context:
             raise auth_error(
                 UNAUTHENTICATED, "A valid API key is required: send 'Authorization: Bearer <key>'"
             )
+        if who.expires_at is not None and who.expires_at <= utcnow():  # a portal session, on a long socket
+            raise auth_error(UNAUTHENTICATED, "The portal session has expired")
         if scope not in who.scopes:
             raise auth_error(FORBIDDEN, f"This API key lacks the '{scope.value}' scope")
         return who

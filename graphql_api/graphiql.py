@@ -55,13 +55,20 @@ ASSETS: tuple[tuple[str, str], ...] = (
     # The graphql-ws client (global ``graphqlWs``): the page's fetcher runs subscriptions with it.
     ("graphql-ws/umd/graphql-ws.min.js", "graphql-ws.min.js"),
 )
+# The customer portal's modules (graphql_api/portal.py), built in the same step: plain ES modules, no bundler.
+PORTAL_ASSETS: tuple[tuple[str, str], ...] = (
+    ("htm/preact/standalone.mjs", "portal/htm-preact.mjs"),
+    ("graphql-ws/lib/client.mjs", "portal/graphql-ws/client.mjs"),
+    ("graphql-ws/lib/common.mjs", "portal/graphql-ws/common.mjs"),
+    ("graphql-ws/lib/utils.mjs", "portal/graphql-ws/utils.mjs"),
+)
 # Source maps: copied when present (only fetched by browser devtools), never required.
 OPTIONAL_ASSETS: tuple[tuple[str, str], ...] = (
     ("graphiql/graphiql.min.js.map", "graphiql.min.js.map"),
     ("graphiql/graphiql.min.css.map", "graphiql.min.css.map"),
 )
 # Packages whose installed versions are recorded in the vendor manifest.
-PACKAGES = ("graphiql", "react", "react-dom", "graphql", "graphql-ws", "@graphiql/toolkit")
+PACKAGES = ("graphiql", "react", "react-dom", "graphql", "graphql-ws", "@graphiql/toolkit", "htm")
 
 NPM_TIMEOUT = 600.0
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
@@ -106,7 +113,7 @@ def build_assets(root: Path) -> bool:
 
 def copy_assets(node_modules: Path, vendor: Path) -> bool:
     """Copy the assets out of an installed ``node_modules`` into ``vendor`` (replacing its content)."""
-    missing = [src for src, _ in ASSETS if not (node_modules / src).is_file()]
+    missing = [src for src, _ in ASSETS + PORTAL_ASSETS if not (node_modules / src).is_file()]
     if missing:
         log.error("cannot build GraphiQL assets: not in %s: %s", node_modules, ", ".join(missing))
         return False
@@ -114,9 +121,10 @@ def copy_assets(node_modules: Path, vendor: Path) -> bool:
         shutil.rmtree(vendor)
     vendor.mkdir(parents=True)
     digest = hashlib.sha256()
-    for src, dest in ASSETS + OPTIONAL_ASSETS:
+    for src, dest in ASSETS + PORTAL_ASSETS + OPTIONAL_ASSETS:
         path = node_modules / src
         if path.is_file():
+            (vendor / dest).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, vendor / dest)
             digest.update(dest.encode() + b"\0" + path.read_bytes())
     versions = {name: _package_version(node_modules / name) for name in PACKAGES}

@@ -17,6 +17,7 @@ from strawberry.types import ExecutionContext
 from graphql_api.context import Info
 from graphql_api.extensions import schema_extensions
 from graphql_api.mutations import deliveries as delivery_mutations
+from graphql_api.mutations import portal as portal_mutations
 from graphql_api.mutations import secrets as secret_mutations
 from graphql_api.mutations import webhooks as webhook_mutations
 from graphql_api.permissions import scoped_query
@@ -105,6 +106,11 @@ class Query:
         description="One delivery of the account, with its attempts; null when there is none.",
     )
 
+    portal_session = strawberry.field(
+        resolver=portal_mutations.portal_session,
+        description="The calling customer portal session; null when the caller uses an API key.",
+    )
+
 
 @strawberry.type
 class Mutation:
@@ -116,6 +122,14 @@ class Mutation:
     retry_delivery = delivery_mutations.MUTATIONS["retry_delivery"]
     recover_deliveries = delivery_mutations.MUTATIONS["recover_deliveries"]
     rotate_webhook_secret = secret_mutations.MUTATIONS["rotate_webhook_secret"]
+    create_portal_session = strawberry.mutation(
+        resolver=portal_mutations.create_portal_session,
+        description="A short-lived customer portal session (webhooks:manage only); needs an API key.",
+    )
+    revoke_portal_session = strawberry.mutation(
+        resolver=portal_mutations.revoke_portal_session,
+        description="End a portal session now (by id, or the calling one).",
+    )
 
 
 # graphql-core's suggestions: " Did you mean 'X'?", " Did you mean the enum value 'X'?", "... or 'Z'?"

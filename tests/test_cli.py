@@ -118,6 +118,17 @@ def test_dev_starts_everything_answers_a_query_and_stops_cleanly_on_ctrl_c(tmp_p
             timeout=30,
         )
         assert len(response.json()["data"]["eventTypes"]) == 20  # 16 spec events, 4 operational
+        # and a customer portal URL with a fresh session (token in the fragment) that the API accepts
+        portal = re.search(rf"Portal:\s+(http://127\.0\.0\.1:{port}/portal#token=(\S+))", output)
+        assert portal is not None, output
+        assert httpx.get(portal.group(1).split("#")[0], timeout=30).status_code in (200, 503)
+        session = httpx.post(
+            f"http://127.0.0.1:{port}/graphql",
+            json={"query": "{ portalSession { expiresAt } }"},
+            headers={"Authorization": f"Bearer {portal.group(2)}"},
+            timeout=30,
+        )
+        assert session.json()["data"]["portalSession"]["expiresAt"]
         # when the user presses Ctrl-C
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)

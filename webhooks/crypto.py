@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 SIGNING_SECRET_PREFIX = "whsec_"
 API_KEY_PREFIX = "hbk_"
+PORTAL_TOKEN_PREFIX = "hbp_"
 KEY_FILE_NAME = "secret-keys"
 
 
@@ -27,6 +28,10 @@ def new_signing_secret() -> str:
 
 def new_api_key() -> str:
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_portal_token() -> str:
+    return PORTAL_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_api_key(key: str) -> str:

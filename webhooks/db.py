@@ -79,7 +79,11 @@ def collections(client: AsyncMongoClient[Doc], settings: Settings) -> Collection
 
 # Every query the service issues is served by one of these (equality fields first, then the sort key).
 INDEXES: dict[str, list[IndexModel]] = {
-    "api_keys": [IndexModel([("key_hash", ASCENDING)], unique=True, name="key_hash_unique")],
+    "api_keys": [
+        IndexModel([("key_hash", ASCENDING)], unique=True, name="key_hash_unique"),
+        # portal sessions (the only keys with expires_at) are removed a day after they expire
+        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=86400, name="session_ttl"),
+    ],
     "webhooks": [
         IndexModel([("account_id", ASCENDING), ("_id", DESCENDING)], name="account_newest"),
         IndexModel([("account_id", ASCENDING), ("events", ASCENDING)], name="account_event_fanout"),

@@ -45,6 +45,8 @@ class Principal:
     account_id: ObjectId
     scopes: frozenset[Scope]
     key_id: ObjectId
+    # Set for a portal session (a short-lived token): it stops working at this time.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

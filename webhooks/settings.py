@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # Per-account limits (fixed one-minute windows in Redis).
     rate_limit_publish_per_minute: int = Field(default=6000, ge=1)
     rate_limit_test_per_minute: int = Field(default=30, ge=1)
+    # Customer portal (graphql_api/portal.py): who may embed /portal (CSP frame-ancestors), and the
+    # service's public base URL for portal links (unset: taken from the request).
+    portal_frame_ancestors: str = "'self'"
+    public_url: str | None = None
 
     data_dir: Path = Path(".webhooks")
 

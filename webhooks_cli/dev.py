@@ -88,13 +88,35 @@ def _dev_account(settings: Settings, data_dir: Path) -> dict[str, str]:
 
 
 def _ensure_graphiql_assets() -> None:
-    """Build the self-hosted GraphiQL assets once, when npm is available (else GraphiQL uses a CDN)."""
+    """Build the self-hosted GraphiQL and portal assets once, when npm is available (else GraphiQL uses a
+    CDN and the portal says how to build them)."""
+    from graphql_api import portal
     from graphql_api.graphiql import ROOT_DIR, assets_available, build_assets
 
-    if assets_available() or shutil.which("npm") is None or not (ROOT_DIR / "frontend").is_dir():
+    built = assets_available() and portal.assets_available()
+    if built or shutil.which("npm") is None or not (ROOT_DIR / "frontend").is_dir():
         return
     log.info("building the GraphiQL assets from the npm registry (first run only)")
     build_assets(ROOT_DIR)
+
+
+def _portal_session_url(api_url: str, api_key: str) -> str | None:
+    """A fresh customer portal session, made as a product's backend would: createPortalSession over HTTP."""
+    import urllib.request
+
+    query = {"query": "mutation { createPortalSession { url errors { message } } }"}
+    request = urllib.request.Request(
+        f"{api_url}/graphql",
+        data=json.dumps(query).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            url = json.loads(response.read())["data"]["createPortalSession"]["url"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("could not create a customer portal session: %s", exc)
+        return None
+    return url if isinstance(url, str) else None
 
 
 def _fresh_metrics_dir(data_dir: Path) -> Path:
@@ -162,6 +184,9 @@ def run_dev(args: argparse.Namespace) -> int:
         print(f"  GraphiQL:  http://{host}:{args.port}/graphql", flush=True)
         print(f"  API key:   {account['apiKey']}", flush=True)
         print(f'  Headers:   {{"Authorization": "Bearer {account["apiKey"]}"}}', flush=True)
+        portal_url = _portal_session_url(f"http://{host}:{args.port}", account["apiKey"])
+        if portal_url:
+            print(f"  Portal:    {portal_url}  (Settings → Webhooks; a fresh 60-minute session)", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stopping:
             if api.poll() is not None:

@@ -7,6 +7,8 @@ process at once through ``webhooks.invalidation``, so the TTL only bounds stalen
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from bson import ObjectId
 
 from webhooks.cache import TTLCache
@@ -14,6 +16,7 @@ from webhooks.crypto import hash_api_key
 from webhooks.invalidation import Invalidation, Invalidations
 from webhooks.models import Principal, Scope
 from webhooks.repositories.accounts import ApiKeyRepository
+from webhooks.timeutil import utcnow
 
 API_KEY = "api_key"
 
@@ -34,6 +37,9 @@ class Authenticator:
         digest = hash_api_key(key)
         cached = self._cache.get(digest)
         if cached is not None:
+            if cached.expires_at is not None and cached.expires_at <= utcnow():  # a portal session ended
+                self._cache.drop(digest)
+                return None
             return cached
         if self._missing.get(digest):
             return None
@@ -43,6 +49,17 @@ class Authenticator:
         else:
             self._cache.put(digest, principal)
         return principal
+
+    async def issue_portal_session(
+        self, account_id: ObjectId, ttl: timedelta
+    ) -> tuple[ObjectId, str, datetime]:
+        return await self._repo.issue_portal_session(account_id, ttl)
+
+    async def revoke_portal_session(self, account_id: ObjectId, session_id: ObjectId) -> bool:
+        revoked = await self._repo.revoke_portal_session(account_id, session_id)
+        if revoked:
+            await self._invalidations.publish(Invalidation(API_KEY, str(session_id), str(account_id)))
+        return revoked
 
     async def revoke(self, account_id: ObjectId, key_id: ObjectId) -> bool:
         revoked = await self._repo.revoke(account_id, key_id)

@@ -1,0 +1,500 @@
+"""The customer portal in a real browser (Playwright driving Debian's chromium) against the real stack: the
+API over real HTTP and WebSocket, a real worker, SecantusDB, Redis and a real receiver.
+
+The whole flow of Settings → Webhooks runs in the page, in the spec's order, with axe-core on every
+screen; screenshots are kept in ``test-artifacts/``."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Page, ViewportSize, expect
+
+from tests.browser import Requests, check_accessibility, chromium, require_tools, screenshot
+from tests.conftest import make_settings
+from tests.delivery_support import create_webhook, publish
+from tests.receiver import Receiver, ok, status
+from tests.support import Account, GraphQLClient, run_worker, serve_asgi
+from tests.test_subscriptions import Api, run_api
+from webhooks.core import open_core
+from webhooks.models import Scope
+from webhooks_cli.embedded import free_port
+
+SESSION = """mutation($ttl: Int) { createPortalSession(ttlMinutes: $ttl) {
+  url token expiresAt errors { field code message } } }"""
+WEBHOOKS = "{ webhooks { edges { node { id } } } }"
+DESKTOP = ViewportSize(width=1440, height=900)
+PHONE = ViewportSize(width=375, height=740)
+
+
+def signature(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def portal_url(account: Account, ttl: int = 60) -> dict[str, Any]:
+    created: dict[str, Any] = (await account.gql.execute(SESSION, {"ttl": ttl}))["createPortalSession"]
+    assert created["errors"] == [], created
+    return created
+
+
+async def no_horizontal_scroll(page: Page) -> None:
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert page.viewport_size is not None
+    assert width <= page.viewport_size["width"], width
+
+
+@pytest.fixture(scope="module")
+async def stack(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+    require_tools()
+    settings = make_settings(
+        mongodb_url,
+        tmp_path_factory.mktemp("portal"),
+        retry_schedule=(0.0,),  # one attempt per delivery: a failing receiver fails deliveries at once
+        disable_after_failures=2,
+    )
+    async with run_api(settings, worker=True) as running:
+        yield running
+
+
+async def test_the_whole_portal_flow_in_a_browser(stack: Api, receiver: Receiver) -> None:
+    account = await stack.account()
+    path = f"/portal/{uuid.uuid4().hex[:8]}"
+    receiver_url = receiver.url(path)
+
+    # 1. the product's backend creates a session with its API key; the token is in the URL fragment
+    session = await portal_url(account)
+    assert session["url"] == f"{stack.url}/portal#token={session['token']}"
+
+    async with chromium() as browser:
+        context = await browser.new_context(viewport=DESKTOP)
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
+        page = await context.new_page()
+        await page.clock.install()
+        requests = Requests(page)
+        problems: list[str] = []  # console errors (CSP violations among them) and uncaught exceptions
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        await page.goto(session["url"])
+        heading = page.get_by_role("heading", name="Webhooks", level=1)
+        await expect(heading).to_be_focused()
+        await expect(page.get_by_test_id("live-status")).to_have_text("Live updates on")
+        # the token left the address bar; it is in sessionStorage only
+        assert "token" not in page.url
+        assert await page.evaluate("localStorage.length") == 0
+        assert session["token"] in await page.evaluate("JSON.stringify(sessionStorage)")
+        await expect(page.get_by_text("No webhooks yet.")).to_be_visible()
+        await check_accessibility(page, "portal-01-list-empty")
+
+        # 2. add a webhook: the server's own validation error shows on the URL field
+        await page.get_by_role("button", name="Add Webhook").click()
+        await expect(page.get_by_role("heading", name="Add Webhook", level=1)).to_be_focused()
+        await page.get_by_label("Name").fill("Portal receiver")
+        url_field = page.get_by_label("Endpoint URL")
+        await url_field.fill("ftp://example.com/hook")
+        event = page.get_by_role("checkbox", name="job_application_created")
+        await expect(event).to_have_accessible_description(re.compile(r"\w"))  # the event's description
+        await event.check()
+        await page.get_by_role("button", name="Create webhook").click()
+        await expect(url_field).to_have_attribute("aria-invalid", "true")
+        await expect(url_field).to_be_focused()
+        await expect(url_field).to_have_accessible_description(re.compile("url"))
+        await check_accessibility(page, "portal-02-add-webhook-invalid-url")
+        # select all checks every event, and unchecks them again
+        await page.get_by_label("Select all").check()
+        events = page.locator(".events input[type=checkbox]")
+        assert await events.count() == 16
+        for i in range(16):
+            await expect(events.nth(i)).to_be_checked()
+        await page.get_by_label("Select all").uncheck()
+        await event.check()
+        await url_field.fill(receiver_url)
+        await page.get_by_role("button", name="Create webhook").click()
+
+        # 3. the secret is shown once, with Copy; a delivery's signature verifies with it
+        secret_field = page.get_by_label("Signing secret", exact=True)
+        await expect(secret_field).to_have_value(re.compile("^whsec_"))
+        secret = await secret_field.input_value()
+        await expect(page.get_by_text("It will not be shown again.")).to_be_visible()
+        await page.get_by_role("button", name="Copy").click()
+        await expect(page.get_by_text("Copied to the clipboard.")).to_be_visible()
+        assert await page.evaluate("navigator.clipboard.readText()") == secret
+        await check_accessibility(page, "portal-03-secret")
+        await page.get_by_role("button", name="I have copied the secret: continue").click()
+        await expect(page.get_by_role("heading", name="Portal receiver", level=1)).to_be_focused()
+
+        # 4. Test: the attempt's result appears live (status, duration, response body)
+        await page.get_by_role("button", name="Test", exact=True).click()
+        result = page.get_by_test_id("test-result")
+        await expect(result).to_contain_text("Test succeeded: HTTP 200 in")
+        await expect(result).to_contain_text("OK")
+        (tested,) = await receiver.wait_for(path, 1)
+        assert tested.headers["X-Webhook-Signature"] == signature(secret, tested.body)
+        await check_accessibility(page, "portal-04-test-result")
+
+        # 5. the backend publishes: the delivery and its attempt appear in the log without reload
+        published = await publish(account.gql)
+        (delivery,) = published["event"]["deliveries"]
+        row = page.locator(f'[data-delivery="{delivery["id"]}"]')
+        await expect(row).to_contain_text("job_application_created")
+        await expect(row).to_contain_text("succeeded")
+        await row.get_by_role("button", name="Details").click()
+        await expect(row).to_contain_text("Attempt 1")
+        await expect(row).to_contain_text("HTTP 200")
+        await expect(row).to_contain_text("Request headers (signatures redacted)")
+        assert signature(secret, (await receiver.wait_for(path, 2))[1].body) not in await row.inner_text()
+        await check_accessibility(page, "portal-05-delivery-details")
+
+        # 6. the receiver fails: failed deliveries, then the webhook is disabled, live
+        receiver.behaviours[path] = status(500)
+        failed = await publish(account.gql)
+        failed_id = failed["event"]["deliveries"][0]["id"]
+        await expect(page.locator(f'[data-delivery="{failed_id}"]')).to_contain_text("failed")
+        await publish(account.gql)
+        facts = page.locator("dl.meta")
+        await expect(facts).to_contain_text("Disabled")
+        await expect(facts).to_contain_text("consecutive failed deliveries")
+        await expect(facts).to_contain_text(re.compile(r"Failures in a row\s*2"))
+        await expect(page.get_by_role("button", name="Enable")).to_be_visible()
+        await check_accessibility(page, "portal-06-disabled")
+
+        # 7. retry: the receiver recovers, the webhook is enabled again, a failed delivery is retried
+        receiver.behaviours[path] = ok
+        await page.get_by_role("button", name="Enable").click()
+        await expect(facts).to_contain_text("Enabled")
+        failed_row = page.locator(f'[data-delivery="{failed_id}"]')
+        await failed_row.get_by_role("button", name="Retry").click()
+        await expect(failed_row).to_contain_text("succeeded")
+        await expect(failed_row).to_contain_text("2 attempts")
+
+        # 8. rotate the secret: a dialog, then the new secret once; the next delivery is signed with it
+        rotate = page.get_by_role("button", name="Rotate secret")
+        await rotate.click()
+        dialog = page.get_by_role("dialog", name="Rotate the signing secret?")
+        await expect(dialog.get_by_label("Grace period (hours, 0 to 168)")).to_be_focused()
+        await check_accessibility(page, "portal-08-rotate-dialog")
+        await dialog.get_by_role("button", name="Rotate secret").click()
+        await expect(dialog).to_be_hidden()
+        await expect(page.get_by_role("heading", name="New signing secret")).to_be_focused()
+        new_secret = await page.get_by_label("Signing secret", exact=True).input_value()
+        assert new_secret.startswith("whsec_") and new_secret != secret
+        before = len(receiver.received[path])
+        await page.get_by_role("button", name="Test", exact=True).click()
+        await expect(result).to_contain_text("Test succeeded")
+        rotated = (await receiver.wait_for(path, before + 1))[before]
+        assert rotated.headers["X-Webhook-Signature"] == signature(new_secret, rotated.body)
+        await check_accessibility(page, "portal-08-new-secret")
+        await page.get_by_role("button", name="I have copied the new secret").click()
+
+        # 9. disable
+        await page.get_by_role("button", name="Disable").click()
+        await expect(page.get_by_test_id("message")).to_have_text("Webhook disabled.")
+        await expect(facts).to_contain_text("Disabled")
+
+        # 10. delete, with a confirmation; Escape cancels and gives focus back
+        delete = page.get_by_role("button", name="Delete", exact=True)
+        await delete.click()
+        confirm = page.get_by_role("dialog", name="Delete this webhook?")
+        await expect(confirm.get_by_role("button", name="Cancel")).to_be_focused()
+        await check_accessibility(page, "portal-10-delete-dialog")
+        await page.keyboard.press("Escape")
+        await expect(confirm).to_be_hidden()
+        await expect(delete).to_be_focused()
+        await delete.click()
+        await confirm.get_by_role("button", name="Delete webhook").click()
+        await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_focused()
+        await expect(page.get_by_text("No webhooks yet.")).to_be_visible()
+        assert (await account.gql.execute(WEBHOOKS))["webhooks"]["edges"] == []
+
+        # 11. the session expires: a clear screen, and the token is gone from the browser
+        await page.clock.fast_forward("01:00:01")
+        await expect(page.get_by_role("heading", name="Session expired", level=1)).to_be_visible()
+        assert await page.evaluate("sessionStorage.length + localStorage.length") == 0
+        await check_accessibility(page, "portal-11-expired")
+        await page.reload()
+        await expect(page.get_by_role("heading", name="No session", level=1)).to_be_visible()
+
+        # every request went to this service: no CDN, nothing external; nothing broke the CSP or the page
+        assert requests.urls and not requests.foreign(stack.url), requests.foreign(stack.url)
+        assert problems == [], problems
+        assert {u.split("?")[0] for u in requests.websockets()} == {
+            stack.url.replace("http", "ws") + "/graphql"
+        }
+
+
+async def test_the_portal_at_375_px_in_the_dark_theme_recovers_failed_deliveries(
+    stack: Api, receiver: Receiver
+) -> None:
+    # given a webhook whose receiver failed two deliveries (and so was disabled), then recovered
+    account = await stack.account()
+    path = f"/phone/{uuid.uuid4().hex[:8]}"
+    webhook_id, _ = await create_webhook(account.gql, receiver.url(path, status(503)), name="Phone receiver")
+    for _ in range(2):
+        await publish(account.gql)
+    await receiver.wait_for(path, 2)
+    receiver.behaviours[path] = ok
+    session = await portal_url(account)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=PHONE)
+        await page.goto(session["url"].replace("/portal#", "/portal?theme=dark#"))
+        assert await page.evaluate("document.documentElement.dataset.theme") == "dark"
+        card = page.get_by_role("listitem").filter(has_text="Phone receiver")
+        await expect(card).to_contain_text("Disabled")
+        await no_horizontal_scroll(page)
+        await check_accessibility(page, "portal-phone-list-dark")
+
+        # when the customer opens it, enables it, counts what "recover failed since…" would send, and recovers
+        await page.get_by_role("button", name="Phone receiver").click()
+        await expect(page.get_by_role("heading", name="Phone receiver", level=1)).to_be_focused()
+        await page.get_by_role("button", name="Enable").click()
+        await expect(page.locator("dl.meta")).to_contain_text("Enabled")
+        await page.get_by_label("Status", exact=True).select_option("FAILED")
+        log = page.get_by_role("list", name="Deliveries")
+        await expect(log.get_by_role("listitem")).to_have_count(2)
+        await page.get_by_role("button", name="Count").click()
+        await expect(
+            page.get_by_text("2 failed or held deliveries since then would be sent again.")
+        ).to_be_visible()
+        await no_horizontal_scroll(page)
+        await check_accessibility(page, "portal-phone-detail-dark")
+        await page.get_by_role("button", name="Recover 2 deliveries").click()
+        await expect(page.get_by_text("2 deliveries are being sent again.")).to_be_visible()
+
+        # then both are delivered (the filter shows none failed once the attempts arrive live)
+        await receiver.wait_for(path, 4)
+        await page.get_by_label("Status", exact=True).select_option("SUCCEEDED")
+        await expect(log.get_by_role("listitem")).to_have_count(2)
+        await screenshot(page, "portal-phone-recovered-dark")
+
+        # and edits it: the form comes back filled in, and saving shows the new name
+        await page.get_by_role("button", name="Edit").click()
+        await expect(page.get_by_role("heading", name="Edit Phone receiver", level=1)).to_be_focused()
+        await expect(page.get_by_role("checkbox", name="job_application_created")).to_be_checked()
+        await page.get_by_label("Name").fill("Phone receiver v2")
+        await no_horizontal_scroll(page)
+        await check_accessibility(page, "portal-phone-edit-dark")
+        await page.get_by_role("button", name="Save changes").click()
+        await expect(page.get_by_role("heading", name="Phone receiver v2", level=1)).to_be_focused()
+        await expect(page.get_by_test_id("message")).to_have_text("Changes saved.")
+        webhook = (
+            await account.gql.execute(
+                "query($id: ID!) { webhook(id: $id) { consecutiveFailures } }", {"id": webhook_id}
+            )
+        )["webhook"]
+        assert webhook == {"consecutiveFailures": 0}
+
+
+async def test_without_a_session_the_portal_says_where_to_open_it(stack: Api) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        requests = Requests(page)
+        await page.goto(f"{stack.url}/portal")
+        await expect(page.get_by_role("heading", name="No session", level=1)).to_be_visible()
+        await check_accessibility(page, "portal-no-session")
+        # an API key in the fragment is not a session: refused and not kept
+        account = await stack.account()
+        await page.goto(f"{stack.url}/portal#token={account.api_key}")
+        await page.reload()
+        await expect(page.get_by_role("heading", name="No session", level=1)).to_be_visible()
+        assert await page.evaluate("sessionStorage.length") == 0
+        assert not requests.websockets()
+
+
+@contextlib.asynccontextmanager
+async def restartable_api(settings: object, port: int) -> AsyncIterator[str]:
+    from graphql_api.app import create_app
+
+    async with serve_asgi(create_app(settings), port=port) as url:  # type: ignore[arg-type]
+        yield url
+
+
+async def test_the_portal_reconnects_after_the_api_restarts_and_catches_up(
+    mongodb_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    require_tools()
+    settings = make_settings(mongodb_url, tmp_path, retry_schedule=(0.0,))
+    port = free_port()
+    async with contextlib.AsyncExitStack() as stack:
+        core = await stack.enter_async_context(open_core(settings))
+        await stack.enter_async_context(run_worker(settings))
+        # a second API process, for the backend while the page's one is down
+        backend_url = await stack.enter_async_context(restartable_api(settings, free_port()))
+        backend = await stack.enter_async_context(httpx.AsyncClient(base_url=backend_url, timeout=30))
+        account_id = await core.accounts.create("acct")
+        gql = GraphQLClient(backend, await core.api_keys.issue(account_id, frozenset(Scope)))
+        account = Account(id=str(account_id), api_key=gql.api_key or "", gql=gql)
+        path = f"/restart/{uuid.uuid4().hex[:8]}"
+        await create_webhook(gql, receiver.url(path), name="Restart receiver")
+        session = await portal_url(account)
+        page_url = session["url"].replace(backend_url, f"http://127.0.0.1:{port}")
+        browser = await stack.enter_async_context(chromium())
+        page = await browser.new_page(viewport=DESKTOP)
+        live = page.get_by_test_id("live-status")
+
+        # given the portal open on a webhook, live
+        async with restartable_api(settings, port):
+            await page.goto(page_url)
+            await page.get_by_role("button", name="Restart receiver").click()
+            await expect(live).to_have_text("Live updates on")
+            await expect(page.get_by_text("No deliveries match.")).to_be_visible()
+        # when its API process goes away, the page says so, and a delivery happens meanwhile
+        await expect(live).to_contain_text("Connection lost: reconnecting.")
+        await check_accessibility(page, "portal-reconnecting")
+        missed = (await publish(gql))["event"]["deliveries"][0]["id"]
+        await receiver.wait_for(path, 1)
+        # then, once it is back, the page reconnects and re-queries: the missed delivery is listed
+        async with restartable_api(settings, port):
+            await expect(live).to_contain_text("reconnected and refreshed", timeout=20_000)
+            row = page.locator(f'[data-delivery="{missed}"]')
+            await expect(row).to_contain_text("succeeded")
+            await screenshot(page, "portal-reconnected")
+            # and it is live again
+            again = (await publish(gql))["event"]["deliveries"][0]["id"]
+            await expect(page.locator(f'[data-delivery="{again}"]')).to_contain_text("succeeded")
+
+
+def product_site(portal: str) -> contextlib.AbstractAsyncContextManager[str]:
+    return product_site_on(free_port(), portal)
+
+
+@contextlib.asynccontextmanager
+async def product_site_on(port: int, portal: str) -> AsyncIterator[str]:
+    """A real page of another origin (``localhost``, where the API is ``127.0.0.1``) that embeds ``portal``
+    in an iframe; yields its origin."""
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    html = f'<!doctype html><html lang="en"><title>Product</title><iframe title="Webhooks" src="{portal}">'
+    html += "</iframe>"
+
+    async def settings_page(request: object) -> HTMLResponse:
+        return HTMLResponse(html)
+
+    async with serve_asgi(Starlette(routes=[Route("/settings", settings_page)]), port=port):
+        yield f"http://localhost:{port}"
+
+
+async def test_by_default_another_site_cannot_embed_the_portal(stack: Api) -> None:
+    account = await stack.account()
+    session = await portal_url(account)
+    async with chromium() as browser, product_site(session["url"]) as origin:
+        page = await browser.new_page(viewport=DESKTOP)
+        # the browser refuses the frame (the same page embeds fine from a listed origin: next test)
+        blocked = lambda frame: frame.url.startswith("chrome-error://")  # noqa: E731
+        async with page.expect_event("framenavigated", blocked, timeout=10_000):
+            await page.goto(f"{origin}/settings")
+        await expect(page.frame_locator("iframe").get_by_role("heading", name="Webhooks")).to_have_count(0)
+
+
+async def test_a_site_listed_in_the_setting_embeds_the_portal(
+    mongodb_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    require_tools()
+    port = free_port()
+    settings = make_settings(mongodb_url, tmp_path, portal_frame_ancestors=f"'self' http://localhost:{port}")
+    async with run_api(settings, worker=False) as api, chromium() as browser:
+        account = await api.account()
+        await create_webhook(account.gql, receiver.url("/embedded"), name="Embedded receiver")
+        session = await portal_url(account)
+        page = await browser.new_page(viewport=DESKTOP)
+        async with product_site_on(port, session["url"]) as origin:
+            await page.goto(f"{origin}/settings")
+            frame = page.frame_locator("iframe")
+            await expect(frame.get_by_role("button", name="Embedded receiver")).to_be_visible()
+            await expect(frame.get_by_test_id("live-status")).to_have_text("Live updates on")
+            await screenshot(page, "portal-embedded")
+
+            # and "End session" ends it for the API too
+            await frame.get_by_role("button", name="End session").click()
+            await expect(frame.get_by_role("heading", name="Session expired")).to_be_visible()
+        refused = await GraphQLClient(api.http, session["token"]).raw(WEBHOOKS)
+        assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_the_delivery_log_pages_with_a_cursor_and_filters_by_event(
+    stack: Api, receiver: Receiver
+) -> None:
+    # given 21 deliveries of one event and one of another
+    account = await stack.account()
+    path = f"/pages/{uuid.uuid4().hex[:8]}"
+    await create_webhook(
+        account.gql, receiver.url(path), events=["JOB_CREATED", "JOB_CLOSED"], name="Busy receiver"
+    )
+    for _ in range(21):
+        await publish(account.gql, event="JOB_CREATED")
+    await publish(account.gql, event="JOB_CLOSED")
+    await receiver.wait_for(path, 22)
+    session = await portal_url(account)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(session["url"])
+        await page.get_by_role("button", name="Busy receiver").click()
+        rows = page.get_by_role("list", name="Deliveries").get_by_role("listitem")
+        # the first page has 20, newest first; the next page comes from the cursor
+        await expect(rows).to_have_count(20)
+        await expect(rows.first).to_contain_text("job_closed")
+        await page.get_by_role("button", name="Load older deliveries").click()
+        await expect(rows).to_have_count(22)
+        await expect(page.get_by_role("button", name="Load older deliveries")).to_have_count(0)
+        # the event filter asks the server for that event only
+        await page.get_by_label("Event", exact=True).select_option("job_closed")
+        await expect(rows).to_have_count(1)
+        await check_accessibility(page, "portal-log-filtered")
+
+
+async def focus_ring(page: Page) -> str:
+    """The focused element's outline, as drawn (keyboard focus must be visible)."""
+    style: str = await page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return s.outlineStyle + ' ' + s.outlineWidth; })()"
+    )
+    return style
+
+
+async def test_adding_a_webhook_works_with_the_keyboard_alone_and_focus_stays_visible(
+    stack: Api, receiver: Receiver
+) -> None:
+    account = await stack.account()
+    session = await portal_url(account)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(session["url"])
+        await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_focused()
+        # Tab from the heading reaches "Add Webhook", with a visible focus ring
+        await page.keyboard.press("Tab")
+        add = page.get_by_role("button", name="Add Webhook")
+        await expect(add).to_be_focused()
+        assert (await focus_ring(page)).startswith("solid")
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("heading", name="Add Webhook", level=1)).to_be_focused()
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Name")).to_be_focused()
+        await page.keyboard.type("Keyboard receiver")
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Endpoint URL")).to_be_focused()
+        await page.keyboard.type(receiver.url("/keyboard"))
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Select all")).to_be_focused()
+        assert (await focus_ring(page)).startswith("solid")
+        await page.keyboard.press("Space")
+        await expect(page.get_by_label("Select all")).to_be_checked()
+        # Enter in a field submits the form; the secret screen takes focus
+        await page.keyboard.press("Shift+Tab")
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("heading", name="Signing secret for Keyboard receiver")).to_be_focused()
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Signing secret", exact=True)).to_be_focused()
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_role("button", name="Copy")).to_be_focused()
+        webhooks = (await account.gql.execute("{ webhooks { edges { node { name events } } } }"))["webhooks"]
+        assert [e["node"]["name"] for e in webhooks["edges"]] == ["Keyboard receiver"]
+        assert len(webhooks["edges"][0]["node"]["events"]) == 16
