@@ -111,8 +111,8 @@ async def test_the_whole_portal_flow_in_a_browser(stack: Api, receiver: Receiver
         # select all checks every event, and unchecks them again
         await page.get_by_label("Select all").check()
         events = page.locator(".events input[type=checkbox]")
-        assert await events.count() == 16
-        for i in range(16):
+        assert await events.count() == 20
+        for i in range(20):
             await expect(events.nth(i)).to_be_checked()
         await page.get_by_label("Select all").uncheck()
         await event.check()
@@ -497,4 +497,4 @@ async def test_adding_a_webhook_works_with_the_keyboard_alone_and_focus_stays_vi
         await expect(page.get_by_role("button", name="Copy")).to_be_focused()
         webhooks = (await account.gql.execute("{ webhooks { edges { node { name events } } } }"))["webhooks"]
         assert [e["node"]["name"] for e in webhooks["edges"]] == ["Keyboard receiver"]
-        assert len(webhooks["edges"][0]["node"]["events"]) == 16
+        assert len(webhooks["edges"][0]["node"]["events"]) == 20
