@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from webhooks.settings import Settings
 
@@ -126,13 +127,29 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="account_webhook_newest",
         ),
         IndexModel([("account_id", ASCENDING), ("_id", DESCENDING)], name="account_newest"),
-        IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="sweeper_due"),
+        # partial: a delivery that succeeds at once (most of them) is written without an entry here
+        IndexModel(
+            [("status", ASCENDING), ("next_attempt_at", ASCENDING)],
+            partialFilterExpression={"status": "PENDING"},
+            name="sweeper_due_pending",
+        ),
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
     ],
 }
 
 
+# Indexes of earlier versions, dropped at start-up (idempotent).
+OBSOLETE_INDEXES: dict[str, list[str]] = {"deliveries": ["sweeper_due"]}
+
+
 async def ensure_indexes(cols: Collections) -> None:
     """Create every index (idempotent: safe at each start-up of any process)."""
     for name, models in INDEXES.items():
-        await getattr(cols, name).create_indexes(models)
+        collection = getattr(cols, name)
+        await collection.create_indexes(models)
+        obsolete = set(OBSOLETE_INDEXES.get(name, ())) & {
+            i["name"] async for i in await collection.list_indexes()
+        }
+        for index in obsolete:
+            with contextlib.suppress(OperationFailure):  # another process dropped it first
+                await collection.drop_index(index)
