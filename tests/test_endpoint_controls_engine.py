@@ -1,9 +1,8 @@
 """Endpoint controls that the delivery engine carries out: custom headers on the wire, per-resource
 ordering with ``X-Webhook-Sequence``, and operational events.
 
-The API side (storage, validation, catalog, payload builders, recipients) is in place; the engine wiring
-comes with the engine rewrite. Until then these tests are expected to fail (strict: once the wiring is
-in, they pass and the marker must go).
+Everything through real parts: the GraphQL API, a real worker (lanes in Redis, MongoDB) and loopback
+receivers.
 """
 
 from __future__ import annotations
@@ -21,9 +20,6 @@ from tests.delivery_support import PUBLISH, audit_log, publish_input, wait_for_s
 from tests.receiver import Receiver, ok, status
 from tests.support import Stack, run_stack
 
-ENGINE_WIRING = pytest.mark.xfail(
-    strict=True, reason="issue 15: the engine sends custom headers, orders and emits operational events"
-)
 CREATE = """
 mutation($input: CreateWebhookInput!) {
   createWebhook(input: $input) { webhook { id } secret errors { field code message } }
@@ -57,7 +53,6 @@ async def create(stack_account: object, url: str, **extra: object) -> str:
     return webhook_id
 
 
-@ENGINE_WIRING
 async def test_custom_headers_reach_the_receiver_and_are_redacted_in_the_log(
     stack: Stack, receiver: Receiver
 ) -> None:
@@ -77,7 +72,6 @@ async def test_custom_headers_reach_the_receiver_and_are_redacted_in_the_log(
     assert "rcv-secret" not in str(done)
 
 
-@ENGINE_WIRING
 async def test_per_resource_ordering_keeps_publish_order_and_numbers_without_gaps(
     stack: Stack, receiver: Receiver
 ) -> None:
@@ -125,7 +119,6 @@ async def test_per_resource_ordering_keeps_publish_order_and_numbers_without_gap
         assert sequences[r] == list(range(1, 21))
 
 
-@ENGINE_WIRING
 async def test_a_failing_webhook_is_announced_to_another_webhook_of_the_account(
     stack: Stack, receiver: Receiver
 ) -> None:
@@ -147,10 +140,10 @@ async def test_a_failing_webhook_is_announced_to_another_webhook_of_the_account(
         published = (await account.gql.execute(PUBLISH, {"input": publish_input()}))["publishEvent"]
         (delivery,) = [d for d in published["event"]["deliveries"] if d["webhookId"] == failing_id]
         await wait_for_status(account.gql, delivery["id"], "FAILED")
-    state = (await account.gql.execute(STATUS, {"id": failing_id}))["webhook"]
-    assert state["enabled"] is False
     # then the ops webhook hears failing at 5 and 8, then disabled, and the failing one hears nothing of it
     received = await receiver.wait_for(ops, 13, timeout=10)
+    state = (await account.gql.execute(STATUS, {"id": failing_id}))["webhook"]
+    assert state["enabled"] is False
     by_event: dict[str, list[dict[str, object]]] = defaultdict(list)
     for request in received:
         body = request.json()

@@ -19,6 +19,7 @@ from webhooks.ratelimit import RateLimiter
 from webhooks.repositories.accounts import AccountRepository, ApiKeyRepository
 from webhooks.repositories.deliveries import DeliveryRepository
 from webhooks.repositories.events import EventRepository
+from webhooks.repositories.sequences import SequenceRepository
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.auth import Authenticator
 from webhooks.services.deliveries import DeliveryService
@@ -98,7 +99,13 @@ class Core:
                 changed=webhook_cache.changed,
             ),
             deliveries=DeliveryService(
-                settings, webhook_repo, webhook_cache, event_repo, delivery_repo, lanes
+                settings,
+                webhook_repo,
+                webhook_cache,
+                event_repo,
+                delivery_repo,
+                lanes,
+                SequenceRepository(cols),
             ),
             resolver=resolver,
             rate_limiter=RateLimiter(redis, settings),
