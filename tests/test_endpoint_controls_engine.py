@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
+from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.delivery_support import PUBLISH, audit_log, publish_input, wait_for_status
@@ -153,3 +155,59 @@ async def test_a_failing_webhook_is_announced_to_another_webhook_of_the_account(
     assert disabled["webhookId"] == failing_id and disabled["reason"]
     assert len(by_event["delivery.exhausted"]) == 10
     assert all(r.json()["event"] == "job_application_created" for r in receiver.received[failing])
+
+
+async def test_the_sweeper_rebuilds_ordering_gates_after_redis_loses_them(
+    mongodb_url: str, tmp_path: Path, receiver: Receiver, redis_client: Redis
+) -> None:
+    # given a PER_RESOURCE webhook whose receiver fails the first attempt of every delivery (retried 2 s
+    # later), with 2 resources × 4 events published, so each resource has one delivery waiting to be
+    # retried and three waiting for their turn
+    settings = make_settings(
+        mongodb_url, tmp_path, retry_schedule=(0.0, 2.0), sweep_interval=1.0, sweep_grace=0.5
+    )
+    async with run_stack(settings) as stack:
+        account = await stack.account()
+        p = path()
+        tries: Counter[str] = Counter()
+
+        async def fails_first(request: web.Request, n: int) -> web.StreamResponse:
+            tries[request.headers["X-Webhook-Delivery"]] += 1
+            return await (status(500) if tries[request.headers["X-Webhook-Delivery"]] == 1 else ok)(
+                request, n
+            )
+
+        await create(account, receiver.url(p, fails_first), ordering="PER_RESOURCE")
+        resources = [f"{i:024x}" for i in (7, 8)]
+        ids: list[str] = []
+        for n in range(4):
+            for r in resources:
+                details = {"method": "PATCH", "path": "/x", "n": n}
+                got = await account.gql.execute(
+                    PUBLISH, {"input": publish_input(log=audit_log(resourceId=r), details=details)}
+                )
+                ids.append(got["publishEvent"]["event"]["deliveries"][0]["id"])
+        heads = ids[:2]
+        for head in heads:
+            pending = await wait_for_status(account.gql, head, "PENDING", "SUCCEEDED")
+            assert pending["attemptCount"] >= 1
+        # when Redis loses everything the service keeps there (lanes, gates, retries)
+        keys = [k async for k in redis_client.scan_iter(match=f"{settings.queue_name}:*", count=1000)]
+        if keys:
+            await redis_client.delete(*keys)
+        # then the sweeper rebuilds the gates from MongoDB: every delivery succeeds, one at a time per
+        # resource, in publish order, numbered 1..4
+        done = [await wait_for_status(account.gql, i, "SUCCEEDED", timeout=60) for i in ids]
+    assert all(d["status"] == "SUCCEEDED" for d in done)
+    order: dict[str, list[int]] = defaultdict(list)
+    sequences: dict[str, list[int]] = defaultdict(list)
+    for request in receiver.received[p]:
+        body = request.json()
+        resource = body["data"]["log"]["resourceId"]  # type: ignore[index]
+        number = body["data"]["details"]["n"]  # type: ignore[index]
+        if not order[resource] or order[resource][-1] != number:
+            order[resource].append(number)
+            sequences[resource].append(int(request.headers["X-Webhook-Sequence"]))
+    for r in resources:
+        assert order[r] == [0, 1, 2, 3]
+        assert sequences[r] == [1, 2, 3, 4]
