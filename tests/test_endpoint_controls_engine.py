@@ -211,3 +211,26 @@ async def test_the_sweeper_rebuilds_ordering_gates_after_redis_loses_them(
     for r in resources:
         assert order[r] == [0, 1, 2, 3]
         assert sequences[r] == [1, 2, 3, 4]
+
+
+async def test_a_user_disable_is_announced_to_another_webhook_of_the_account(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given two webhooks, one of them subscribed to webhook.disabled
+    account = await stack.account()
+    ops = path()
+    other_id = await create(account, receiver.url(path()), events=["JOB_APPLICATION_CREATED"])
+    await create(account, receiver.url(ops), events=["WEBHOOK_DISABLED"])
+    # when a user disables the other one
+    update = """
+    mutation($id: ID!, $input: UpdateWebhookInput!) {
+      updateWebhook(id: $id, input: $input) { errors { code } }
+    }"""
+    result = await account.gql.execute(update, {"id": other_id, "input": {"enabled": False}})
+    assert result["updateWebhook"]["errors"] == []
+    # then the ops webhook hears it, with the reason
+    (got,) = await receiver.wait_for(ops, 1)
+    body = got.json()
+    assert body["event"] == "webhook.disabled"
+    assert body["data"]["webhookId"] == other_id  # type: ignore[index]
+    assert body["data"]["reason"] == "Disabled by a user"  # type: ignore[index]
