@@ -167,6 +167,10 @@ local function activate(p, wh, gate, items, now)
   local head = redis.call('ZRANGE', gate, 0, 0)
   if #head == 0 then return false end
   local entry = redis.call('HGET', items, head[1])
+  if not entry then  -- half lost (eviction): drop it; the sweeper puts it back from MongoDB
+    redis.call('ZREM', gate, head[1])
+    return false
+  end
   redis.call('HSET', items, '@active', head[1])
   local sp = string.find(entry, ' ', 1, true)
   put(p, wh, string.sub(entry, sp + 1), math.max(now, tonumber(string.sub(entry, 1, sp - 1))))

@@ -201,8 +201,9 @@ class DeliveryRepository:
         if doc is not None:
             return Delivery.from_doc(doc)
         event = await self._events.planning(account_id, delivery_id)
-        if event is None:
-            return None
+        if event is None:  # unknown, or written and its event closed between the two reads
+            doc = await self._col.find_one({"_id": delivery_id, "account_id": account_id}, {"attempts": 0})
+            return Delivery.from_doc(doc) if doc else None
         planned = next(p for p in event.planned if p.delivery_id == delivery_id)
         # written between the two reads?
         doc = await self._col.find_one({"_id": delivery_id}, {"attempts": 0})
