@@ -337,14 +337,10 @@ class DeliveryEngine:
             await self._publisher.attempts([r.attempt for r in recorded])
         except Exception:
             log.exception("could not publish %d attempts to the live feed", len(recorded))
-        for event, p in notices:
-            maker = (
-                operational.delivery_exhausted_body
-                if event is EventName.DELIVERY_EXHAUSTED
-                else operational.delivery_recovered_body
-            )
-            body = maker(p.delivery.id, p.webhook.id, p.webhook.name, p.delivery.event, p.number, now=now)
-            await self._emit(p.webhook, event, body)
+        # concurrently: their stores coalesce, and a burst of failures is not emitted one by one
+        await asyncio.gather(
+            *(self._emit(p.webhook, event, _delivery_notice(event, p, now)) for event, p in notices)
+        )
         return [None] * len(outcomes)
 
     async def _advance(self, finals: list[Delivery]) -> None:
@@ -419,6 +415,16 @@ def _delivery_of(item: LaneItem, event: Event | None, stored: dict[ObjectId, Del
     if delivery is None or delivery.status is not DeliveryStatus.PENDING:
         return None
     return delivery if delivery.attempt_count == item.number - 1 else None
+
+
+def _delivery_notice(event: EventName, p: Planned, now: datetime) -> bytes:
+    """The body of ``delivery.exhausted`` / ``delivery.recovered`` about attempt ``p``'s delivery."""
+    maker = (
+        operational.delivery_exhausted_body
+        if event is EventName.DELIVERY_EXHAUSTED
+        else operational.delivery_recovered_body
+    )
+    return maker(p.delivery.id, p.webhook.id, p.webhook.name, p.delivery.event, p.number, now=now)
 
 
 def _with_attempts(delivery: Delivery, attempts: int) -> Delivery:
