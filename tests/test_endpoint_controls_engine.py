@@ -1,29 +1,27 @@
 """Endpoint controls that the delivery engine carries out: custom headers on the wire, per-resource
 ordering with ``X-Webhook-Sequence``, and operational events.
 
-The API side (storage, validation, catalog, payload builders, recipients) is in place; the engine wiring
-comes with the engine rewrite. Until then these tests are expected to fail (strict: once the wiring is
-in, they pass and the marker must go).
+Everything through real parts: the GraphQL API, a real worker (lanes in Redis, MongoDB) and loopback
+receivers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
+from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.delivery_support import PUBLISH, audit_log, publish_input, wait_for_status
 from tests.receiver import Receiver, ok, status
 from tests.support import Stack, run_stack
 
-ENGINE_WIRING = pytest.mark.xfail(
-    strict=True, reason="issue 15: the engine sends custom headers, orders and emits operational events"
-)
 CREATE = """
 mutation($input: CreateWebhookInput!) {
   createWebhook(input: $input) { webhook { id } secret errors { field code message } }
@@ -57,7 +55,6 @@ async def create(stack_account: object, url: str, **extra: object) -> str:
     return webhook_id
 
 
-@ENGINE_WIRING
 async def test_custom_headers_reach_the_receiver_and_are_redacted_in_the_log(
     stack: Stack, receiver: Receiver
 ) -> None:
@@ -77,7 +74,6 @@ async def test_custom_headers_reach_the_receiver_and_are_redacted_in_the_log(
     assert "rcv-secret" not in str(done)
 
 
-@ENGINE_WIRING
 async def test_per_resource_ordering_keeps_publish_order_and_numbers_without_gaps(
     stack: Stack, receiver: Receiver
 ) -> None:
@@ -125,7 +121,6 @@ async def test_per_resource_ordering_keeps_publish_order_and_numbers_without_gap
         assert sequences[r] == list(range(1, 21))
 
 
-@ENGINE_WIRING
 async def test_a_failing_webhook_is_announced_to_another_webhook_of_the_account(
     stack: Stack, receiver: Receiver
 ) -> None:
@@ -147,10 +142,10 @@ async def test_a_failing_webhook_is_announced_to_another_webhook_of_the_account(
         published = (await account.gql.execute(PUBLISH, {"input": publish_input()}))["publishEvent"]
         (delivery,) = [d for d in published["event"]["deliveries"] if d["webhookId"] == failing_id]
         await wait_for_status(account.gql, delivery["id"], "FAILED")
-    state = (await account.gql.execute(STATUS, {"id": failing_id}))["webhook"]
-    assert state["enabled"] is False
     # then the ops webhook hears failing at 5 and 8, then disabled, and the failing one hears nothing of it
     received = await receiver.wait_for(ops, 13, timeout=10)
+    state = (await account.gql.execute(STATUS, {"id": failing_id}))["webhook"]
+    assert state["enabled"] is False
     by_event: dict[str, list[dict[str, object]]] = defaultdict(list)
     for request in received:
         body = request.json()
@@ -160,3 +155,82 @@ async def test_a_failing_webhook_is_announced_to_another_webhook_of_the_account(
     assert disabled["webhookId"] == failing_id and disabled["reason"]
     assert len(by_event["delivery.exhausted"]) == 10
     assert all(r.json()["event"] == "job_application_created" for r in receiver.received[failing])
+
+
+async def test_the_sweeper_rebuilds_ordering_gates_after_redis_loses_them(
+    mongodb_url: str, tmp_path: Path, receiver: Receiver, redis_client: Redis
+) -> None:
+    # given a PER_RESOURCE webhook whose receiver fails the first attempt of every delivery (retried 2 s
+    # later), with 2 resources × 4 events published, so each resource has one delivery waiting to be
+    # retried and three waiting for their turn
+    settings = make_settings(
+        mongodb_url, tmp_path, retry_schedule=(0.0, 2.0), sweep_interval=1.0, sweep_grace=0.5
+    )
+    async with run_stack(settings) as stack:
+        account = await stack.account()
+        p = path()
+        tries: Counter[str] = Counter()
+
+        async def fails_first(request: web.Request, n: int) -> web.StreamResponse:
+            tries[request.headers["X-Webhook-Delivery"]] += 1
+            return await (status(500) if tries[request.headers["X-Webhook-Delivery"]] == 1 else ok)(
+                request, n
+            )
+
+        await create(account, receiver.url(p, fails_first), ordering="PER_RESOURCE")
+        resources = [f"{i:024x}" for i in (7, 8)]
+        ids: list[str] = []
+        for n in range(4):
+            for r in resources:
+                details = {"method": "PATCH", "path": "/x", "n": n}
+                got = await account.gql.execute(
+                    PUBLISH, {"input": publish_input(log=audit_log(resourceId=r), details=details)}
+                )
+                ids.append(got["publishEvent"]["event"]["deliveries"][0]["id"])
+        heads = ids[:2]
+        for head in heads:
+            pending = await wait_for_status(account.gql, head, "PENDING", "SUCCEEDED")
+            assert pending["attemptCount"] >= 1
+        # when Redis loses everything the service keeps there (lanes, gates, retries)
+        keys = [k async for k in redis_client.scan_iter(match=f"{settings.queue_name}:*", count=1000)]
+        if keys:
+            await redis_client.delete(*keys)
+        # then the sweeper rebuilds the gates from MongoDB: every delivery succeeds, one at a time per
+        # resource, in publish order, numbered 1..4
+        done = [await wait_for_status(account.gql, i, "SUCCEEDED", timeout=60) for i in ids]
+    assert all(d["status"] == "SUCCEEDED" for d in done)
+    order: dict[str, list[int]] = defaultdict(list)
+    sequences: dict[str, list[int]] = defaultdict(list)
+    for request in receiver.received[p]:
+        body = request.json()
+        resource = body["data"]["log"]["resourceId"]  # type: ignore[index]
+        number = body["data"]["details"]["n"]  # type: ignore[index]
+        if not order[resource] or order[resource][-1] != number:
+            order[resource].append(number)
+            sequences[resource].append(int(request.headers["X-Webhook-Sequence"]))
+    for r in resources:
+        assert order[r] == [0, 1, 2, 3]
+        assert sequences[r] == [1, 2, 3, 4]
+
+
+async def test_a_user_disable_is_announced_to_another_webhook_of_the_account(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given two webhooks, one of them subscribed to webhook.disabled
+    account = await stack.account()
+    ops = path()
+    other_id = await create(account, receiver.url(path()), events=["JOB_APPLICATION_CREATED"])
+    await create(account, receiver.url(ops), events=["WEBHOOK_DISABLED"])
+    # when a user disables the other one
+    update = """
+    mutation($id: ID!, $input: UpdateWebhookInput!) {
+      updateWebhook(id: $id, input: $input) { errors { code } }
+    }"""
+    result = await account.gql.execute(update, {"id": other_id, "input": {"enabled": False}})
+    assert result["updateWebhook"]["errors"] == []
+    # then the ops webhook hears it, with the reason
+    (got,) = await receiver.wait_for(ops, 1)
+    body = got.json()
+    assert body["event"] == "webhook.disabled"
+    assert body["data"]["webhookId"] == other_id  # type: ignore[index]
+    assert body["data"]["reason"] == "Disabled by a user"  # type: ignore[index]

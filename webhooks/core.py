@@ -11,14 +11,18 @@ from pymongo import AsyncMongoClient
 
 from webhooks.crypto import SecretBox, load_secret_box
 from webhooks.db import Collections, Doc, collections, connect, ensure_indexes
+from webhooks.events import EventName
 from webhooks.invalidation import Invalidations, listening
 from webhooks.lanes import Lanes
+from webhooks.models import Webhook
+from webhooks.operational import webhook_disabled_body
 from webhooks.pubsub import Publisher
 from webhooks.queue import connect_redis, lanes_of
 from webhooks.ratelimit import RateLimiter
 from webhooks.repositories.accounts import AccountRepository, ApiKeyRepository
 from webhooks.repositories.deliveries import DeliveryRepository
 from webhooks.repositories.events import EventRepository
+from webhooks.repositories.sequences import SequenceRepository
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.auth import Authenticator
 from webhooks.services.deliveries import DeliveryService
@@ -26,6 +30,7 @@ from webhooks.services.webhook_cache import WebhookCache
 from webhooks.services.webhooks import WebhookService
 from webhooks.settings import Settings
 from webhooks.ssrf import Resolver, SystemResolver, check_url_destination
+from webhooks.timeutil import utcnow
 
 # How the API and the worker resolve webhook hosts (the SSRF checks' view of DNS). A seam for tests,
 # which swap in a resolver with fixed answers; production always uses the operating system's.
@@ -71,6 +76,27 @@ class Core:
                 url, allow_private=settings.allow_private_destinations, resolver=resolver
             )
 
+        deliveries = DeliveryService(
+            settings, webhook_repo, webhook_cache, event_repo, delivery_repo, lanes, SequenceRepository(cols)
+        )
+
+        async def status_changed(webhook: Webhook) -> None:
+            """A user enabled or disabled a webhook: the live feed, and ``webhook.disabled`` to the others."""
+            try:
+                if not webhook.enabled:
+                    body = webhook_disabled_body(
+                        webhook.id,
+                        webhook.name,
+                        webhook.disabled_reason or "",
+                        webhook.consecutive_failures,
+                        now=utcnow(),
+                    )
+                    await deliveries.publish_system(
+                        webhook.account_id, EventName.WEBHOOK_DISABLED, body, webhook.id
+                    )
+            finally:
+                await publisher.webhook_status(webhook)
+
         return cls(
             settings=settings,
             client=client,
@@ -91,15 +117,13 @@ class Core:
                 box,
                 settings,
                 check_destination,
-                notify_status=publisher.webhook_status,
+                notify_status=status_changed,
                 apply_limit=lambda w: lanes.set_limit(
                     str(w.id), w.in_flight_limit(settings.webhook_max_in_flight)
                 ),
                 changed=webhook_cache.changed,
             ),
-            deliveries=DeliveryService(
-                settings, webhook_repo, webhook_cache, event_repo, delivery_repo, lanes
-            ),
+            deliveries=deliveries,
             resolver=resolver,
             rate_limiter=RateLimiter(redis, settings),
         )

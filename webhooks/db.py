@@ -23,6 +23,7 @@ class Collections:
     webhooks: AsyncCollection[Doc]
     events: AsyncCollection[Doc]
     deliveries: AsyncCollection[Doc]
+    sequences: AsyncCollection[Doc]  # per (webhook, resource) counters of X-Webhook-Sequence
 
     @classmethod
     def of(cls, db: AsyncDatabase[Doc]) -> Collections:
@@ -32,6 +33,7 @@ class Collections:
             webhooks=db["webhooks"],
             events=db["events"],
             deliveries=db["deliveries"],
+            sequences=db["sequences"],
         )
 
 

@@ -12,6 +12,10 @@ structures kept in arq's own Redis (all keys under the queue name):
 ``<q>:limited``             HASH  webhook -> when a claim last found it at its limit (why attempts are late)
 ``<q>:recording``           ZSET  attempts made whose outcome is being written to MongoDB, scored by expiry
 ``<q>:wake``                LIST  a token per enqueue or freed slot; idle dispatchers block on it
+``<q>:gate:<webhook>:<resource>``   ZSET  PER_RESOURCE ordering: deliveries of one resource, scored by
+                                   their sequence number (``X-Webhook-Sequence``)
+``<q>:gatei:<webhook>:<resource>``  HASH  delivery -> ``<due_ms> <lane member>`` of its next attempt;
+                                   ``@active`` -> the one delivery of the gate that is in the lane
 
 A claim walks ``sched`` from its head: each webhook due for a turn gets up to ``min(free slots, quantum)``
 of its due attempts, then goes to the back of the line (score = now), so a backlog of 100,000 costs every
@@ -19,6 +23,12 @@ other webhook one turn per round, not 100,000 (round-robin; Shreedhar and Varghe
 quanta). A webhook at its limit leaves the line until a slot is released, or until its oldest slot
 expires: slots carry an expiry, so a killed worker cannot leak them. An open breaker lowers the limit to
 one: a single probe at a time until one succeeds.
+
+Ordered webhooks (``PER_RESOURCE``): a delivery that carries a sequence number enters its resource's gate
+instead of the lane; only the gate's active delivery (the lowest sequence when the gate had none active)
+is in the lane, with its retries going through the lane as usual. When it is final (succeeded, finally
+failed, or stopped without an attempt), ``advance`` removes it and puts the next one in the lane, in one
+script. Other resources of the same webhook have their own gates, so they are not held up.
 
 MongoDB stays the source of truth: everything here is a cache that the sweeper rebuilds (``readd``),
 so a FLUSHALL loses nothing. The scripts touch keys they compute from the queue name: fine on a single
@@ -128,6 +138,13 @@ class Enqueue:
     item: LaneItem
     due: datetime
     limit: int
+    # PER_RESOURCE ordering: enter the (webhook, resource) gate, scored by seq, instead of the lane
+    resource: str | None = None
+    seq: int | None = None
+
+    @property
+    def gated(self) -> bool:
+        return self.resource is not None and self.seq is not None
 
 
 def to_ms(moment: datetime) -> int:
@@ -138,15 +155,53 @@ def from_ms(ms: float) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-# ARGV: prefix, wake?, now_ms, then (webhook, member, due_ms, limit, only_if_absent) * n
-_ADD = """
+# Lane insertion shared by ADD and ADVANCE: (lane, sched, webhook, member, due)
+_PUT = """
+local function put(p, wh, member, due)
+  redis.call('ZADD', p .. ':lane:' .. wh, due, member)
+  redis.call('ZADD', p .. ':sched', 'LT', due, wh)
+end
+-- a gate's next delivery goes in the lane if none is active; true if one was put
+local function activate(p, wh, gate, items, now)
+  if redis.call('HEXISTS', items, '@active') == 1 then return false end
+  local head = redis.call('ZRANGE', gate, 0, 0)
+  if #head == 0 then return false end
+  local entry = redis.call('HGET', items, head[1])
+  if not entry then  -- half lost (eviction): drop it; the sweeper puts it back from MongoDB
+    redis.call('ZREM', gate, head[1])
+    return false
+  end
+  redis.call('HSET', items, '@active', head[1])
+  local sp = string.find(entry, ' ', 1, true)
+  put(p, wh, string.sub(entry, sp + 1), math.max(now, tonumber(string.sub(entry, 1, sp - 1))))
+  return true
+end
+"""
+
+# ARGV: prefix, wake?, now_ms, then (webhook, member, due_ms, limit, only_if_absent, resource, seq) * n
+# (resource '' = not gated)
+_ADD = (
+    _PUT
+    + """
 local p, now = ARGV[1], tonumber(ARGV[3])
 local n = 0
-for i = 4, #ARGV, 5 do
+local gates = {}
+for i = 4, #ARGV, 7 do
   local wh, member, due, limit, nx = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  local resource, seq = ARGV[i + 5], ARGV[i + 6]
   redis.call('HSET', p .. ':limits', wh, limit)
   local skip = false
-  if nx == '1' then
+  if resource ~= '' then
+    local gate, items = p .. ':gate:' .. wh .. ':' .. resource, p .. ':gatei:' .. wh .. ':' .. resource
+    local delivery = string.sub(member, 1, string.find(member, ':', 1, true) - 1)
+    redis.call('ZADD', gate, 'NX', seq, delivery)
+    redis.call('HSET', items, delivery, due .. ' ' .. member)
+    if redis.call('HGET', items, '@active') ~= delivery then
+      skip = true  -- waits for its turn (or is activated below)
+      gates[#gates + 1] = {wh, gate, items}
+    end
+  end
+  if not skip and nx == '1' then
     local inflight = p .. ':inflight:' .. wh
     local held = redis.call('ZSCORE', inflight, member)
     if held and tonumber(held) <= now then  -- an expired slot: its worker died
@@ -158,17 +213,43 @@ for i = 4, #ARGV, 5 do
     skip = held ~= false or queued ~= false or (recording ~= false and tonumber(recording) > now)
   end
   if not skip then
-    redis.call('ZADD', p .. ':lane:' .. wh, due, member)
-    redis.call('ZADD', p .. ':sched', 'LT', due, wh)
+    put(p, wh, member, due)
     n = n + 1
   end
+end
+for _, g in ipairs(gates) do
+  if activate(p, g[1], g[2], g[3], now) then n = n + 1 end
 end
 if n > 0 and ARGV[2] == '1' then
   redis.call('LPUSH', p .. ':wake', '1')
   redis.call('LTRIM', p .. ':wake', 0, WAKE_TOKENS - 1)
 end
 return n
-""".replace("WAKE_TOKENS", str(WAKE_TOKENS)).replace("RECORDING_MS", str(RECORDING_MS))
+"""
+).replace("WAKE_TOKENS", str(WAKE_TOKENS))
+
+# ARGV: prefix, now_ms, then (webhook, resource, delivery) * n: these deliveries are final
+_ADVANCE = (
+    _PUT
+    + """
+local p, now = ARGV[1], tonumber(ARGV[2])
+local n = 0
+for i = 3, #ARGV, 3 do
+  local wh, resource, delivery = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local gate, items = p .. ':gate:' .. wh .. ':' .. resource, p .. ':gatei:' .. wh .. ':' .. resource
+  if redis.call('ZREM', gate, delivery) == 1 then
+    redis.call('HDEL', items, delivery)
+    if redis.call('HGET', items, '@active') == delivery then redis.call('HDEL', items, '@active') end
+    if activate(p, wh, gate, items, now) then n = n + 1 end
+  end
+end
+if n > 0 then
+  redis.call('LPUSH', p .. ':wake', '1')
+  redis.call('LTRIM', p .. ':wake', 0, WAKE_TOKENS - 1)
+end
+return n
+"""
+).replace("WAKE_TOKENS", str(WAKE_TOKENS))
 
 # ARGV: prefix, now_ms, max_items, default_limit, slot_ms, quantum, max_visits
 # -> {flat list of (webhook, member, due_ms, limited, breaker_open), next_score or false}
@@ -285,6 +366,7 @@ class Lanes:
         self._add = redis.register_script(_ADD)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._advance = redis.register_script(_ADVANCE)
 
     @property
     def wake_key(self) -> str:
@@ -299,19 +381,52 @@ class Lanes:
     def _breaker(self, webhook_id: str) -> str:
         return f"{self.prefix}:breaker:{webhook_id}"
 
+    def _gate(self, webhook_id: str, resource: str) -> str:
+        return f"{self.prefix}:gate:{webhook_id}:{resource}"
+
+    def _gate_items(self, webhook_id: str, resource: str) -> str:
+        return f"{self.prefix}:gatei:{webhook_id}:{resource}"
+
     async def add(
         self, entries: Sequence[Enqueue], *, only_if_absent: bool = False, wake: bool = True
     ) -> int:
         """Put attempts in their webhooks' lanes (idempotent per attempt); how many were added.
 
         ``only_if_absent`` (the sweeper): leave an attempt alone while it is queued or in flight.
+        A gated entry (``Enqueue.gated``) joins its gate; it is in the lane only while it is the gate's
+        active delivery. Entries are taken in the order given (pass a gate's entries in ``seq`` order).
         """
         if not entries:
             return 0
         args: list[str | int] = [self.prefix, "1" if wake else "0", to_ms(datetime.now(UTC))]
         for e in entries:
             args += [e.item.webhook_id, e.item.member, to_ms(e.due), e.limit, "1" if only_if_absent else "0"]
+            args += [e.resource or "", e.seq or 0] if e.gated else ["", 0]
         return int(await self._add(args=args))
+
+    async def advance(self, finals: Sequence[tuple[str, str, str]], now: datetime) -> int:
+        """These (webhook, resource, delivery) are final: leave their gates, each gate's next one goes in
+        its lane. Idempotent (a delivery not in its gate is ignored); how many were put in a lane."""
+        if not finals:
+            return 0
+        args: list[str | int] = [self.prefix, to_ms(now)]
+        for webhook_id, resource, delivery_id in finals:
+            args += [webhook_id, resource, delivery_id]
+        return int(await self._advance(args=args))
+
+    async def gate_states(self, items: Sequence[tuple[str, str, str]]) -> list[tuple[bool, str | None]]:
+        """For each (webhook, resource, delivery): whether it is in its gate, and the gate's active one."""
+        if not items:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for webhook_id, resource, delivery_id in items:
+                pipe.zscore(self._gate(webhook_id, resource), delivery_id)
+                pipe.hget(self._gate_items(webhook_id, resource), "@active")
+            raw = await pipe.execute()
+        return [
+            (raw[2 * i] is not None, _s(raw[2 * i + 1]) if raw[2 * i + 1] is not None else None)
+            for i in range(len(items))
+        ]
 
     async def claim(
         self, now: datetime, max_items: int, *, slot_seconds: float, quantum: int = 10, max_visits: int = 200

@@ -120,6 +120,9 @@ class Planned:
     delivery_id: ObjectId
     webhook_id: ObjectId
     held: bool  # the webhook was disabled at publish time: recorded HELD, not sent
+    # PER_RESOURCE ordering: data.log.resourceId and this delivery's X-Webhook-Sequence (None: unordered)
+    resource: str | None = None
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +144,9 @@ class Event:
             body=bytes(doc["body"]),
             created_at=doc["created_at"],
             planned=tuple(
-                Planned(p["delivery_id"], p["webhook_id"], bool(p.get("held")))
+                Planned(
+                    p["delivery_id"], p["webhook_id"], bool(p.get("held")), p.get("resource"), p.get("seq")
+                )
                 for p in doc.get("planned") or ()
             ),
             test=bool(doc.get("test")),
@@ -161,6 +166,8 @@ class Event:
             next_attempt_at=None if planned.held else self.created_at,
             created_at=self.created_at,
             updated_at=self.created_at,
+            resource=planned.resource,
+            seq=planned.seq,
         )
 
 
@@ -179,6 +186,13 @@ class Delivery:
     updated_at: datetime
     run_start: int = 1  # the first attempt number of the current run (a manual retry starts a new run)
     run_trigger: AttemptTrigger = AttemptTrigger.AUTOMATIC
+    resource: str | None = None  # PER_RESOURCE ordering (see ``Planned``)
+    seq: int | None = None
+
+    @property
+    def ordered(self) -> bool:
+        """Sent one at a time per (webhook, resource), in ``seq`` order (``webhooks.lanes`` gates)."""
+        return self.resource is not None and self.seq is not None
 
     @classmethod
     def from_doc(cls, doc: Doc) -> Delivery:
@@ -196,6 +210,8 @@ class Delivery:
             updated_at=doc.get("updated_at") or doc["created_at"],
             run_start=int(doc.get("run_start", 1)),
             run_trigger=AttemptTrigger(doc.get("run_trigger", AttemptTrigger.AUTOMATIC.value)),
+            resource=doc.get("resource"),
+            seq=doc.get("seq"),
         )
 
     def trigger_of(self, number: int) -> AttemptTrigger:

@@ -18,18 +18,21 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from bson import ObjectId
 
-from webhooks import metrics
+from webhooks import metrics, operational
 from webhooks.cache import SizedLRU, read_through
 from webhooks.coalesce import Coalescer
 from webhooks.crypto import SecretBox
+from webhooks.custom_headers import decrypted_headers
+from webhooks.events import EventName
 from webhooks.lanes import Claimed, Enqueue, Finished, Kind, LaneItem, Lanes, LateReason
 from webhooks.lanes import Outcome as BreakerOutcome
-from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, Webhook
+from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, Event, Webhook
 from webhooks.pubsub import Publisher
 from webhooks.repositories.deliveries import DeliveryRepository, Recorded, Unsent
 from webhooks.repositories.events import EventRepository
@@ -43,6 +46,11 @@ from workers.sender import Sender, SendResult
 from workers.signing import redacted, signature_headers
 
 log = logging.getLogger(__name__)
+
+# Emits an operational event: (account, event, body, the webhook it is about) -> deliveries planned
+# (``DeliveryService.publish_system``).
+SystemPublish = Callable[[ObjectId, EventName, bytes, ObjectId], Awaitable[int]]
+SEQUENCE_HEADER = "X-Webhook-Sequence"
 
 EVENT_CACHE_BYTES = 32 * 1024 * 1024  # event bodies are immutable: kept while memory allows
 MAX_TRACKED_EVENTS = 100_000  # events with some, not all, deliveries written (for closing them)
@@ -104,6 +112,7 @@ class DeliveryEngine:
         lanes: Lanes,
         publisher: Publisher,
         sender: Sender,
+        publish_system: SystemPublish | None = None,
     ) -> None:
         self._settings = settings
         self._deliveries = deliveries
@@ -114,6 +123,7 @@ class DeliveryEngine:
         self._lanes = lanes
         self._publisher = publisher
         self._sender = sender
+        self._publish_system = publish_system
         self._retention = timedelta(days=settings.delivery_retention_days)
         self._in_flight: set[tuple[str, int]] = set()
         self._event_cache: SizedLRU[ObjectId, Event] = SizedLRU(
@@ -195,6 +205,7 @@ class DeliveryEngine:
             for u in unsent:
                 metrics.delivery_finished(u.status.value, u.delivery.event)
             await self._close_events([u.delivery for u in unsent if not u.stored])
+            await self._advance([u.delivery for u in unsent])
         return answers
 
     # -- attempt ---------------------------------------------------------------------------------------
@@ -212,6 +223,13 @@ class DeliveryEngine:
             event=p.delivery.event,
             user_agent=self._settings.user_agent,
         )
+        if p.delivery.seq is not None:
+            headers[SEQUENCE_HEADER] = str(p.delivery.seq)
+        # the webhook's custom headers never replace ours (reserved names are refused on input anyway)
+        ours = {name.lower() for name in headers}
+        for name, value in decrypted_headers(p.webhook, self._box).items():
+            if name.lower() not in ours:
+                headers[name] = value
         result = await self._sender.send(p.webhook.url, p.body, headers)
         return Outcome(p, started, late, redacted(headers), result)
 
@@ -246,6 +264,9 @@ class DeliveryEngine:
         recorded: list[Recorded] = []
         retries: list[Enqueue] = []
         finals: dict[ObjectId, list[bool]] = defaultdict(list)
+        hooks: dict[ObjectId, Webhook] = {}
+        done: list[Delivery] = []  # final now: their gates move on
+        notices: list[tuple[EventName, Planned]] = []
         for outcome in outcomes:
             p, result = outcome.planned, outcome.result
             delivery = p.delivery
@@ -267,8 +288,18 @@ class DeliveryEngine:
                 limit = p.webhook.in_flight_limit(self._settings.webhook_max_in_flight)
                 retry = stored_attempt(_with_attempts(delivery, p.number))
                 retries.append(Enqueue(retry, due=next_at, limit=limit))
-            if status is not DeliveryStatus.PENDING and not delivery.test:
+            if status is not DeliveryStatus.PENDING:
+                done.append(delivery)
+            # Deliveries of operational (and test) events neither count towards a webhook's consecutive
+            # failures nor cause operational events themselves: two failing endpoints subscribed to each
+            # other's notices cannot feed each other.
+            if status is not DeliveryStatus.PENDING and operational.notifies_about_delivery(delivery.event):
                 finals[p.webhook.id].append(status is DeliveryStatus.SUCCEEDED)
+                hooks[p.webhook.id] = p.webhook
+                if status is DeliveryStatus.FAILED:
+                    notices.append((EventName.DELIVERY_EXHAUSTED, p))
+                elif delivery.run_trigger is AttemptTrigger.MANUAL:
+                    notices.append((EventName.DELIVERY_RECOVERED, p))
             _observe(p, result, status)
             attempt = Attempt(
                 id=ObjectId(),
@@ -297,11 +328,12 @@ class DeliveryEngine:
         # MongoDB now holds the outcome; everything after it is Redis and must not undo it: counting comes
         # first (it is never redone), a retry that fails to queue is re-queued by the sweeper, and the live
         # feed is best effort.
-        await self._count(finals)
+        await self._count(finals, hooks)
         try:
             await self._lanes.recorded([o.planned.claimed.item for o in outcomes], now)
         except Exception:
             log.warning("could not clear %d recording marks; they expire", len(outcomes), exc_info=True)
+        await self._advance(done)
         try:
             await self._lanes.add(retries)  # the wake-up lets a sleeping dispatcher time the retry itself
         except Exception:
@@ -310,6 +342,10 @@ class DeliveryEngine:
             await self._publisher.attempts([r.attempt for r in recorded])
         except Exception:
             log.exception("could not publish %d attempts to the live feed", len(recorded))
+        # concurrently: their stores coalesce, and a burst of failures is not emitted one by one
+        await asyncio.gather(
+            *(self._emit(p.webhook, event, _delivery_notice(event, p, now)) for event, p in notices)
+        )
         return [None] * len(outcomes)
 
     async def _close_events(self, written: list[Delivery]) -> None:
@@ -333,14 +369,48 @@ class DeliveryEngine:
             except Exception:
                 log.warning("could not close %d events; the sweeper will", len(complete), exc_info=True)
 
-    async def _count(self, finals: dict[ObjectId, list[bool]]) -> None:
+    async def _advance(self, finals: list[Delivery]) -> None:
+        """Final deliveries of ordered webhooks: the next delivery of their resource may go (after MongoDB
+        holds the outcome; a lost call is repaired by the sweeper)."""
+        gated = [(str(d.webhook_id), d.resource, str(d.id)) for d in finals if d.resource and d.seq]
+        if not gated:
+            return
+        try:
+            await self._lanes.advance(gated, utcnow())
+        except Exception:
+            log.warning("could not advance %d ordering gates; the sweeper will", len(gated), exc_info=True)
+
+    async def _emit(self, about: Webhook, event: EventName, body: bytes) -> None:
+        """Publish an operational event about ``about`` (best effort: the outcome is stored already)."""
+        if self._publish_system is None:
+            return
+        try:
+            await self._publish_system(about.account_id, event, body, about.id)
+        except Exception:
+            log.exception("could not emit %s about webhook %s", event.value, about.id)
+
+    async def _count(self, finals: dict[ObjectId, list[bool]], hooks: dict[ObjectId, Webhook]) -> None:
         threshold = self._settings.disable_after_failures
         await self._webhooks.reset_failures([w for w, o in finals.items() if count_failures(o).reset])
         for webhook_id, outcomes in finals.items():
             change = count_failures(outcomes)
             if change.add:
                 count = await self._webhooks.add_failures(webhook_id, change.add)
-                if count is None or not should_disable(count, threshold):
+                if count is None:
+                    continue
+                webhook = hooks[webhook_id]
+                level = operational.failing_warning_due(count - change.add, count, threshold)
+                if level is not None:
+                    log.warning("webhook %s has %d consecutive failed deliveries", webhook_id, level)
+                    body = operational.webhook_failing_body(
+                        webhook.id, webhook.name, level, threshold, now=utcnow()
+                    )
+                    await self._emit(webhook, EventName.WEBHOOK_FAILING, body)
+                    try:
+                        await self._publisher.webhook_status(webhook)
+                    except Exception:
+                        log.exception("could not publish the status change of webhook %s", webhook_id)
+                if not should_disable(count, threshold):
                     continue
                 disabled = await self._webhooks.disable_once(webhook_id, threshold)
                 if disabled is not None:
@@ -353,6 +423,10 @@ class DeliveryEngine:
                         await self._publisher.webhook_status(disabled)
                     except Exception:
                         log.exception("could not publish the status change of webhook %s", webhook_id)
+                    body = operational.webhook_disabled_body(
+                        disabled.id, disabled.name, disabled.disabled_reason or "", count, now=utcnow()
+                    )
+                    await self._emit(disabled, EventName.WEBHOOK_DISABLED, body)
 
 
 def _delivery_of(item: LaneItem, event: Event | None, stored: dict[ObjectId, Delivery]) -> Delivery | None:
@@ -367,6 +441,16 @@ def _delivery_of(item: LaneItem, event: Event | None, stored: dict[ObjectId, Del
     if delivery is None or delivery.status is not DeliveryStatus.PENDING:
         return None
     return delivery if delivery.attempt_count == item.number - 1 else None
+
+
+def _delivery_notice(event: EventName, p: Planned, now: datetime) -> bytes:
+    """The body of ``delivery.exhausted`` / ``delivery.recovered`` about attempt ``p``'s delivery."""
+    maker = (
+        operational.delivery_exhausted_body
+        if event is EventName.DELIVERY_EXHAUSTED
+        else operational.delivery_recovered_body
+    )
+    return maker(p.delivery.id, p.webhook.id, p.webhook.name, p.delivery.event, p.number, now=now)
 
 
 def _with_attempts(delivery: Delivery, attempts: int) -> Delivery:

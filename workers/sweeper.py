@@ -12,6 +12,10 @@ SecantusDB's one core for most of a second. Each scan pages through the retentio
 that match fewer than ``SWEEP_BATCH`` documents, a few windows per tick, and starts over at the end, so a
 FLUSHALL under a large backlog is rebuilt over successive ticks while an idle history costs a few empty,
 cheap windows.
+
+Deliveries of ordered webhooks (with a sequence number) go back through their resource's gate
+(``webhooks.lanes``), with the written PENDING deliveries of the same gates, so a rebuilt gate keeps the
+sequence order. A gate whose active delivery is final in MongoDB (its ``advance`` was lost) is moved on.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import datetime, timedelta
 from bson import ObjectId
 
 from webhooks.lanes import Enqueue, Kind, LaneItem, Lanes
+from webhooks.models import Delivery, DeliveryStatus
 from webhooks.repositories.deliveries import DeliveryRepository
 from webhooks.repositories.events import EventRepository
 from webhooks.repositories.webhooks import WebhookRepository
@@ -113,14 +118,21 @@ class Sweeper:
             LaneItem(str(p.webhook_id), str(p.delivery_id), 1, str(e.id), Kind.NEW): e
             for e in events
             for p in e.planned
-            if not p.held
+            if not p.held and p.seq is None
         }
+        ordered = [
+            e.pending_delivery(p) for e in events for p in e.planned if not p.held and p.seq is not None
+        ]
+        requeued = await self._gated([(d, False) for d in ordered])
         # Redis first, then MongoDB: an attempt absent from Redis has either been recorded already (the
         # engine writes MongoDB before it clears its recording mark) or is lost. The other order would
         # re-queue an attempt recorded between the two reads, and send it twice.
         absent = await self.lanes.absent(list(planned), utcnow())
-        written = await self.deliveries.existing([ObjectId(i.delivery_id) for i in planned])
+        written = await self.deliveries.existing(
+            [ObjectId(i.delivery_id) for i in planned] + [d.id for d in ordered]
+        )
         unwritten = {e.id for i, e in planned.items() if ObjectId(i.delivery_id) not in written}
+        unwritten |= {d.event_id for d in ordered if d.id not in written}
         await self.events.close([e.id for e in events if e.id not in unwritten])
         lost = [i for i in absent if ObjectId(i.delivery_id) not in written]
         limits = await self._limits({ObjectId(i.webhook_id) for i in lost})
@@ -132,10 +144,66 @@ class Sweeper:
             )
             for i in lost
         ]
-        return len(events), await self.lanes.add(entries, only_if_absent=True)
+        return len(events), requeued + await self.lanes.add(entries, only_if_absent=True)
+
+    async def _gated(self, found: list[tuple[Delivery, bool]]) -> int:
+        """Ordered deliveries (unwritten ones of open events, or written PENDING ones): put each back in
+        its gate if it is lost, and move on gates whose active delivery is final.
+
+        Redis is read first, as for the outbox: a delivery that is in no gate (or is its gate's active one
+        and in no lane, slot or recording) and is still unwritten/PENDING afterwards is lost.
+        """
+        if not found:
+            return 0
+        now = utcnow()
+        deliveries = [d for d, _ in found]
+        written = {d.id for d, w in found if w}
+        keys = [(str(d.webhook_id), d.resource or "", str(d.id)) for d in deliveries]
+        states = await self.lanes.gate_states(keys)
+        items = {d.id: _next_attempt(d, d.id in written) for d in deliveries}
+        absent = {ObjectId(i.delivery_id) for i in await self.lanes.absent(list(items.values()), now)}
+        candidates = [
+            d
+            for d, (in_gate, active) in zip(deliveries, states, strict=True)
+            if not in_gate or (active == str(d.id) and d.id in absent)
+        ]
+        actives = {
+            (d.webhook_id, d.resource or "", ObjectId(active))
+            for d, (_, active) in zip(deliveries, states, strict=True)
+            if active is not None and active != str(d.id)
+        }
+        # MongoDB second: which candidates are still to be sent, and which active ones are final
+        stored = await self.deliveries.stored_by_ids([d.id for d in candidates] + [a for _, _, a in actives])
+        lost = [d for d in candidates if _still_pending(d, d.id in written, stored.get(d.id))]
+        stale = [
+            (str(w), r, str(a))
+            for w, r, a in actives
+            if (s := stored.get(a)) is not None and s.status is not DeliveryStatus.PENDING
+        ]
+        moved = await self.lanes.advance(stale, now) if stale else 0
+        if not lost:
+            return moved
+        # a rebuilt gate also takes its written PENDING delivery (one mid-retry), so the order holds
+        gates = sorted({(d.webhook_id, d.resource or "") for d in lost})
+        pending = await self.deliveries.pending_in_gates(gates, SWEEP_BATCH)
+        every = {d.id: (d, True) for d in pending if d.ordered} | {d.id: (d, d.id in written) for d in lost}
+        limits = await self._limits({d.webhook_id for d, _ in every.values()})
+        entries = [
+            Enqueue(
+                _next_attempt(d, w),
+                due=d.next_attempt_at or d.created_at,
+                limit=limits.get(d.webhook_id, self.settings.webhook_max_in_flight),
+                resource=d.resource,
+                seq=d.seq,
+            )
+            for d, w in sorted(every.values(), key=lambda dw: dw[0].seq or 0)
+        ]
+        return moved + await self.lanes.add(entries, only_if_absent=True)
 
     async def _scan_overdue(self, lower: datetime, upper: datetime) -> tuple[int, int]:
-        overdue = await self.deliveries.due_between(lower, upper, SWEEP_BATCH)
+        found = await self.deliveries.due_between(lower, upper, SWEEP_BATCH)
+        requeued = await self._gated([(d, True) for d in found if d.ordered])
+        overdue = [d for d in found if not d.ordered]
         limits = await self._limits({d.webhook_id for d in overdue})
         entries = [
             Enqueue(
@@ -145,10 +213,28 @@ class Sweeper:
             )
             for d in overdue
         ]
-        return len(overdue), await self.lanes.add(entries, only_if_absent=True)
+        return len(found), requeued + await self.lanes.add(entries, only_if_absent=True)
 
     async def _limits(self, webhook_ids: set[ObjectId]) -> dict[ObjectId, int]:
         if not webhook_ids:
             return {}
         found = await self.webhooks.get_many(list(webhook_ids))
         return {i: w.in_flight_limit(self.settings.webhook_max_in_flight) for i, w in found.items()}
+
+
+def _next_attempt(delivery: Delivery, written: bool) -> LaneItem:
+    """The lane item of a delivery's next attempt: its first (unwritten) or a stored one."""
+    if not written:
+        return LaneItem(str(delivery.webhook_id), str(delivery.id), 1, str(delivery.event_id), Kind.NEW)
+    return stored_attempt(delivery)
+
+
+def _still_pending(delivery: Delivery, written: bool, stored: Delivery | None) -> bool:
+    """An unwritten delivery that is still unwritten, or a written one still at the same attempt."""
+    if not written:
+        return stored is None
+    return (
+        stored is not None
+        and stored.status is DeliveryStatus.PENDING
+        and stored.attempt_count == delivery.attempt_count
+    )

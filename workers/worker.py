@@ -78,6 +78,7 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             lanes=core.lanes,
             publisher=core.publisher,
             sender=sender,
+            publish_system=core.deliveries.publish_system,
         )
         ctx["engine"] = engine
         ctx["sweeper"] = Sweeper(settings, core.lanes, core.event_repo, core.delivery_repo, core.webhook_repo)

@@ -34,7 +34,7 @@ EVENT_ID_LAG = timedelta(minutes=1)
 
 
 def delivery_doc(delivery: Delivery, *, expires_at: datetime, attempts: Sequence[Attempt] = ()) -> Doc:
-    return {
+    doc: Doc = {
         "_id": delivery.id,
         "account_id": delivery.account_id,
         "webhook_id": delivery.webhook_id,
@@ -51,6 +51,10 @@ def delivery_doc(delivery: Delivery, *, expires_at: datetime, attempts: Sequence
         "expires_at": expires_at,
         "attempts": [a.to_doc() for a in attempts],
     }
+    if delivery.ordered:
+        doc["resource"] = delivery.resource
+        doc["seq"] = delivery.seq
+    return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +326,17 @@ class DeliveryRepository:
         """Written, pending deliveries whose next attempt fell due in ``[lower, upper)`` (the sweeper's
         scan; unsorted, so the caller keeps the window small)."""
         query = {"status": DeliveryStatus.PENDING.value, "next_attempt_at": {"$gte": lower, "$lt": upper}}
+        cursor = self._col.find(query, {"attempts": 0}).limit(limit)
+        return [Delivery.from_doc(d) async for d in cursor]
+
+    async def pending_in_gates(self, gates: list[tuple[ObjectId, str]], limit: int) -> list[Delivery]:
+        """Written, pending deliveries of these (webhook, resource) ordering gates (the sweeper's rebuild)."""
+        if not gates:
+            return []
+        query: Doc = {
+            "status": DeliveryStatus.PENDING.value,
+            "$or": [{"webhook_id": w, "resource": r} for w, r in gates],
+        }
         cursor = self._col.find(query, {"attempts": 0}).limit(limit)
         return [Delivery.from_doc(d) async for d in cursor]
 

@@ -36,15 +36,21 @@ def event_doc(
         "body": Binary(body),
         "created_at": now,
         "expires_at": now + retention,
-        "planned": [
-            {"delivery_id": p.delivery_id, "webhook_id": p.webhook_id, "held": p.held} for p in planned
-        ],
+        "planned": [_planned_doc(p) for p in planned],
         "test": test,
     }
     if any(not p.held for p in planned):
         doc["open"] = True
     if idempotency_key is not None:
         doc["idempotency_key"] = idempotency_key
+    return doc
+
+
+def _planned_doc(p: Planned) -> Doc:
+    doc: Doc = {"delivery_id": p.delivery_id, "webhook_id": p.webhook_id, "held": p.held}
+    if p.seq is not None:
+        doc["resource"] = p.resource
+        doc["seq"] = p.seq
     return doc
 
 

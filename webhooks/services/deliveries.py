@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import orjson
 from bson import ObjectId
 
 from webhooks.coalesce import Coalescer
@@ -14,11 +15,13 @@ from webhooks.errors import ErrorCode, UserErrors
 from webhooks.events import TEST_EVENT, EventName
 from webhooks.ids import parse_id
 from webhooks.lanes import Enqueue, Kind, LaneItem, Lanes
-from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, Planned, Principal
+from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, Ordering, Planned, Principal, Webhook
+from webhooks.operational import recipients
 from webhooks.pagination import Page, check_page_size, decode_cursor
 from webhooks.payloads import AuditLog, build_event_body, build_test_body
 from webhooks.repositories.deliveries import DeliveryRepository, delivery_doc
 from webhooks.repositories.events import EventRepository, event_doc
+from webhooks.repositories.sequences import SequenceRepository
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.webhook_cache import WebhookCache
 from webhooks.services.webhooks import not_found
@@ -49,8 +52,10 @@ class DeliveryService:
         events: EventRepository,
         deliveries: DeliveryRepository,
         lanes: Lanes,
+        sequences: SequenceRepository | None = None,
     ) -> None:
         self._settings = settings
+        self._sequences = sequences
         self._webhooks = webhooks
         self._webhook_cache = webhook_cache
         self._events = events
@@ -94,7 +99,7 @@ class DeliveryService:
             await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
         targets = await self._webhook_cache.subscribed(who.account_id, event.value)
         targets = [w for w in targets if w.accepts(body)]  # payload filters (webhooks.filters)
-        planned = [Planned(ObjectId(), w.id, held=not w.enabled) for w in targets]
+        planned = await self._plan(targets, body)
         stored = Event(ObjectId(), who.account_id, event.value, body, now, tuple(planned))
         if not await self._store_event(stored, idempotency_key):
             # lost a race for the same idempotency key: answer with the winner
@@ -105,16 +110,56 @@ class DeliveryService:
                     "idempotencyKey", ErrorCode.CONFLICT, "idempotencyKey is in use, try again"
                 )
             return await self._replay(earlier, event.value)
+        await self._enqueue_planned(stored, targets)
+        return Published(
+            stored.id, stored.event, [stored.pending_delivery(p) for p in planned], replayed=False
+        )
+
+    async def publish_system(
+        self, account_id: ObjectId, event: EventName, body: bytes, about: ObjectId
+    ) -> int:
+        """Emit an operational event (``webhooks.operational``) built by HatchBeacon itself: stored and
+        queued like a published one, to the account's webhooks that get it (never ``about`` itself).
+        How many deliveries it planned."""
+        subscribed = await self._webhook_cache.subscribed(account_id, event.value)
+        targets = recipients(subscribed, event, body, about)
+        if not targets:
+            return 0
+        planned = await self._plan(targets, body)
+        stored = Event(ObjectId(), account_id, event.value, body, utcnow(), tuple(planned))
+        await self._store_event(stored, None)
+        await self._enqueue_planned(stored, targets)
+        return len(planned)
+
+    async def _plan(self, targets: list[Webhook], body: bytes) -> list[Planned]:
+        """One planned delivery per target; PER_RESOURCE webhooks get the next number of the resource."""
+        resource = None
+        if self._sequences is not None and any(w.ordering is Ordering.PER_RESOURCE for w in targets):
+            resource = _resource_of(body)
+        planned = []
+        for w in targets:
+            if resource is not None and w.ordering is Ordering.PER_RESOURCE:
+                assert self._sequences is not None
+                seq = await self._sequences.next(w.id, resource)
+                planned.append(Planned(ObjectId(), w.id, not w.enabled, resource, seq))
+            else:
+                planned.append(Planned(ObjectId(), w.id, held=not w.enabled))
+        return planned
+
+    async def _enqueue_planned(self, stored: Event, targets: list[Webhook]) -> None:
         limits = {w.id: w.in_flight_limit(self._settings.webhook_max_in_flight) for w in targets}
         await self._enqueue(
             [
-                Enqueue(_first_attempt(stored, p), due=now, limit=limits[p.webhook_id])
-                for p in planned
+                Enqueue(
+                    _first_attempt(stored, p),
+                    due=stored.created_at,
+                    limit=limits[p.webhook_id],
+                    resource=p.resource,
+                    seq=p.seq,
+                )
+                for p in stored.planned
                 if not p.held
             ]
-        )
-        return Published(
-            stored.id, stored.event, [stored.pending_delivery(p) for p in planned], replayed=False
         )
 
     async def _store_event(self, event: Event, idempotency_key: str | None) -> bool:
@@ -258,6 +303,14 @@ class DeliveryService:
         """Attempts of each delivery (already scoped: the caller holds deliveries of its own account)."""
         found = await self._deliveries.attempts_of([d.id for d in deliveries])
         return [found[d.id] for d in deliveries]
+
+
+def _resource_of(body: bytes) -> str | None:
+    """``data.log.resourceId`` of an event body (operational events have none)."""
+    data = orjson.loads(body).get("data")
+    log_part = data.get("log") if isinstance(data, dict) else None
+    resource = log_part.get("resourceId") if isinstance(log_part, dict) else None
+    return resource if isinstance(resource, str) and resource else None
 
 
 def _first_attempt(event: Event, planned: Planned) -> LaneItem:
