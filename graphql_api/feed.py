@@ -36,6 +36,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from webhooks import pubsub
 from webhooks.redis_conn import RedisTarget
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class Feed:
         if by_account is None:
             return
         try:
-            message: dict[str, Any] = orjson.loads(data)
+            message = pubsub.decode(data)
             account_id = message["accountId"]
         except (orjson.JSONDecodeError, TypeError, KeyError):
             self.stats.malformed += 1

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import strawberry
@@ -34,52 +33,21 @@ from graphql_api.context import Info
 from graphql_api.feed import Feed, FeedClosed, SubscriberTooSlow
 from graphql_api.shared_subscriptions import IN_SHARED_STREAM
 from graphql_api.types import DeliveryAttempt, Webhook
-from webhooks import metrics
+from webhooks import metrics, pubsub
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.ids import parse_id
-from webhooks.lanes import LateReason
-from webhooks.models import AttemptTrigger, DeliveryStatus, Principal, Scope
+from webhooks.models import Principal, Scope
 from webhooks.pubsub import ATTEMPTS_CHANNEL, STATUS_CHANNEL
 
 TOO_SLOW_CODE = "SUBSCRIBER_TOO_SLOW"
 
 
-def _datetime(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
 def attempt_from_message(message: dict[str, Any]) -> DeliveryAttempt:
-    """A ``DeliveryAttempt`` from a ``webhooks:attempts`` message (``webhooks.pubsub.attempt_message``)."""
-    started = _datetime(message["startedAt"])
-    assert started is not None
-    return DeliveryAttempt(
-        id=strawberry.ID(message["id"]),
-        delivery_id=strawberry.ID(message["deliveryId"]),
-        webhook_id=strawberry.ID(message["webhookId"]),
-        event=message["event"],
-        number=message["number"],
-        trigger=AttemptTrigger(message["trigger"]),
-        started_at=started,
-        duration_ms=message.get("durationMs"),
-        status_code=message.get("statusCode"),
-        response_headers=message.get("responseHeaders"),
-        request_headers=message.get("requestHeaders"),
-        response_body=message.get("responseBody"),
-        error_class=message.get("errorClass"),
-        error=message.get("error"),
-        delivery_status=DeliveryStatus(message["deliveryStatus"]),
-        next_attempt_at=_datetime(message.get("nextAttemptAt")),
-        scheduled_at=_datetime(message.get("scheduledAt")),
-        late_reason=LateReason(message["lateReason"]) if message.get("lateReason") else None,
-    )
+    """A ``DeliveryAttempt`` from a ``webhooks:attempts`` message (format: ``webhooks.pubsub``)."""
+    return DeliveryAttempt.from_record(pubsub.attempt_from_message(message))
 
 
-def status_from_message(message: dict[str, Any]) -> ObjectId:
-    """The id of the webhook whose status changed (the webhook itself is re-read per subscriber)."""
-    return ObjectId(message["webhookId"])
-
-
-PARSERS = {ATTEMPTS_CHANNEL: attempt_from_message, STATUS_CHANNEL: status_from_message}
+PARSERS = {ATTEMPTS_CHANNEL: attempt_from_message, STATUS_CHANNEL: pubsub.status_webhook_id}
 
 
 def feed_of(info: Info) -> Feed:

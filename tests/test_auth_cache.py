@@ -51,7 +51,7 @@ async def test_a_revoked_key_stops_working_in_every_api_process_at_once(
                 assert await core.api_keys.revoke(account_id, principal.key_id)
                 # then both API processes refuse it, long before their cache entries would expire
                 async with asyncio.timeout(10):
-                    while [await answers(c, key) for c in clients] != ["UNAUTHENTICATED"] * 2:
+                    while [await answers(c, key) for c in clients] != ["UNAUTHENTICATED"] * 2:  # noqa: ASYNC110
                         await asyncio.sleep(0.05)
             finally:
                 for client in clients:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
+from bson import ObjectId
 from redis.asyncio import Redis
 
-from webhooks.models import Attempt, Webhook
+from webhooks.models import Attempt, AttemptTrigger, DeliveryStatus, Webhook
 from webhooks.timeutil import iso_ms
 
 ATTEMPTS_CHANNEL = "webhooks:attempts"
@@ -63,5 +65,42 @@ class Publisher:
 
 
 def decode(message: bytes | str) -> dict[str, Any]:
+    """A message of either channel, as a dict (its ``accountId`` says whose it is)."""
     value: dict[str, Any] = orjson.loads(message)
     return value
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def attempt_from_message(message: dict[str, Any]) -> Attempt:
+    """The attempt that ``attempt_message`` wrote (the one place that reads the format back)."""
+    started = _when(message["startedAt"])
+    assert started is not None
+    return Attempt(
+        id=ObjectId(message["id"]),
+        delivery_id=ObjectId(message["deliveryId"]),
+        account_id=ObjectId(message["accountId"]),
+        webhook_id=ObjectId(message["webhookId"]),
+        event=message["event"],
+        number=message["number"],
+        trigger=AttemptTrigger(message["trigger"]),
+        started_at=started,
+        duration_ms=message.get("durationMs"),
+        status_code=message.get("statusCode"),
+        response_headers=message.get("responseHeaders") or {},
+        response_body=message.get("responseBody"),
+        error_class=message.get("errorClass"),
+        error=message.get("error"),
+        delivery_status=DeliveryStatus(message["deliveryStatus"]),
+        next_attempt_at=_when(message.get("nextAttemptAt")),
+        request_headers=message.get("requestHeaders") or {},
+        scheduled_at=_when(message.get("scheduledAt")),
+        late_reason=message.get("lateReason"),
+    )
+
+
+def status_webhook_id(message: dict[str, Any]) -> ObjectId:
+    """The webhook whose status changed (``status_message``)."""
+    return ObjectId(message["webhookId"])
