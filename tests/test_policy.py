@@ -9,10 +9,9 @@ import pytest
 from standardwebhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from webhooks.outcomes import OutcomeClass, classify_status
 from webhooks.settings import DEFAULT_RETRY_SCHEDULE, Settings
 from workers.policy import (
-    OutcomeClass,
-    classify_status,
     count_failures,
     next_delay,
     parse_retry_after,

@@ -18,8 +18,8 @@ import webhooks.core
 from tests.conftest import make_settings
 from tests.receiver import Receiver, run_receiver, status
 from tests.support import Account, Stack, run_stack
+from webhooks.outcomes import OutcomeClass
 from webhooks.ssrf import IPAddress
-from workers.policy import OutcomeClass
 from workers.sender import Sender
 
 CREATE = """

@@ -31,7 +31,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from webhooks import outcomes
 from webhooks.events import DELIVERED_NAMES
+from webhooks.outcomes import OutcomeClass
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -89,12 +91,6 @@ SUBSCRIPTIONS_OPEN = Gauge(
     multiprocess_mode="livesum",
 )
 
-_ATTEMPT_OUTCOMES = {
-    "timeout": "timeout",
-    "connection_error": "connection_error",
-    "tls_error": "tls_error",
-    "blocked_destination": "blocked",
-}
 _EVENTS = DELIVERED_NAMES
 _NAME = re.compile(r"[^A-Za-z0-9_]")
 _seen_names: set[str] = set()
@@ -109,14 +105,8 @@ def multiprocess_dir() -> str | None:
 
 
 def attempt_outcome(outcome: str, status_code: int | None) -> str:
-    """The bounded ``outcome`` label of one attempt, from the sender's outcome class and status code."""
-    if status_code is not None and outcome not in _ATTEMPT_OUTCOMES:
-        if 200 <= status_code < 300:
-            return "2xx"
-        if 300 <= status_code < 400:
-            return "3xx"
-        return "5xx" if status_code >= 500 else "4xx"
-    return _ATTEMPT_OUTCOMES.get(outcome, "connection_error")
+    """The bounded ``outcome`` label of one attempt (``webhooks.outcomes.label``)."""
+    return outcomes.label(OutcomeClass(outcome), status_code)
 
 
 def event_label(event: str) -> str:

@@ -33,6 +33,7 @@ from webhooks.events import EventName
 from webhooks.lanes import Claimed, Enqueue, Finished, Kind, LaneItem, Lanes, LateReason
 from webhooks.lanes import Outcome as BreakerOutcome
 from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, Event, Webhook
+from webhooks.outcomes import UNREACHABLE
 from webhooks.pubsub import Publisher
 from webhooks.repositories.deliveries import DeliveryRepository, Recorded, Unsent
 from webhooks.repositories.events import EventRepository
@@ -41,7 +42,7 @@ from webhooks.services.deliveries import stored_attempt
 from webhooks.services.webhook_cache import WebhookCache
 from webhooks.settings import Settings
 from webhooks.timeutil import utcnow
-from workers.policy import OutcomeClass, count_failures, next_delay, parse_retry_after, should_disable
+from workers.policy import count_failures, next_delay, parse_retry_after, should_disable
 from workers.sender import Sender, SendResult
 from workers.signing import redacted, signature_headers
 
@@ -55,14 +56,6 @@ SEQUENCE_HEADER = "X-Webhook-Sequence"
 EVENT_CACHE_BYTES = 32 * 1024 * 1024  # event bodies are immutable: kept while memory allows
 MAX_TRACKED_EVENTS = 100_000  # events with some, not all, deliveries written (for closing them)
 LATE_AFTER_MS = 500.0  # an attempt that starts later than this after its due time says why
-UNREACHABLE = frozenset(
-    {
-        OutcomeClass.TIMEOUT,
-        OutcomeClass.CONNECTION_ERROR,
-        OutcomeClass.TLS_ERROR,
-        OutcomeClass.BLOCKED_DESTINATION,
-    }
-)
 
 WAIT_LABELS = {
     None: "none",

@@ -1,28 +1,9 @@
-"""Pure delivery rules: outcome classification, the retry schedule and the auto-disable rule."""
+"""Pure delivery rules: the retry schedule and the auto-disable rule (outcomes: ``webhooks.outcomes``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
-
-
-class OutcomeClass(Enum):
-    SUCCESS = "success"
-    HTTP_STATUS = "http_status"  # a non-2xx, non-3xx answer
-    REDIRECT = "redirect"  # 3xx: never followed
-    TIMEOUT = "timeout"
-    CONNECTION_ERROR = "connection_error"
-    TLS_ERROR = "tls_error"
-    BLOCKED_DESTINATION = "blocked_destination"
-
-
-def classify_status(status: int) -> OutcomeClass:
-    if 200 <= status < 300:
-        return OutcomeClass.SUCCESS
-    if 300 <= status < 400:
-        return OutcomeClass.REDIRECT
-    return OutcomeClass.HTTP_STATUS
 
 
 def parse_retry_after(value: str | None) -> float | None:

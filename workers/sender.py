@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import yarl
 
+from webhooks.outcomes import OutcomeClass, classify_status
 from webhooks.ssrf import (
     BlockedDestination,
     Resolver,
@@ -20,7 +21,6 @@ from webhooks.ssrf import (
     parse_host_ip,
     resolve_checked,
 )
-from workers.policy import OutcomeClass, classify_status
 from workers.resolver import GuardedResolver
 
 E = TypeVar("E", bound=BaseException)
