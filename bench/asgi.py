@@ -21,6 +21,7 @@ from starlette.routing import Route
 from graphql_api.app import create_app
 from graphql_api.context import bearer_token
 from webhooks.core import Core
+from webhooks.db import raw_collections
 from webhooks.settings import get_settings
 from webhooks.timeutil import utcnow
 
@@ -37,7 +38,7 @@ async def plain_deliveries(request: Request) -> Response:
     )
     ids = [d.id for d in page.items]
     attempts: dict[object, list[dict[str, object]]] = {i: [] for i in ids}
-    cursor = core.cols.deliveries.find(
+    cursor = raw_collections(core).deliveries.find(
         {"_id": {"$in": ids}}, {"attempts.number": 1, "attempts.status_code": 1}
     )
     for d in await cursor.to_list():

@@ -23,8 +23,9 @@ from tests.delivery_support import (
 )
 from tests.receiver import Receiver, sequence, status
 from tests.support import Stack, run_stack
+from webhooks.db import raw_collections
 
-SCHEDULE = (0.0, 0.2, 0.4)
+SCHEDULE = 0.0, 0.2, 0.4
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ async def test_bad_input_is_refused_and_nothing_is_stored_or_sent(stack: Stack, 
     too_big = publish_input(details={"blob": "x" * (300 * 1024)})
     payload = (await account.gql.execute(PUBLISH, {"input": too_big}))["publishEvent"]
     assert [e["code"] for e in payload["errors"]] == ["PAYLOAD_TOO_LARGE"]
-    assert await stack.core.cols.events.count_documents({"account_id": ObjectId(account.id)}) == 0
+    assert await raw_collections(stack.core).events.count_documents({"account_id": ObjectId(account.id)}) == 0
     # and nothing was sent: a valid event published afterwards is the first and only arrival
     probe = (await publish(account.gql))["event"]["deliveries"][0]["id"]
     (arrived,) = await receiver.wait_for(p, 1)

@@ -17,9 +17,10 @@ from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, delivery, publish, wait_for_status
 from tests.receiver import Receiver, sleep, status
 from tests.support import GraphQLClient, Stack, require_tool, run_stack
+from webhooks.db import raw_collections
 from webhooks_cli.embedded import free_port, spawn, stop, wait_for_port
 
-SCHEDULE = (0.0, 0.1)
+SCHEDULE = 0.0, 0.1
 SPEC_RECEIVER = Path(__file__).with_name("spec_receiver.js")
 
 TEST_WEBHOOK = """
@@ -193,7 +194,8 @@ async def test_ten_consecutive_failures_disable_the_webhook_exactly_once_even_wh
     assert [r.headers["X-Webhook-Delivery"] for r in arrived] == [test["id"]]
     assert (await delivery(account.gql, held["event"]["deliveries"][0]["id"]))["attempts"] == []
     # and it was disabled once: nothing wrote the webhook after the disable, not even a late failure
-    doc = await stack.core.cols.webhooks.find_one({"_id": ObjectId(webhook_id)})
+    doc = await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(webhook_id)})
+    assert doc is not None
     assert doc["disabled_at"] == doc["updated_at"]
     assert await webhook(account.gql, webhook_id) == found
 
@@ -212,7 +214,8 @@ async def test_any_success_resets_the_count_of_consecutive_failures(stack: Stack
     # then the webhook is still enabled
     found = await webhook(account.gql, webhook_id)
     assert (found["enabled"], found["disabledReason"]) == (True, None)
-    doc = await stack.core.cols.webhooks.find_one({"_id": ObjectId(webhook_id)})
+    doc = await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(webhook_id)})
+    assert doc is not None
     assert doc["consecutive_failures"] == 9
     # and the 10th failure in a row disables it
     await all_final(account.gql, await publish_many(account.gql, 1), "FAILED")

@@ -14,6 +14,7 @@ from tests.receiver import Receiver
 from tests.support import Account, GraphQLClient, Stack, run_stack
 from webhooks.crypto import SecretBox
 from webhooks.custom_headers import decrypted_headers
+from webhooks.db import raw_collections
 from webhooks.filters import matches, validate_filter
 from workers.signing import redacted
 
@@ -225,7 +226,7 @@ async def test_custom_headers_are_stored_encrypted_and_shown_masked(stack: Stack
     # and the stored document holds no value in clear, while the sender can decrypt them
     from bson import ObjectId
 
-    doc = await stack.core.cols.webhooks.find_one({"_id": ObjectId(hook["id"])})
+    doc = await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(hook["id"])})
     assert token not in str(doc) and "acme" not in str(doc)
     record = await stack.core.webhook_repo.get(ObjectId(account.id), ObjectId(hook["id"]))
     box: SecretBox = stack.core.box

@@ -21,6 +21,7 @@ from tests.conftest import make_settings
 from tests.delivery_support import PUBLISH, publish_input
 from tests.support import Account, GraphQLClient, Stack, run_stack, serve_asgi
 from webhooks.core import Core
+from webhooks.db import raw_collections
 from webhooks.ratelimit import Action, RateLimiter
 
 CREATE = """
@@ -44,7 +45,7 @@ def create_body(name: str = "csrf") -> dict[str, Any]:
 
 
 async def webhook_count(core: Core, account: Account) -> int:
-    return await core.cols.webhooks.count_documents({"account_id": ObjectId(account.id)})
+    return await raw_collections(core).webhooks.count_documents({"account_id": ObjectId(account.id)})
 
 
 # --- depth, aliases, tokens, page size ----------------------------------------------------------

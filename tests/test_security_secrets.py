@@ -16,6 +16,7 @@ from tests.receiver import Receiver, run_receiver
 from tests.support import Account, Stack, run_stack
 from webhooks.core import open_core
 from webhooks.crypto import SecretBox, new_signing_secret
+from webhooks.db import raw_collections
 from webhooks.models import PreviousSecret, Webhook
 from webhooks_cli.main import rotate_encryption_key
 from workers.signing import spec_signature, standard_signature
@@ -68,11 +69,11 @@ async def test_rotating_the_encryption_key_keeps_every_secret_readable(
 
     async with open_core(both) as core:
         # with [new, old] everything stays readable before the rotation
-        docs = await core.cols.webhooks.find({"account_id": account}).to_list()
+        docs = await raw_collections(core).webhooks.find({"account_id": account}).to_list()
         assert {d["_id"]: [core.box.decrypt(t) for t in secrets_of(d)] for d in docs} == plain
         assert await rotate_encryption_key(both) == 3
         assert await rotate_encryption_key(both) == 0  # idempotent
-        docs = await core.cols.webhooks.find({"account_id": account}).to_list()
+        docs = await raw_collections(core).webhooks.find({"account_id": account}).to_list()
     # after the rotation the newest key alone reads everything
     new_box = SecretBox([new])
     assert {d["_id"]: [new_box.decrypt(t) for t in secrets_of(d)] for d in docs} == plain
@@ -183,7 +184,7 @@ async def test_rotation_signs_with_both_secrets_during_the_grace_period(
     assert request.headers["webhook-signature"] == f"{standard(second, request)} {standard(first, request)}"
     assert request.headers["X-Webhook-Signature"] == spec_signature(second, request.body)
     # and the stored document holds both encrypted, with the old one's expiry
-    doc = await stack.core.cols.webhooks.find_one({"_id": ObjectId(webhook_id)})
+    doc = await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(webhook_id)})
     assert doc is not None and first not in str(doc) and second not in str(doc)
     [previous] = doc["previous_secrets"]
     assert stack.core.box.decrypt(previous["secret_enc"]) == first
@@ -203,7 +204,9 @@ async def test_rotation_signs_with_both_secrets_during_the_grace_period(
     assert request.headers["X-Webhook-Signature"] == spec_signature(fourth, request.body)
     # secrets and signatures never reach the delivery records
     await asyncio.sleep(0.3)
-    records = await stack.core.cols.deliveries.find({"webhook_id": ObjectId(webhook_id)}).to_list()
+    records = (
+        await raw_collections(stack.core).deliveries.find({"webhook_id": ObjectId(webhook_id)}).to_list()
+    )
     assert records
     for secret in (first, second, third, fourth):
         assert secret not in str(records)
@@ -215,11 +218,11 @@ async def test_rotation_signs_with_both_secrets_during_the_grace_period(
 async def test_grace_periods_outside_0_to_168_hours_are_refused(stack: Stack, hours: int) -> None:
     acct = await stack.account()
     webhook_id, _ = await create(acct, "https://hooks.example.com/")
-    before = await stack.core.cols.webhooks.find_one({"_id": ObjectId(webhook_id)})
+    before = await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(webhook_id)})
     result = await rotate(acct, webhook_id, hours)
     assert result["secret"] is None and result["webhook"] is None
     assert [(e["field"], e["code"]) for e in result["errors"]] == [("gracePeriodHours", "INVALID")]
-    assert await stack.core.cols.webhooks.find_one({"_id": ObjectId(webhook_id)}) == before
+    assert await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(webhook_id)}) == before
 
 
 async def test_rotating_an_unknown_webhook_is_not_found(stack: Stack) -> None:

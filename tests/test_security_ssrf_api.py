@@ -18,6 +18,7 @@ import webhooks.core
 from tests.conftest import make_settings
 from tests.receiver import Receiver, run_receiver, status
 from tests.support import Account, Stack, run_stack
+from webhooks.db import raw_collections
 from webhooks.outcomes import OutcomeClass
 from webhooks.ssrf import IPAddress
 from workers.sender import Sender
@@ -141,7 +142,7 @@ async def test_non_public_destinations_are_refused_at_creation(
     assert (error["field"], error["code"]) == ("url", "FORBIDDEN_DESTINATION")
     assert "forbidden webhook destination" in error["message"]
     assert mentioned in error["message"]
-    assert await stack.core.cols.webhooks.count_documents({"account_id": ObjectId(acct.id)}) == 0
+    assert await raw_collections(stack.core).webhooks.count_documents({"account_id": ObjectId(acct.id)}) == 0
 
 
 @pytest.mark.parametrize(
@@ -173,7 +174,7 @@ async def test_url_tricks_are_refused(stack: Stack, acct: Account, url: str) -> 
         "HTTPS_REQUIRED",
     }
     assert all(e["field"] == "url" and e["message"] for e in payload["errors"])
-    assert await stack.core.cols.webhooks.count_documents({"account_id": ObjectId(acct.id)}) == 0
+    assert await raw_collections(stack.core).webhooks.count_documents({"account_id": ObjectId(acct.id)}) == 0
 
 
 @pytest.mark.parametrize(
@@ -197,14 +198,14 @@ async def test_update_to_a_forbidden_destination_is_refused_and_nothing_changes(
     stack: Stack, acct: Account
 ) -> None:
     webhook = (await create(acct, "https://hooks.example.com/a"))["webhook"]
-    before = await stack.core.cols.webhooks.find_one({"_id": ObjectId(webhook["id"])})
+    before = await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(webhook["id"])})
     for url in ("https://169.254.169.254/", "https://metadata.google.internal/", "https://2130706433/"):
         payload = (await acct.gql.execute(UPDATE, {"id": webhook["id"], "input": {"url": url}}))[
             "updateWebhook"
         ]
         assert payload["webhook"] is None
         assert [(e["field"], e["code"]) for e in payload["errors"]] == [("url", "FORBIDDEN_DESTINATION")]
-    assert await stack.core.cols.webhooks.find_one({"_id": ObjectId(webhook["id"])}) == before
+    assert await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(webhook["id"])}) == before
 
 
 async def wait_for_attempts(acct: Account, delivery_id: str, count: int = 1) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from bson import ObjectId
 from tests.delivery_support import PUBLISH, audit_log, publish_input
 from tests.support import Account
 from webhooks.core import Core
+from webhooks.db import raw_collections
 
 CREATE = """
 mutation($input: CreateWebhookInput!) {
@@ -75,9 +76,9 @@ OPERATIONS: list[tuple[str, str, Any]] = [
 async def snapshot(core: Core, account_id: str) -> dict[str, list[dict[str, Any]]]:
     owner = ObjectId(account_id)
     cols = {
-        "webhooks": core.cols.webhooks,
-        "events": core.cols.events,
-        "deliveries": core.cols.deliveries,
+        "webhooks": raw_collections(core).webhooks,
+        "events": raw_collections(core).events,
+        "deliveries": raw_collections(core).deliveries,
     }
     return {name: await col.find({"account_id": owner}).sort("_id").to_list() for name, col in cols.items()}
 
@@ -155,7 +156,7 @@ async def test_operator_shaped_input_is_stored_as_plain_data(account: Account, c
     webhook = created["createWebhook"]["webhook"]
     assert created["createWebhook"]["errors"] == []
     assert (webhook["name"], webhook["url"]) == ("$where", "https://hooks.example.com/$gt?$ne=1")
-    doc = await core.cols.webhooks.find_one({"_id": ObjectId(webhook["id"])})
+    doc = await raw_collections(core).webhooks.find_one({"_id": ObjectId(webhook["id"])})
     assert doc is not None and doc["name"] == "$where"
 
     details = {"$gt": "", "$where": "sleep(1000)", "nested": {"$ne": None, "a.b": 1}}
@@ -186,7 +187,7 @@ async def test_operator_shaped_input_is_stored_as_plain_data(account: Account, c
         )
     )["publishEvent"]
     assert other["event"]["replayed"] is False and other["event"]["id"] != first["event"]["id"]
-    stored = await core.cols.events.find_one({"_id": ObjectId(first["event"]["id"])})
+    stored = await raw_collections(core).events.find_one({"_id": ObjectId(first["event"]["id"])})
     assert stored is not None and stored["idempotency_key"] == "$where"
     assert b'"$gt":""' in bytes(stored["body"]) and b'"$where":"sleep(1000)"' in bytes(stored["body"])
     # filters are plain strings too

@@ -12,6 +12,7 @@ from bson import ObjectId
 from tests.conftest import new_account
 from tests.support import Account, GraphQLClient, run_stack
 from webhooks.core import Core
+from webhooks.db import raw_collections
 from webhooks.models import Scope
 from webhooks.settings import Settings
 
@@ -82,7 +83,7 @@ async def test_create_returns_the_webhook_and_its_signing_secret_once(account: A
 
 async def test_the_secret_is_encrypted_at_rest(account: Account, core: Core) -> None:
     payload = await create(account.gql)
-    doc = await core.cols.webhooks.find_one({"_id": ObjectId(payload["webhook"]["id"])})
+    doc = await raw_collections(core).webhooks.find_one({"_id": ObjectId(payload["webhook"]["id"])})
     assert doc is not None
     assert payload["secret"] not in str(doc)
     assert core.box.decrypt(doc["secret_enc"]) == payload["secret"]

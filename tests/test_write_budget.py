@@ -18,6 +18,7 @@ from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish
 from tests.receiver import Receiver
 from tests.support import Stack, run_stack
+from webhooks.db import raw_collections
 
 WRITES = {"insert", "update", "delete", "findAndModify"}
 FAN_OUT = 10
@@ -115,14 +116,14 @@ async def until(check: Callable[[], Awaitable[bool]]) -> None:
 async def outbox_empty(stack: Stack, account_id: str) -> None:
     """Wait until the sweeper has closed every event of the account (all of their deliveries written)."""
     query = {"account_id": ObjectId(account_id), "open": True}
-    await until(lambda: _none(stack.core.cols.events.count_documents(query)))
+    await until(lambda: _none(raw_collections(stack.core).events.count_documents(query)))
 
 
 async def all_written(stack: Stack, account_id: str, events: int) -> None:
     query = {"account_id": ObjectId(account_id), "status": "SUCCEEDED"}
 
     async def done() -> bool:
-        count: int = await stack.core.cols.deliveries.count_documents(query)
+        count: int = await raw_collections(stack.core).deliveries.count_documents(query)
         return count >= FAN_OUT * events
 
     await until(done)

@@ -41,7 +41,6 @@ resolver_factory: Callable[[], Resolver] = SystemResolver
 class Core:
     settings: Settings
     client: AsyncMongoClient[Doc]
-    cols: Collections
     box: SecretBox
     redis: ArqRedis
     lanes: Lanes
@@ -100,7 +99,6 @@ class Core:
         return cls(
             settings=settings,
             client=client,
-            cols=cols,
             box=box,
             redis=redis,
             lanes=lanes,
@@ -136,7 +134,7 @@ async def open_core(settings: Settings) -> AsyncIterator[Core]:
         redis = await connect_redis(settings)
         try:
             core = Core.build(settings, client, redis)
-            await ensure_indexes(core.cols)
+            await ensure_indexes(collections(client, settings))
             async with listening(core.invalidations):
                 yield core
         finally:

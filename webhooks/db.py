@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
@@ -78,6 +78,20 @@ def connect(settings: Settings) -> AsyncMongoClient[Doc]:
 
 def collections(client: AsyncMongoClient[Doc], settings: Settings) -> Collections:
     return Collections.of(client[settings.mongodb_database])
+
+
+def raw_collections(core: _HasClient) -> Collections:
+    """The collections themselves, for tests and benchmarks that check what was stored (``Core`` does not
+    expose them: the service reads and writes only through its repositories)."""
+    return collections(core.client, core.settings)
+
+
+class _HasClient(Protocol):
+    @property
+    def client(self) -> AsyncMongoClient[Doc]: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
 
 # Every query the service issues is served by one of these (equality fields first, then the sort key).

@@ -2,7 +2,8 @@
 
 arq runs the process (start-up and shut-down hooks, signals, its health-check key) and the sweeper, as a
 cron job that one worker runs per tick. arq 0.28 is in maintenance mode, so only its public surface is used
-(no private method is overridden); tests/test_arq_contract.py pins what this module relies on. Delivery attempts come from the lanes (``workers.dispatcher``).
+(no private method is overridden); tests/test_arq_contract.py pins what this module relies on. Delivery
+attempts come from the lanes (``workers.dispatcher``).
 """
 
 from __future__ import annotations
