@@ -27,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 from redis.asyncio import Redis
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import RedisError
 
 from webhooks import pubsub
@@ -260,9 +260,11 @@ class Feed:
     # ------------------------------------------------------------------------------------- reader
 
     async def _run(self) -> None:
-        delay = BACKOFF_MIN
+        backoff = EqualJitterBackoff(cap=BACKOFF_MAX, base=BACKOFF_MIN)  # redis-py's, with jitter
+        failures = 0
         first = True
         while True:
+            delay = backoff.compute(failures)
             try:
                 await self._listen(first)
             except asyncio.CancelledError:
@@ -279,9 +281,9 @@ class Feed:
             if self.connected.is_set():
                 self.connected.clear()
                 first = False
-                delay = BACKOFF_MIN
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, BACKOFF_MAX)
+                failures, delay = 0, backoff.compute(0)
+            await asyncio.sleep(delay)
+            failures += 1
 
     async def _listen(self, first: bool) -> None:
         target = RedisTarget(self.redis) if isinstance(self.redis, str) else self.redis
