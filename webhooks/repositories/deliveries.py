@@ -85,9 +85,12 @@ class DeliveryRepository:
 
     # -- writes ----------------------------------------------------------------------------------------
 
-    async def insert_new(self, docs: list[Doc]) -> None:
-        """Insert; ids already present are left as they are (replays and re-runs are idempotent)."""
-        await insert_new(self._col, docs)
+    async def insert_unsent(self, deliveries: Sequence[Delivery], retention: timedelta) -> None:
+        """Deliveries recorded without an attempt (HELD at publish); ids already present are left as they
+        are (a replayed publish is idempotent)."""
+        await insert_new(
+            self._col, [delivery_doc(d, expires_at=d.created_at + retention) for d in deliveries]
+        )
 
     async def record_outcomes(self, recorded: Sequence[Recorded], retention: timedelta) -> None:
         """Finished attempts, in at most two writes: first attempts insert their delivery (a re-run's

@@ -62,8 +62,24 @@ class EventRepository:
     def __init__(self, cols: Collections) -> None:
         self._col = cols.events
 
-    async def insert_many(self, docs: list[Doc]) -> list[bool]:
-        """Insert events (built by ``event_doc``); False for one whose idempotency key is already used."""
+    async def insert_events(
+        self, events: Sequence[tuple[Event, str | None]], retention: timedelta
+    ) -> list[bool]:
+        """Insert events with their idempotency keys; False for one whose key is already used."""
+        docs = [
+            event_doc(
+                event_id=e.id,
+                account_id=e.account_id,
+                event=e.event,
+                body=e.body,
+                now=e.created_at,
+                retention=retention,
+                idempotency_key=key,
+                planned=e.planned,
+                test=e.test,
+            )
+            for e, key in events
+        ]
         return await insert_new(self._col, docs)
 
     async def by_idempotency_key(self, account_id: ObjectId, key: str, since: datetime) -> Event | None:

@@ -10,7 +10,6 @@ import orjson
 from bson import ObjectId
 
 from webhooks.coalesce import Coalescer
-from webhooks.db import Doc
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.events import TEST_EVENT, EventName
 from webhooks.ids import parse_id
@@ -19,8 +18,8 @@ from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, Ordering, 
 from webhooks.operational import recipients
 from webhooks.pagination import Page, check_page_size, decode_cursor
 from webhooks.payloads import AuditLog, build_event_body, build_test_body
-from webhooks.repositories.deliveries import DeliveryRepository, delivery_doc
-from webhooks.repositories.events import EventRepository, event_doc
+from webhooks.repositories.deliveries import DeliveryRepository
+from webhooks.repositories.events import EventRepository
 from webhooks.repositories.sequences import SequenceRepository
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.webhook_cache import WebhookCache
@@ -61,7 +60,7 @@ class DeliveryService:
         self._events = events
         self._deliveries = deliveries
         self._lanes = lanes
-        self._store: Coalescer[tuple[Doc, list[Doc]], bool] = Coalescer(self._store_batch)
+        self._store: Coalescer[tuple[Event, str | None], bool] = Coalescer(self._store_batch)
 
     @property
     def _retention(self) -> timedelta:
@@ -164,30 +163,16 @@ class DeliveryService:
 
     async def _store_event(self, event: Event, idempotency_key: str | None) -> bool:
         """Write the event and its HELD deliveries (coalesced with concurrent publishes)."""
-        doc = event_doc(
-            event_id=event.id,
-            account_id=event.account_id,
-            event=event.event,
-            body=event.body,
-            now=event.created_at,
-            retention=self._retention,
-            idempotency_key=idempotency_key,
-            planned=event.planned,
-            test=event.test,
-        )
-        return await self._store.call((doc, self._held_docs(event)))
+        return await self._store.call((event, idempotency_key))
 
-    async def _store_batch(self, items: list[tuple[Doc, list[Doc]]]) -> list[bool]:
+    async def _store_batch(self, items: list[tuple[Event, str | None]]) -> list[bool]:
         """Events and their held deliveries of concurrent publishes, in at most two writes."""
-        stored = await self._events.insert_many([event for event, _ in items])
-        await self._deliveries.insert_new(
-            [d for (_, held), ok in zip(items, stored, strict=True) if ok for d in held]
+        stored = await self._events.insert_events(items, self._retention)
+        await self._deliveries.insert_unsent(
+            [d for (event, _), ok in zip(items, stored, strict=True) if ok for d in _held(event)],
+            self._retention,
         )
         return stored
-
-    def _held_docs(self, event: Event) -> list[Doc]:
-        expires = event.created_at + self._retention
-        return [delivery_doc(event.pending_delivery(p), expires_at=expires) for p in event.planned if p.held]
 
     async def _replay(self, event: Event, requested: str) -> Published:
         """A repeated idempotency key: complete a fan-out that was cut short; send nothing new.
@@ -196,7 +181,7 @@ class DeliveryService:
         key answers only for the event it was first used with: another event name is a CONFLICT.
         """
         check_replay(event.event, requested)
-        await self._deliveries.insert_new(self._held_docs(event))
+        await self._deliveries.insert_unsent(_held(event), self._retention)
         ids = [p.delivery_id for p in event.planned]
         stored = await self._deliveries.stored_by_ids(ids)
         deliveries = [stored.get(p.delivery_id) or event.pending_delivery(p) for p in event.planned]
@@ -326,3 +311,8 @@ def stored_attempt(delivery: Delivery) -> LaneItem:
         str(delivery.event_id),
         Kind.STORED,
     )
+
+
+def _held(event: Event) -> list[Delivery]:
+    """The event's deliveries recorded HELD at once (their webhook was disabled when it was published)."""
+    return [event.pending_delivery(p) for p in event.planned if p.held]
