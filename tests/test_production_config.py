@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pymongo import AsyncMongoClient
@@ -88,5 +89,56 @@ async def test_many_processes_starting_at_once_create_every_index_exactly_once(m
             declared = [m.document["name"] for m in models]
             assert sorted(n for n in names if n != "_id_") == sorted(declared), collection
     finally:
+        await client.drop_database(database)
+        await client.close()
+
+
+HOLD = """
+import asyncio, logging, sys
+from webhooks.core import open_store
+from webhooks.settings import Settings
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+
+async def main() -> None:
+    async with open_store(Settings(mongodb_url=sys.argv[1], mongodb_database=sys.argv[2])):
+        pass
+
+asyncio.run(main())
+"""
+
+
+async def test_indexes_are_created_by_one_process_at_a_time(mongodb_url: str) -> None:
+    # given another process holding the start-up lock of an empty database
+    database = f"startup_{uuid.uuid4().hex[:8]}"
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_url)
+    locks = client[database]["locks"]
+    await locks.insert_one(
+        {"_id": "ensure_indexes", "owner": "someone else", "until": datetime.now(UTC) + timedelta(minutes=1)}
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLD, mongodb_url, database, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        # when a process starts, it says it waits for the holder
+        assert proc.stderr is not None
+        async with asyncio.timeout(60):
+            while b"another process is creating the indexes" not in await proc.stderr.readline():
+                pass
+        # then it has created nothing meanwhile
+        assert "deliveries" not in await client[database].list_collection_names()
+        # and once the holder lets go, it creates every index and starts
+        await locks.delete_one({"_id": "ensure_indexes"})
+        async with asyncio.timeout(60):
+            await proc.wait()
+        assert proc.returncode == 0
+        names = [ix["name"] async for ix in await client[database]["deliveries"].list_indexes()]
+        assert sorted(n for n in names if n != "_id_") == sorted(
+            m.document["name"] for m in INDEXES["deliveries"]
+        )
+    finally:
+        if proc.returncode is None:
+            proc.kill()
         await client.drop_database(database)
         await client.close()

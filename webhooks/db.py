@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from webhooks.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
 
@@ -23,6 +30,7 @@ class Collections:
     webhooks: AsyncCollection[Doc]
     events: AsyncCollection[Doc]
     deliveries: AsyncCollection[Doc]
+    locks: AsyncCollection[Doc]
     sequences: AsyncCollection[Doc]  # per (webhook, resource) counters of X-Webhook-Sequence
 
     @classmethod
@@ -33,6 +41,7 @@ class Collections:
             webhooks=db["webhooks"],
             events=db["events"],
             deliveries=db["deliveries"],
+            locks=db["locks"],
             sequences=db["sequences"],
         )
 
@@ -158,14 +167,53 @@ INDEXES: dict[str, list[IndexModel]] = {
 OBSOLETE_INDEXES: dict[str, list[str]] = {"deliveries": ["sweeper_due"]}
 
 
+INDEX_LOCK = "ensure_indexes"
+INDEX_LOCK_TTL = timedelta(minutes=2)  # a process that died holding the lock gives it up after this
+INDEX_LOCK_POLL = 0.2
+
+
 async def ensure_indexes(cols: Collections) -> None:
-    """Create every index (idempotent: safe at each start-up of any process)."""
-    for name, models in INDEXES.items():
-        collection = getattr(cols, name)
-        await collection.create_indexes(models)
-        obsolete = set(OBSOLETE_INDEXES.get(name, ())) & {
-            i["name"] async for i in await collection.list_indexes()
-        }
-        for index in obsolete:
-            with contextlib.suppress(OperationFailure):  # another process dropped it first
-                await collection.drop_index(index)
+    """Create every index (idempotent), one process at a time: a rollout starts many API and worker
+    processes together, and only the first builds while the others wait, then find everything in place."""
+    async with _startup_lock(cols.locks):
+        for name, models in INDEXES.items():
+            collection = getattr(cols, name)
+            await collection.create_indexes(models)
+            obsolete = set(OBSOLETE_INDEXES.get(name, ())) & {
+                i["name"] async for i in await collection.list_indexes()
+            }
+            for index in obsolete:
+                with contextlib.suppress(OperationFailure):  # dropped already
+                    await collection.drop_index(index)
+
+
+@contextlib.asynccontextmanager
+async def _startup_lock(locks: AsyncCollection[Doc]) -> AsyncIterator[None]:
+    """A lease in MongoDB (``locks``): held by one process; a dead holder's lease runs out. The owner token
+    makes a retried insert (retryable writes) that hits its own first attempt count as acquired."""
+    owner = uuid.uuid4().hex
+    waited = False
+    while True:
+        now = datetime.now(UTC)
+        try:
+            await locks.insert_one({"_id": INDEX_LOCK, "owner": owner, "until": now + INDEX_LOCK_TTL})
+            break
+        except DuplicateKeyError:
+            held = await locks.find_one({"_id": INDEX_LOCK})
+            if held is not None and held.get("owner") == owner:
+                break
+            if held is not None and _as_utc(held["until"]) <= now:  # its holder died: take it over
+                await locks.delete_one({"_id": INDEX_LOCK, "owner": held["owner"]})
+                continue
+            if not waited:
+                log.info("another process is creating the indexes; waiting for it")
+                waited = True
+            await asyncio.sleep(INDEX_LOCK_POLL)
+    try:
+        yield
+    finally:
+        await locks.delete_one({"_id": INDEX_LOCK, "owner": owner})
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
