@@ -69,7 +69,15 @@ async def serve_asgi(app: ASGIApp, port: int | None = None) -> AsyncIterator[str
     """Run ``app`` with uvicorn on a loopback port inside the current event loop; yield its base URL."""
     port = port or free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", ws="websockets-sansio"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        ws="websockets-sansio",
+        # a client reusing a keep-alive connection just as the server times it out gets a ReadError; on a
+        # loaded machine a test's poll can be that late, so tests keep idle connections open far longer
+        timeout_keep_alive=120,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

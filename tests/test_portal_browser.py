@@ -32,6 +32,8 @@ from webhooks_cli.embedded import free_port
 SESSION = """mutation($ttl: Int) { createPortalSession(ttlMinutes: $ttl) {
   url token expiresAt errors { field code message } } }"""
 WEBHOOKS = "{ webhooks { edges { node { id } } } }"
+# the WebSocket connects after the page has loaded and authenticated: slow on a loaded 2-core machine
+LIVE_TIMEOUT = 45_000
 DESKTOP = ViewportSize(width=1440, height=900)
 PHONE = ViewportSize(width=375, height=740)
 
@@ -86,7 +88,7 @@ async def test_the_whole_portal_flow_in_a_browser(stack: Api, receiver: Receiver
         await page.goto(session["url"])
         heading = page.get_by_role("heading", name="Webhooks", level=1)
         await expect(heading).to_be_focused()
-        await expect(page.get_by_test_id("live-status")).to_have_text("Live updates on")
+        await expect(page.get_by_test_id("live-status")).to_have_text("Live updates on", timeout=LIVE_TIMEOUT)
         # the token left the address bar; it is in sessionStorage only
         assert "token" not in page.url
         assert await page.evaluate("localStorage.length") == 0
@@ -343,7 +345,7 @@ async def test_the_portal_reconnects_after_the_api_restarts_and_catches_up(
         async with restartable_api(settings, port):
             await page.goto(page_url)
             await page.get_by_role("button", name="Restart receiver").click()
-            await expect(live).to_have_text("Live updates on")
+            await expect(live).to_have_text("Live updates on", timeout=LIVE_TIMEOUT)
             await expect(page.get_by_text("No deliveries match.")).to_be_visible()
         # when its API process goes away, the page says so, and a delivery happens meanwhile
         await expect(live).to_contain_text("Connection lost: reconnecting.")
@@ -410,7 +412,9 @@ async def test_a_site_listed_in_the_setting_embeds_the_portal(
             await page.goto(f"{origin}/settings")
             frame = page.frame_locator("iframe")
             await expect(frame.get_by_role("button", name="Embedded receiver")).to_be_visible()
-            await expect(frame.get_by_test_id("live-status")).to_have_text("Live updates on")
+            await expect(frame.get_by_test_id("live-status")).to_have_text(
+                "Live updates on", timeout=LIVE_TIMEOUT
+            )
             await screenshot(page, "portal-embedded")
 
             # and "End session" ends it for the API too
