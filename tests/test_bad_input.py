@@ -22,6 +22,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import new_account
+from tests.delivery_support import audit_log
 from tests.support import Account, run_stack, service_env
 from webhooks.core import Core
 from webhooks.settings import Settings
@@ -52,18 +53,6 @@ DELIVERIES = (
     "query($event: String, $after: String) { deliveries(event: $event, after: $after) { edges { cursor } } }"
 )
 SECRET_URL = "https://hooks.example.com/services/T000/B000/SECRETTOKEN123"
-
-
-def audit_log(**overrides: Any) -> dict[str, Any]:
-    return {
-        "action": "create_application",
-        "resourceType": "job_application",
-        "resourceId": "507f1f77bcf86cd799439011",
-        "userId": "507f191e810c19729de860ea",
-        "userName": "John Doe",
-        "userEmail": "john@example.com",
-        **overrides,
-    }
 
 
 @pytest.fixture
