@@ -178,7 +178,9 @@ const live = {
 function useLive(handler) {
   const ref = useRef(handler);
   ref.current = handler;
-  useEffect(() => {
+  // A layout effect: it runs before the browser handles another event, so no feed message or
+  // connection change can arrive between the first render and the listener being in place.
+  useLayoutEffect(() => {
     const listener = (kind, value) => ref.current(kind, value);
     live.listeners.add(listener);
     return () => live.listeners.delete(listener);
@@ -766,6 +768,10 @@ function LiveStatus() {
   useLive((kind, value) => {
     if (kind === 'state') setState({ ...value, at: value.resynced ? new Date() : null });
   });
+  // The connection may have changed state before this component's listener was in place.
+  useLayoutEffect(() => {
+    setState((shown) => (shown.state === live.state ? shown : { state: live.state, resynced: false, at: null }));
+  }, []);
   const text = state.state === 'live'
     ? state.resynced ? `Live updates on; reconnected and refreshed at ${state.at.toLocaleTimeString()}` : 'Live updates on'
     : state.state === 'reconnecting'
