@@ -50,16 +50,20 @@ async def main_figures(
             try:
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
                     ctx = Ctx(running, session, mongo, quick, log, profile, emit)
-                    for name in service:
-                        log(f"{name.upper()} ...")
-                        t0 = time.perf_counter()
-                        try:
-                            await {**FIGURES, **SCALE_FIGURES}[name](ctx)
-                        except Exception as exc:
-                            print(f"{name.upper()}: error ({type(exc).__name__}: {exc})", flush=True)
-                        log(f"{name.upper()} took {time.perf_counter() - t0:.0f} s")
-                        if running.worker is not None and running.worker.poll() is not None:
-                            raise RuntimeError("the worker died (bench/.cache/logs/worker.log)")
+                    await ctx.start_feed()
+                    try:
+                        for name in service:
+                            log(f"{name.upper()} ...")
+                            t0 = time.perf_counter()
+                            try:
+                                await {**FIGURES, **SCALE_FIGURES}[name](ctx)
+                            except Exception as exc:
+                                print(f"{name.upper()}: error ({type(exc).__name__}: {exc})", flush=True)
+                            log(f"{name.upper()} took {time.perf_counter() - t0:.0f} s")
+                            if running.worker is not None and running.worker.poll() is not None:
+                                raise RuntimeError("the worker died (bench/.cache/logs/worker.log)")
+                    finally:
+                        await ctx.stop_feed()
             finally:
                 await mongo.close()
     if "p8" in selected:  # its own stacks: one per case, so no backlog leaks into the next

@@ -160,3 +160,39 @@ async def test_a_redis_wipe_with_retries_pending_loses_nothing(
     for one in done:
         assert [(a["number"], a["statusCode"]) for a in one["attempts"]] == [(1, 500), (2, 500), (3, 200)]
     assert distinct_deliveries(receiver, p) == Counter({i: 3 for i in ids})
+
+
+async def test_a_redis_wipe_before_any_attempt_loses_nothing_and_empties_the_outbox(
+    stack: Stack, receiver: Receiver, tmp_path: Path
+) -> None:
+    from bson import ObjectId
+
+    from webhooks.db import IN_BATCH, raw_collections
+
+    # given 3 webhooks and 30 events published while no worker runs: 90 planned deliveries, more than one
+    # batch of the sweeper's store reads
+    account = await stack.account()
+    paths = [f"/wiped/{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    for path in paths:
+        await create_webhook(account.gql, receiver.url(path))
+    published = await asyncio.gather(*(publish(account.gql) for _ in range(30)))
+    ids = [d["id"] for p in published for d in p["event"]["deliveries"]]
+    assert len(ids) == 90 > IN_BATCH
+    # when Redis is wiped before any attempt and a worker starts
+    redis = aioredis.Redis.from_url(session_redis_url())
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+    with workers(stack.settings, tmp_path) as start:
+        start()
+        # then the sweeper puts every delivery back from MongoDB: each one succeeds, delivered once
+        done = await asyncio.gather(*(wait_for_status(account.gql, i, "SUCCEEDED", timeout=60) for i in ids))
+        assert distinct_deliveries(receiver, *paths) == Counter({i: 1 for i in ids})
+        # and every event leaves the outbox
+        events = raw_collections(stack.core).events
+        event_ids = [ObjectId(p["event"]["id"]) for p in published]
+        async with asyncio.timeout(30):
+            while await events.count_documents({"_id": {"$in": event_ids}, "open": True}):
+                await asyncio.sleep(0.2)
+    assert all(len(d["attempts"]) == 1 for d in done)

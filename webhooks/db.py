@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
@@ -21,6 +21,29 @@ from webhooks.settings import Settings
 log = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
+
+# ``$in`` lists go to the store in chunks of this size. SecantusDB checks every candidate against the whole
+# list (measured: 2,000 ids cost 5.4 s in one query, 0.38 s in chunks of 50); on MongoDB a chunk costs one
+# round trip, and the hot paths (the engine's loads) stay under one chunk.
+IN_BATCH = 50
+
+
+async def find_by_ids(
+    collection: AsyncCollection[Doc], ids: Sequence[Any], projection: Doc | None = None
+) -> AsyncIterator[Doc]:
+    """The documents whose ``_id`` is in ``ids`` (any order), read in chunks of ``IN_BATCH``."""
+    for chunk in chunked(ids):
+        async for doc in collection.find({"_id": {"$in": chunk}}, projection):
+            yield doc
+
+
+T = TypeVar("T")
+
+
+def chunked(items: Sequence[T], size: int = IN_BATCH) -> list[list[T]]:
+    """``items`` without repeats, in lists of at most ``size``."""
+    unique = list(dict.fromkeys(items))
+    return [unique[i : i + size] for i in range(0, len(unique), size)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,10 +128,14 @@ class Sweeper:
         # engine writes MongoDB before it clears its recording mark) or is lost. The other order would
         # re-queue an attempt recorded between the two reads, and send it twice.
         absent = await self.lanes.absent(list(planned), utcnow())
+        # An item still in Redis is being handled: its event stays open for now. Only the absent ones (and
+        # ordered ones, which the gates hold) need MongoDB to say whether they are written.
         written = await self.deliveries.existing(
-            [ObjectId(i.delivery_id) for i in planned] + [d.id for d in ordered]
+            [ObjectId(i.delivery_id) for i in absent] + [d.id for d in ordered]
         )
-        unwritten = {e.id for i, e in planned.items() if ObjectId(i.delivery_id) not in written}
+        gone = set(absent)
+        unwritten = {e.id for i, e in planned.items() if i not in gone}
+        unwritten |= {planned[i].id for i in absent if ObjectId(i.delivery_id) not in written}
         unwritten |= {d.event_id for d in ordered if d.id not in written}
         await self.events.close([e.id for e in events if e.id not in unwritten])
         lost = [i for i in absent if ObjectId(i.delivery_id) not in written]

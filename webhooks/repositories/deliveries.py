@@ -18,7 +18,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import DESCENDING, UpdateOne
 
-from webhooks.db import Collections, Doc, insert_new
+from webhooks.db import Collections, Doc, find_by_ids, insert_new
 from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus
 from webhooks.pagination import Page
 from webhooks.repositories.events import EventRepository
@@ -281,7 +281,7 @@ class DeliveryRepository:
         """The attempts of several deliveries (of one account: the caller holds them), oldest first."""
         found: dict[ObjectId, list[Attempt]] = {d: [] for d in delivery_ids}
         fields = {"account_id": 1, "webhook_id": 1, "event": 1, "attempts": 1}
-        async for doc in self._col.find({"_id": {"$in": delivery_ids}}, fields):
+        async for doc in find_by_ids(self._col, delivery_ids, fields):
             found[doc["_id"]] = sorted(
                 (Attempt.from_doc(a, doc) for a in doc.get("attempts") or ()), key=lambda a: a.number
             )
@@ -316,14 +316,13 @@ class DeliveryRepository:
     async def stored_by_ids(self, ids: list[ObjectId]) -> dict[ObjectId, Delivery]:
         if not ids:
             return {}
-        cursor = self._col.find({"_id": {"$in": ids}}, {"attempts": 0})
-        return {d["_id"]: Delivery.from_doc(d) async for d in cursor}
+        return {d["_id"]: Delivery.from_doc(d) async for d in find_by_ids(self._col, ids, {"attempts": 0})}
 
     async def existing(self, ids: list[ObjectId]) -> set[ObjectId]:
         """Which of these deliveries are written."""
         if not ids:
             return set()
-        return {d["_id"] async for d in self._col.find({"_id": {"$in": ids}}, {"_id": 1})}
+        return {d["_id"] async for d in find_by_ids(self._col, ids, {"_id": 1})}
 
     async def due_between(self, lower: datetime, upper: datetime, limit: int) -> list[Delivery]:
         """Written, pending deliveries whose next attempt fell due in ``[lower, upper)`` (the sweeper's

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from bson import Binary, ObjectId
 
-from webhooks.db import Collections, Doc, insert_new
+from webhooks.db import Collections, Doc, chunked, find_by_ids, insert_new
 from webhooks.models import Event, Planned
 
 
@@ -97,7 +97,7 @@ class EventRepository:
 
     async def get_many(self, ids: list[ObjectId]) -> dict[ObjectId, Event]:
         """Events with their bodies (internal, worker side: not account-scoped)."""
-        return {d["_id"]: Event.from_doc(d) async for d in self._col.find({"_id": {"$in": ids}})}
+        return {d["_id"]: Event.from_doc(d) async for d in find_by_ids(self._col, ids)}
 
     # -- the outbox ------------------------------------------------------------------------------------
 
@@ -126,8 +126,8 @@ class EventRepository:
 
     async def close(self, ids: list[ObjectId]) -> None:
         """Every planned delivery of these events is written: they leave the outbox (internal)."""
-        if ids:
-            await self._col.update_many({"_id": {"$in": ids}, "open": True}, {"$unset": {"open": ""}})
+        for chunk in chunked(ids):
+            await self._col.update_many({"_id": {"$in": chunk}, "open": True}, {"$unset": {"open": ""}})
 
 
 def _projection() -> Doc:

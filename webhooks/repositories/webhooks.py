@@ -8,7 +8,7 @@ from bson import ObjectId
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from webhooks.db import Collections, Doc
+from webhooks.db import Collections, Doc, find_by_ids
 from webhooks.models import PreviousSecret, Webhook
 from webhooks.pagination import Page
 from webhooks.timeutil import utcnow
@@ -104,7 +104,7 @@ class WebhookRepository:
 
     async def get_many(self, ids: list[ObjectId]) -> dict[ObjectId, Webhook]:
         """Webhooks by id (internal, worker side: not account-scoped)."""
-        return {d["_id"]: Webhook.from_doc(d) async for d in self._col.find({"_id": {"$in": ids}})}
+        return {d["_id"]: Webhook.from_doc(d) async for d in find_by_ids(self._col, ids)}
 
     async def count(self, account_id: ObjectId) -> int:
         return await self._col.count_documents({"account_id": account_id})
