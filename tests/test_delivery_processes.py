@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from tests.conftest import make_settings, session_redis_url
-from tests.delivery_support import create_webhook, publish, wait_for_status
+from tests.delivery_support import create_webhook, delivery, publish, wait_for_status
 from tests.receiver import Receiver, sleep
 from tests.support import Stack, run_stack, service_env
 from webhooks.settings import Settings
@@ -178,6 +178,12 @@ async def test_a_redis_wipe_before_any_attempt_loses_nothing_and_empties_the_out
     published = await asyncio.gather(*(publish(account.gql) for _ in range(30)))
     ids = [d["id"] for p in published for d in p["event"]["deliveries"]]
     assert len(ids) == 90 > IN_BATCH
+    # (not written yet, each one is PENDING in its event's outbox, and found there by id; never by another
+    # account)
+    pending = await asyncio.gather(*(delivery(account.gql, i) for i in ids))
+    assert {(d["status"], len(d["attempts"])) for d in pending} == {("PENDING", 0)}
+    other = await stack.account()
+    assert await delivery(other.gql, ids[0]) is None
     # when Redis is wiped before any attempt and a worker starts
     redis = aioredis.Redis.from_url(session_redis_url())
     try:
@@ -193,6 +199,6 @@ async def test_a_redis_wipe_before_any_attempt_loses_nothing_and_empties_the_out
         events = raw_collections(stack.core).events
         event_ids = [ObjectId(p["event"]["id"]) for p in published]
         async with asyncio.timeout(30):
-            while await events.count_documents({"_id": {"$in": event_ids}, "open": True}):
+            while await events.count_documents({"_id": {"$in": event_ids}, "open": True}):  # noqa: ASYNC110 - polls the store
                 await asyncio.sleep(0.2)
     assert all(len(d["attempts"]) == 1 for d in done)

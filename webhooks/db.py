@@ -163,11 +163,6 @@ INDEXES: dict[str, list[IndexModel]] = {
             partialFilterExpression={"open": True},
             name="open_oldest",
         ),
-        IndexModel(
-            [("planned.delivery_id", ASCENDING)],
-            partialFilterExpression={"open": True},
-            name="open_planned_delivery",
-        ),
     ],
     "deliveries": [
         IndexModel(
@@ -187,7 +182,11 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 
 # Indexes of earlier versions, dropped at start-up (idempotent).
-OBSOLETE_INDEXES: dict[str, list[str]] = {"deliveries": ["sweeper_due"]}
+OBSOLETE_INDEXES: dict[str, list[str]] = {
+    "deliveries": ["sweeper_due"],
+    # one entry per planned delivery of every open event: EventRepository.planning reads by time instead
+    "events": ["open_planned_delivery"],
+}
 
 
 INDEX_LOCK = "ensure_indexes"

@@ -16,6 +16,10 @@ from bson import Binary, ObjectId
 from webhooks.db import Collections, Doc, chunked, find_by_ids, insert_new
 from webhooks.models import Event, Planned
 
+# An event's id and its deliveries' ids are minted together; ObjectIds hold whole seconds, so their times
+# differ by at most one second (two, with room for events stored by earlier versions).
+PLANNING_WINDOW = timedelta(seconds=2)
+
 
 def event_doc(
     *,
@@ -111,11 +115,22 @@ class EventRepository:
         return [_plan(d) async for d in self._col.find(query, _projection())]
 
     async def planning(self, account_id: ObjectId, delivery_id: ObjectId) -> Event | None:
-        """The open event that plans ``delivery_id`` (bodies left out)."""
-        doc = await self._col.find_one(
-            {"planned.delivery_id": delivery_id, "account_id": account_id, "open": True}, _projection()
-        )
-        return _plan(doc) if doc else None
+        """The open event that plans ``delivery_id`` (bodies left out).
+
+        A publish mints its delivery ids and then the event's id at once, so the event's id lies within a
+        second of the delivery's: the account's open events in that window are read (``account_open_newest``)
+        and searched here, which spares every event an index entry per planned delivery."""
+        at = delivery_id.generation_time
+        window = {
+            "$gte": ObjectId.from_datetime(at - PLANNING_WINDOW),
+            "$lt": ObjectId.from_datetime(at + PLANNING_WINDOW),
+        }
+        query = {"account_id": account_id, "open": True, "_id": window}
+        async for doc in self._col.find(query, _projection()):
+            event = _plan(doc)
+            if any(p.delivery_id == delivery_id for p in event.planned):
+                return event
+        return None
 
     async def open_between(self, lower: datetime, upper: datetime, limit: int) -> list[Event]:
         """Open events created in ``[lower, upper)`` (internal: the sweeper). Unsorted: the caller keeps the

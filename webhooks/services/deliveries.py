@@ -135,15 +135,19 @@ class DeliveryService:
         resource = None
         if self._sequences is not None and any(w.ordering is Ordering.PER_RESOURCE for w in targets):
             resource = _resource_of(body)
-        planned = []
+        seqs: dict[ObjectId, int] = {}
         for w in targets:
             if resource is not None and w.ordering is Ordering.PER_RESOURCE:
                 assert self._sequences is not None
-                seq = await self._sequences.next(w.id, resource)
-                planned.append(Planned(ObjectId(), w.id, not w.enabled, resource, seq))
-            else:
-                planned.append(Planned(ObjectId(), w.id, held=not w.enabled))
-        return planned
+                seqs[w.id] = await self._sequences.next(w.id, resource)
+        # The ids are minted together, with no await in between, just before the event's own id: an event
+        # is found from one of its deliveries by time (``EventRepository.planning``), with no index on them.
+        return [
+            Planned(ObjectId(), w.id, not w.enabled, resource, seqs[w.id])
+            if w.id in seqs
+            else Planned(ObjectId(), w.id, held=not w.enabled)
+            for w in targets
+        ]
 
     async def _enqueue_planned(self, stored: Event, targets: list[Webhook]) -> None:
         limits = {w.id: w.in_flight_limit(self._settings.webhook_max_in_flight) for w in targets}
