@@ -19,6 +19,9 @@ from webhooks.models import Event, Planned
 # An event's id and its deliveries' ids are minted together; ObjectIds hold whole seconds, so their times
 # differ by at most one second (two, with room for events stored by earlier versions).
 PLANNING_WINDOW = timedelta(seconds=2)
+# A close holds the events collection's write lock (SecantusDB: per collection) for every document it
+# rewrites, and each publishEvent's insert waits behind it: closes stay short.
+CLOSE_BATCH = 10
 
 
 def event_doc(
@@ -141,7 +144,7 @@ class EventRepository:
 
     async def close(self, ids: list[ObjectId]) -> None:
         """Every planned delivery of these events is written: they leave the outbox (internal)."""
-        for chunk in chunked(ids):
+        for chunk in chunked(ids, CLOSE_BATCH):
             await self._col.update_many({"_id": {"$in": chunk}, "open": True}, {"$unset": {"open": ""}})
 
 

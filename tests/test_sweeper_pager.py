@@ -1,0 +1,72 @@
+"""The sweeper's pager: what its reads cost the store when a backlog sits in the outbox.
+
+SecantusDB charges a read for every document its window matches, whatever the limit, so the cost here is
+the number of documents each window matches (not the number returned)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from workers import sweeper
+from workers.sweeper import SWEEP_BATCH, Pager
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+FLOOR = NOW - timedelta(days=30)
+
+
+class Backlog:
+    """Open events: a few old stragglers, then 10,000 published over the last 40 seconds."""
+
+    def __init__(self) -> None:
+        self.times = [NOW - timedelta(days=d) for d in (20, 10, 3)]
+        self.times += [NOW - timedelta(seconds=40) + timedelta(milliseconds=4 * i) for i in range(10_000)]
+        self.matched = 0  # what the store paid
+        self.returned: list[datetime] = []
+
+    async def scan(self, lower: datetime, upper: datetime) -> int:
+        found = [t for t in self.times if lower <= t < upper]
+        self.matched += len(found)
+        self.returned += found[:SWEEP_BATCH]
+        return min(len(found), SWEEP_BATCH)
+
+
+@pytest.fixture(autouse=True)
+def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sweeper, "WINDOW_PAUSE", 0)
+
+
+async def one_pass(pager: Pager, backlog: Backlog) -> int:
+    """Ticks until the pager has been through the whole range once; how many ticks it took."""
+    ticks = 0
+    while True:
+        await pager.tick(FLOOR, NOW, backlog.scan)
+        ticks += 1
+        if pager.at is None:
+            return ticks
+
+
+async def test_a_pass_reaches_every_open_event() -> None:
+    # given a backlog and a new pager
+    backlog, pager = Backlog(), Pager()
+    # when it makes one pass
+    await one_pass(pager, backlog)
+    # then every open event was returned to the sweeper
+    assert set(backlog.returned) == set(backlog.times)
+
+
+async def test_later_passes_do_not_run_into_the_backlog_with_a_wide_window() -> None:
+    # given a pager that has been through a backlog once
+    backlog, pager = Backlog(), Pager()
+    await one_pass(pager, backlog)
+    first = backlog.matched
+    for _ in range(2):
+        # when it makes another pass over the same backlog
+        backlog.matched, backlog.returned = 0, []
+        await one_pass(pager, backlog)
+        # then it still reaches every event, and its reads match each document about once: no window
+        # holds the whole backlog again
+        assert set(backlog.returned) == set(backlog.times)
+        assert backlog.matched < first / 3
+        assert backlog.matched < 1.5 * len(backlog.times)
