@@ -12,6 +12,7 @@ from pymongo import AsyncMongoClient
 from webhooks.crypto import SecretBox, load_secret_box
 from webhooks.db import Collections, Doc, collections, connect, ensure_indexes
 from webhooks.events import EventName
+from webhooks.handoff import EventHandoff
 from webhooks.invalidation import Invalidations, listening
 from webhooks.lanes import Lanes
 from webhooks.models import Webhook
@@ -44,6 +45,7 @@ class Core:
     box: SecretBox
     redis: ArqRedis
     lanes: Lanes
+    handoff: EventHandoff
     publisher: Publisher
     accounts: AccountRepository
     api_keys: Authenticator  # cached; same calls as ApiKeyRepository
@@ -67,6 +69,7 @@ class Core:
         resolver = resolver_factory()
         publisher = Publisher(redis)
         lanes = lanes_of(redis, settings)
+        handoff = EventHandoff(redis, settings.queue_name, settings.event_handoff_ttl)
         invalidations = Invalidations(redis)
         webhook_cache = WebhookCache(webhook_repo, invalidations, settings.webhook_cache_ttl)
 
@@ -76,7 +79,14 @@ class Core:
             )
 
         deliveries = DeliveryService(
-            settings, webhook_repo, webhook_cache, event_repo, delivery_repo, lanes, SequenceRepository(cols)
+            settings,
+            webhook_repo,
+            webhook_cache,
+            event_repo,
+            delivery_repo,
+            lanes,
+            SequenceRepository(cols),
+            handoff,
         )
 
         async def status_changed(webhook: Webhook) -> None:
@@ -102,6 +112,7 @@ class Core:
             box=box,
             redis=redis,
             lanes=lanes,
+            handoff=handoff,
             publisher=publisher,
             accounts=AccountRepository(cols),
             api_keys=Authenticator(ApiKeyRepository(cols), invalidations, settings.auth_cache_ttl),

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     breaker_open_after: int = Field(default=5, ge=1)
     user_agent: str = "HatchBeacon-Webhooks/1.0"
     queue_name: str = "webhooks:deliveries"
+    # Seconds a new event is also kept in Redis for the worker's first attempts (webhooks.handoff); 0: off.
+    event_handoff_ttl: float = Field(default=120.0, ge=0)
 
     # Operations (see the README, section "Operating").
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)  # off: no worker metrics endpoint

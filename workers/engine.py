@@ -30,6 +30,7 @@ from webhooks.coalesce import Coalescer
 from webhooks.crypto import SecretBox
 from webhooks.custom_headers import decrypted_headers
 from webhooks.events import EventName
+from webhooks.handoff import EventHandoff
 from webhooks.lanes import Claimed, Enqueue, Finished, Kind, LaneItem, Lanes, LateReason
 from webhooks.lanes import Outcome as BreakerOutcome
 from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, Event, Webhook
@@ -106,6 +107,7 @@ class DeliveryEngine:
         webhook_cache: WebhookCache,
         box: SecretBox,
         lanes: Lanes,
+        handoff: EventHandoff,
         publisher: Publisher,
         sender: Sender,
         publish_system: SystemPublish | None = None,
@@ -117,6 +119,7 @@ class DeliveryEngine:
         self._webhook_cache = webhook_cache
         self._box = box
         self._lanes = lanes
+        self._handoff = handoff
         self._publisher = publisher
         self._sender = sender
         self._publish_system = publish_system
@@ -170,7 +173,7 @@ class DeliveryEngine:
             [ObjectId(c.item.delivery_id) for c in batch if c.item.kind is Kind.STORED]
         )
         events = await read_through(
-            self._event_cache, {ObjectId(c.item.event_id) for c in batch}, self._events.get_many
+            self._event_cache, {ObjectId(c.item.event_id) for c in batch}, self._fetch_events
         )
         webhooks = await self._webhook_cache.get_many({ObjectId(c.item.webhook_id) for c in batch})
         now = utcnow()
@@ -203,6 +206,12 @@ class DeliveryEngine:
             await self._close_events([u.delivery for u in unsent if not u.stored])
             await self._advance([u.delivery for u in unsent])
         return answers
+
+    async def _fetch_events(self, ids: list[ObjectId]) -> dict[ObjectId, Event]:
+        """Handed off in Redis by the API (new events), else from MongoDB."""
+        found = await self._handoff.get_many(ids)
+        missing = [i for i in ids if i not in found]
+        return found | (await self._events.get_many(missing) if missing else {})
 
     # -- attempt ---------------------------------------------------------------------------------------
 

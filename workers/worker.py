@@ -78,6 +78,7 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             webhook_cache=core.webhook_cache,
             box=core.box,
             lanes=core.lanes,
+            handoff=core.handoff,
             publisher=core.publisher,
             sender=sender,
             publish_system=core.deliveries.publish_system,

@@ -12,6 +12,7 @@ from bson import ObjectId
 from webhooks.coalesce import Coalescer
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.events import TEST_EVENT, EventName
+from webhooks.handoff import EventHandoff
 from webhooks.ids import parse_id
 from webhooks.lanes import Enqueue, Kind, LaneItem, Lanes
 from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, Ordering, Planned, Principal, Webhook
@@ -52,8 +53,10 @@ class DeliveryService:
         deliveries: DeliveryRepository,
         lanes: Lanes,
         sequences: SequenceRepository | None = None,
+        handoff: EventHandoff | None = None,
     ) -> None:
         self._settings = settings
+        self._handoff = handoff
         self._sequences = sequences
         self._webhooks = webhooks
         self._webhook_cache = webhook_cache
@@ -176,6 +179,8 @@ class DeliveryService:
             [d for (event, _), ok in zip(items, stored, strict=True) if ok for d in _held(event)],
             self._retention,
         )
+        if self._handoff is not None:  # stored, not yet queued: the worker finds it in Redis
+            await self._handoff.put([event for (event, _), ok in zip(items, stored, strict=True) if ok])
         return stored
 
     async def _replay(self, event: Event, requested: str) -> Published:
