@@ -52,11 +52,13 @@ async def test_a_pass_reaches_every_open_event() -> None:
     backlog, pager = Backlog(), Pager()
     # when it makes one pass
     await one_pass(pager, backlog)
-    # then every open event was returned to the sweeper
+    # then every open event was returned to the sweeper, and its reads matched each about once: windows
+    # narrow as they near the present, so none of them held the whole backlog
     assert set(backlog.returned) == set(backlog.times)
+    assert backlog.matched < 1.5 * len(backlog.times)
 
 
-async def test_later_passes_do_not_run_into_the_backlog_with_a_wide_window() -> None:
+async def test_later_passes_go_straight_to_the_width_that_fits_the_backlog() -> None:
     # given a pager that has been through a backlog once
     backlog, pager = Backlog(), Pager()
     await one_pass(pager, backlog)
@@ -65,8 +67,7 @@ async def test_later_passes_do_not_run_into_the_backlog_with_a_wide_window() -> 
         # when it makes another pass over the same backlog
         backlog.matched, backlog.returned = 0, []
         await one_pass(pager, backlog)
-        # then it still reaches every event, and its reads match each document about once: no window
-        # holds the whole backlog again
+        # then it still reaches every event, and its reads match each document about once
         assert set(backlog.returned) == set(backlog.times)
-        assert backlog.matched < first / 3
-        assert backlog.matched < 1.5 * len(backlog.times)
+        assert backlog.matched <= first
+        assert backlog.matched < 1.1 * len(backlog.times)

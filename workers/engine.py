@@ -5,8 +5,13 @@ releases and records go through coalescers, so concurrent attempts share their r
 a few large writes, not many small ones. Write budget: a first attempt writes its delivery document once
 (with the attempt in it); a later attempt appends to it.
 
-Order after an attempt: the slot is released first (the receiver-facing limit is what it guards), then
-MongoDB records the outcome, then Redis work that must not undo it (failure counters, retries, the feed).
+Order after an attempt: the webhook's slot is released, MongoDB records the outcome, then Redis work
+that must not undo it (failure counters, retries, the feed). A webhook may have as many attempts waiting
+to be recorded in a worker as its in-flight limit; past that, an attempt keeps its slot until it is
+recorded. So when the store is slow, a webhook with a huge backlog cannot pile up the worker's attempts
+(``worker_max_in_flight``) behind its records and hold up other webhooks' claims (measured in bench P8
+"huge": another account's deliveries waited about 1 s whenever the store stalled, while the worker's 500
+attempts waited to be recorded), and while it is fast, sending overlaps recording.
 An attempt whose delivery has moved on (another run made it already) is skipped, so duplicates are
 harmless.
 """
@@ -17,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -125,6 +130,7 @@ class DeliveryEngine:
         self._publish_system = publish_system
         self._retention = timedelta(days=settings.delivery_retention_days)
         self._in_flight: set[tuple[str, int]] = set()
+        self._recording: Counter[ObjectId] = Counter()  # per webhook: attempts made, not yet recorded
         self._event_cache: SizedLRU[ObjectId, Event] = SizedLRU(
             EVENT_CACHE_BYTES, lambda e: len(e.body) + 256
         )
@@ -152,9 +158,22 @@ class DeliveryEngine:
             ):  # claimed ahead of its due time (``workers.dispatcher.LOOKAHEAD``): never send early
                 await asyncio.sleep(early)
             outcome = await self._attempt(planned)
-            released = True
-            await self._releaser.call(Finished(claimed.item, _breaker_outcome(outcome.result)))
-            await self._recorder.call(outcome)
+            finished = Finished(claimed.item, _breaker_outcome(outcome.result))
+            hook = planned.webhook.id
+            ahead = planned.webhook.in_flight_limit(self._settings.webhook_max_in_flight)
+            if self._recording[hook] < ahead:  # the slot goes now: its next attempt overlaps this record
+                released = True
+                await self._releaser.call(finished)
+            self._recording[hook] += 1
+            try:
+                await self._recorder.call(outcome)
+            finally:  # recorded (or given up on: the sweeper puts it back)
+                self._recording[hook] -= 1
+                if not self._recording[hook]:
+                    del self._recording[hook]
+                if not released:
+                    released = True
+                    await self._releaser.call(finished)
         except asyncio.CancelledError:
             if not released:
                 with contextlib.suppress(Exception):

@@ -48,6 +48,7 @@ WINDOW_PAUSE = 0.02  # seconds after a window that found documents
 MAX_STEPS = 24  # windows per scan and tick (an empty one costs a few ms)
 FIRST_WINDOW = timedelta(minutes=1)
 MIN_WINDOW = timedelta(milliseconds=100)
+APPROACH = 8  # a window spans at most this fraction of what is left of the pass (see ``Pager``)
 MAX_WINDOW = timedelta(days=1)
 
 
@@ -58,9 +59,10 @@ class Pager:
 
     A read costs SecantusDB every document its window matches, whatever the limit (DESIGN §7), so a wide
     window that runs into a backlog is expensive: measured, 10,000 open events cost about 1 s per read,
-    and shrinking from a day-wide window took five such reads per pass. The pager remembers where the
-    last pass first met a full window and the width that worked there: the next pass stops its growing
-    windows at that point and continues at that width."""
+    and shrinking from a day-wide window took five such reads per pass. So a window spans at most
+    1/``APPROACH`` of what is left before the ceiling (a backlog is most likely recent: windows narrow as
+    they near it), and the pager remembers where the last pass first met a full window and the width
+    that worked there: the next pass stops its growing windows at that point and goes on at that width."""
 
     at: datetime | None = None
     window: timedelta = FIRST_WINDOW
@@ -79,7 +81,10 @@ class Pager:
             if self.at >= ceiling:
                 self._end_pass()
                 return
-            upper = min(self.at + self.window, ceiling)
+            # near the ceiling (now), where a backlog is most likely, windows narrow down geometrically
+            upper = min(
+                self.at + self.window, self.at + max((ceiling - self.at) / APPROACH, MIN_WINDOW), ceiling
+            )
             if self.dense_from is not None:
                 if self.at < self.dense_from:
                     upper = min(upper, self.dense_from)  # do not run into the backlog with a wide window
