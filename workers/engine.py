@@ -64,6 +64,7 @@ EVENT_CACHE_BYTES = 32 * 1024 * 1024  # event bodies are immutable: kept while m
 # account's publish behind it, while batches of 100 already cost about 0.01 round trips per delivery.
 STORE_BATCH = 100
 MAX_TRACKED_EVENTS = 100_000  # events with some, not all, deliveries written (for closing them)
+RECORD_AHEAD = 4  # × its in-flight limit: a webhook's attempts waiting to be recorded in a worker
 LATE_AFTER_MS = 500.0  # an attempt that starts later than this after its due time says why
 
 WAIT_LABELS = {
@@ -160,7 +161,7 @@ class DeliveryEngine:
             outcome = await self._attempt(planned)
             finished = Finished(claimed.item, _breaker_outcome(outcome.result))
             hook = planned.webhook.id
-            ahead = planned.webhook.in_flight_limit(self._settings.webhook_max_in_flight)
+            ahead = RECORD_AHEAD * planned.webhook.in_flight_limit(self._settings.webhook_max_in_flight)
             if self._recording[hook] < ahead:  # the slot goes now: its next attempt overlaps this record
                 released = True
                 await self._releaser.call(finished)
