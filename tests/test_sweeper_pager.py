@@ -71,3 +71,23 @@ async def test_later_passes_go_straight_to_the_width_that_fits_the_backlog() -> 
         assert set(backlog.returned) == set(backlog.times)
         assert backlog.matched <= first
         assert backlog.matched < 1.1 * len(backlog.times)
+
+
+async def test_an_idle_pass_costs_few_reads() -> None:
+    # given an empty outbox and a pager that has been through it once
+    empty, pager = Backlog(), Pager()
+    empty.times = []
+    await one_pass(pager, empty)
+    reads = 0
+
+    async def counting(lower: datetime, upper: datetime) -> int:
+        nonlocal reads
+        reads += 1
+        return await empty.scan(lower, upper)
+
+    # when it makes another pass
+    await pager.tick(FLOOR, NOW, counting)
+    while pager.at is not None:
+        await pager.tick(FLOOR, NOW, counting)
+    # then it read the 30 days in day-wide windows (each an empty, cheap read)
+    assert reads <= 32

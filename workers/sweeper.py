@@ -61,13 +61,16 @@ class Pager:
     window that runs into a backlog is expensive: measured, 10,000 open events cost about 1 s per read,
     and shrinking from a day-wide window took five such reads per pass. So a window spans at most
     1/``APPROACH`` of what is left before the ceiling (a backlog is most likely recent: windows narrow as
-    they near it), and the pager remembers where the last pass first met a full window and the width
+    they near it; not after a pass that found nothing, so an idle worker's passes stay a few wide, empty
+    reads), and the pager remembers where the last pass first met a full window and the width
     that worked there: the next pass stops its growing windows at that point and goes on at that width."""
 
     at: datetime | None = None
     window: timedelta = FIRST_WINDOW
     dense_from: datetime | None = None  # where the previous pass first found a full window
     dense_window: timedelta = MIN_WINDOW  # the width that read fewer than a batch there
+    approach: bool = True  # narrow near the ceiling: on the first pass, and after one that found anything
+    _found_any: bool = False
     _shrunk: bool = False  # this pass has met a full window
     _seen_dense: datetime | None = None  # this pass's dense_from
     _dense_width: timedelta | None = None
@@ -81,10 +84,9 @@ class Pager:
             if self.at >= ceiling:
                 self._end_pass()
                 return
-            # near the ceiling (now), where a backlog is most likely, windows narrow down geometrically
-            upper = min(
-                self.at + self.window, self.at + max((ceiling - self.at) / APPROACH, MIN_WINDOW), ceiling
-            )
+            upper = min(self.at + self.window, ceiling)
+            if self.approach:  # near the ceiling (now), where a backlog is most likely, narrow geometrically
+                upper = min(upper, self.at + max((ceiling - self.at) / APPROACH, MIN_WINDOW))
             if self.dense_from is not None:
                 if self.at < self.dense_from:
                     upper = min(upper, self.dense_from)  # do not run into the backlog with a wide window
@@ -92,6 +94,7 @@ class Pager:
                     upper = min(upper, self.at + self.dense_window)
             found = await scan(self.at, upper)
             read += found
+            self._found_any = self._found_any or found > 0
             if found:
                 await asyncio.sleep(WINDOW_PAUSE)
             if found >= SWEEP_BATCH and upper - self.at > MIN_WINDOW:
@@ -112,6 +115,9 @@ class Pager:
         if self._seen_dense is not None:  # else the old landmark stays: harmless if that backlog is gone
             self.dense_from, self.dense_window = self._seen_dense, self._dense_width or MIN_WINDOW
         self._seen_dense, self._dense_width, self._shrunk = None, None, False
+        if not self._found_any:  # nothing open: the next pass is a few wide, empty (cheap) reads
+            self.window = MAX_WINDOW
+        self.approach, self._found_any = self._found_any, False
 
 
 Scan = Callable[[datetime, datetime], Awaitable[int]]
