@@ -6,12 +6,12 @@ a few large writes, not many small ones. Write budget: a first attempt writes it
 (with the attempt in it); a later attempt appends to it.
 
 Order after an attempt: the webhook's slot is released, MongoDB records the outcome, then Redis work
-that must not undo it (failure counters, retries, the feed). A webhook may have as many attempts waiting
-to be recorded in a worker as its in-flight limit; past that, an attempt keeps its slot until it is
-recorded. So when the store is slow, a webhook with a huge backlog cannot pile up the worker's attempts
-(``worker_max_in_flight``) behind its records and hold up other webhooks' claims (measured in bench P8
-"huge": another account's deliveries waited about 1 s whenever the store stalled, while the worker's 500
-attempts waited to be recorded), and while it is fast, sending overlaps recording.
+that must not undo it (failure counters, retries, the feed). A webhook may have up to ``RECORD_AHEAD``
+times its in-flight limit of attempts waiting to be recorded in a worker; past that, an attempt keeps its
+slot until it is recorded. So when the store is slow, a webhook with a huge backlog cannot pile up the
+worker's attempts (``worker_max_in_flight``) behind its records and hold up other webhooks' claims
+(measured in bench P8 "huge": another account's deliveries waited about 1 s whenever the store stalled,
+while the worker's 500 attempts waited to be recorded), and while it is fast, sending overlaps recording.
 An attempt whose delivery has moved on (another run made it already) is skipped, so duplicates are
 harmless.
 """
