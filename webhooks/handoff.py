@@ -23,7 +23,7 @@ from bson import CodecOptions, ObjectId
 from redis.asyncio import Redis
 
 from webhooks.models import Event
-from webhooks.repositories.events import event_doc
+from webhooks.repositories.events import stored_event_doc
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,4 @@ class EventHandoff:
 
 
 def _encode(event: Event) -> bytes:
-    doc = event_doc(
-        event_id=event.id,
-        account_id=event.account_id,
-        event=event.event,
-        body=event.body,
-        now=event.created_at,
-        retention=timedelta(0),
-        idempotency_key=None,
-        planned=event.planned,
-        test=event.test,
-    )
-    return bson.encode(doc)
+    return bson.encode(stored_event_doc(event, timedelta(0), None))

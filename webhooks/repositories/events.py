@@ -53,6 +53,21 @@ def event_doc(
     return doc
 
 
+def stored_event_doc(event: Event, retention: timedelta, idempotency_key: str | None) -> Doc:
+    """The document ``event`` is stored as."""
+    return event_doc(
+        event_id=event.id,
+        account_id=event.account_id,
+        event=event.event,
+        body=event.body,
+        now=event.created_at,
+        retention=retention,
+        idempotency_key=idempotency_key,
+        planned=event.planned,
+        test=event.test,
+    )
+
+
 def _planned_doc(p: Planned) -> Doc:
     doc: Doc = {"delivery_id": p.delivery_id, "webhook_id": p.webhook_id, "held": p.held}
     if p.seq is not None:
@@ -73,20 +88,7 @@ class EventRepository:
         self, events: Sequence[tuple[Event, str | None]], retention: timedelta
     ) -> list[bool]:
         """Insert events with their idempotency keys; False for one whose key is already used."""
-        docs = [
-            event_doc(
-                event_id=e.id,
-                account_id=e.account_id,
-                event=e.event,
-                body=e.body,
-                now=e.created_at,
-                retention=retention,
-                idempotency_key=key,
-                planned=e.planned,
-                test=e.test,
-            )
-            for e, key in events
-        ]
+        docs = [stored_event_doc(e, retention, key) for e, key in events]
         return await insert_new(self._col, docs)
 
     async def by_idempotency_key(self, account_id: ObjectId, key: str, since: datetime) -> Event | None:
