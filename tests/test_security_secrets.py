@@ -15,7 +15,7 @@ from tests.conftest import make_settings
 from tests.receiver import Receiver, run_receiver
 from tests.support import Account, Stack, run_stack
 from webhooks.core import open_core
-from webhooks.crypto import SecretBox, new_signing_secret
+from webhooks.crypto import DECRYPTED_CACHE, SecretBox, new_signing_secret
 from webhooks.db import raw_collections
 from webhooks.models import PreviousSecret, Webhook
 from webhooks_cli.main import rotate_encryption_key
@@ -90,6 +90,22 @@ def test_a_secret_encrypted_with_an_unknown_key_is_an_error_not_garbage() -> Non
         SecretBox([Fernet.generate_key().decode()]).decrypt(token)
     with pytest.raises(RuntimeError, match="cannot be decrypted"):
         SecretBox([Fernet.generate_key().decode()]).rewrap(token)
+
+
+def test_decrypting_the_same_secret_again_gives_it_again_and_the_remembered_ones_stay_bounded() -> None:
+    # given a box and more secrets than it remembers decrypted
+    box = SecretBox([Fernet.generate_key().decode()])
+    secrets = [new_signing_secret() for _ in range(DECRYPTED_CACHE + 10)]
+    tokens = [box.encrypt(s) for s in secrets]
+    # when each is decrypted twice (the second time from memory, for the first ones)
+    first = [box.decrypt(t) for t in tokens]
+    again = [box.decrypt(t) for t in tokens]
+    # then every answer is the secret, and a token of an unknown key is still refused
+    assert first == secrets and again == secrets
+    assert len(box._decrypted) == DECRYPTED_CACHE
+    other = SecretBox([Fernet.generate_key().decode()])
+    with pytest.raises(RuntimeError):
+        other.decrypt(tokens[-1])
 
 
 def test_only_unexpired_previous_secrets_sign() -> None:

@@ -16,6 +16,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -113,18 +114,35 @@ def event_label(event: str) -> str:
     return event if event in _EVENTS else "other"
 
 
+# The labelled children of the per-attempt metrics, looked up once per label value (every label here is
+# bounded): ``labels()`` takes a lock and builds a key on each call, a few per cent of a busy worker's CPU.
+@cache
+def _attempts(outcome: str) -> Counter:
+    return ATTEMPTS.labels(outcome=outcome)
+
+
+@cache
+def _deliveries(status: str, event: str) -> Counter:
+    return DELIVERIES.labels(status=status, event=event)
+
+
+@cache
+def _dispatch_delay(wait: str) -> Histogram:
+    return DISPATCH_DELAY.labels(wait=wait)
+
+
 def attempt_made(outcome: str, status_code: int | None, duration_ms: int) -> None:
-    ATTEMPTS.labels(outcome=attempt_outcome(outcome, status_code)).inc()
+    _attempts(attempt_outcome(outcome, status_code)).inc()
     ATTEMPT_DURATION.observe(max(duration_ms, 0) / 1000)
 
 
 def delivery_finished(status: str, event: str) -> None:
-    DELIVERIES.labels(status=status.lower(), event=event_label(event)).inc()
+    _deliveries(status.lower(), event_label(event)).inc()
 
 
 def dispatch_delay(seconds: float, wait: str) -> None:
     """``wait``: none, worker, webhook_limit or breaker."""
-    DISPATCH_DELAY.labels(wait=wait).observe(max(seconds, 0.0))
+    _dispatch_delay(wait).observe(max(seconds, 0.0))
 
 
 def breaker_changed(opened: bool) -> None:

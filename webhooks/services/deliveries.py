@@ -43,6 +43,15 @@ class Published:
     replayed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Storing:
+    """One event to store, and the first attempts to queue once it is stored."""
+
+    event: Event
+    idempotency_key: str | None
+    queue: list[Enqueue]
+
+
 class DeliveryService:
     def __init__(
         self,
@@ -63,7 +72,7 @@ class DeliveryService:
         self._events = events
         self._deliveries = deliveries
         self._lanes = lanes
-        self._store: Coalescer[tuple[Event, str | None], bool] = Coalescer(self._store_batch)
+        self._store: Coalescer[Storing, bool] = Coalescer(self._store_batch)
 
     @property
     def _retention(self) -> timedelta:
@@ -103,7 +112,7 @@ class DeliveryService:
         targets = [w for w in targets if w.accepts(body)]  # payload filters (webhooks.filters)
         planned = await self._plan(targets, body)
         stored = Event(ObjectId(), who.account_id, event.value, body, now, tuple(planned))
-        if not await self._store_event(stored, idempotency_key):
+        if not await self._store_event(stored, idempotency_key, self._first_attempts(stored, targets)):
             # lost a race for the same idempotency key: answer with the winner
             assert idempotency_key is not None
             earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, window_start)
@@ -112,7 +121,6 @@ class DeliveryService:
                     "idempotencyKey", ErrorCode.CONFLICT, "idempotencyKey is in use, try again"
                 )
             return await self._replay(earlier, event.value)
-        await self._enqueue_planned(stored, targets)
         return Published(
             stored.id, stored.event, [stored.pending_delivery(p) for p in planned], replayed=False
         )
@@ -129,8 +137,7 @@ class DeliveryService:
             return 0
         planned = await self._plan(targets, body)
         stored = Event(ObjectId(), account_id, event.value, body, utcnow(), tuple(planned))
-        await self._store_event(stored, None)
-        await self._enqueue_planned(stored, targets)
+        await self._store_event(stored, None, self._first_attempts(stored, targets))
         return len(planned)
 
     async def _plan(self, targets: list[Webhook], body: bytes) -> list[Planned]:
@@ -152,35 +159,36 @@ class DeliveryService:
             for w in targets
         ]
 
-    async def _enqueue_planned(self, stored: Event, targets: list[Webhook]) -> None:
+    def _first_attempts(self, stored: Event, targets: list[Webhook]) -> list[Enqueue]:
         limits = {w.id: w.in_flight_limit(self._settings.webhook_max_in_flight) for w in targets}
-        await self._enqueue(
-            [
-                Enqueue(
-                    _first_attempt(stored, p),
-                    due=stored.created_at,
-                    limit=limits[p.webhook_id],
-                    resource=p.resource,
-                    seq=p.seq,
-                )
-                for p in stored.planned
-                if not p.held
-            ]
-        )
+        return [
+            Enqueue(
+                _first_attempt(stored, p),
+                due=stored.created_at,
+                limit=limits[p.webhook_id],
+                resource=p.resource,
+                seq=p.seq,
+            )
+            for p in stored.planned
+            if not p.held
+        ]
 
-    async def _store_event(self, event: Event, idempotency_key: str | None) -> bool:
-        """Write the event and its HELD deliveries (coalesced with concurrent publishes)."""
-        return await self._store.call((event, idempotency_key))
+    async def _store_event(self, event: Event, idempotency_key: str | None, queue: list[Enqueue]) -> bool:
+        """Write the event and its HELD deliveries, then queue ``queue`` (coalesced with concurrent
+        publishes); False if another publish holds the idempotency key (nothing is queued then)."""
+        return await self._store.call(Storing(event, idempotency_key, queue))
 
-    async def _store_batch(self, items: list[tuple[Event, str | None]]) -> list[bool]:
-        """Events and their held deliveries of concurrent publishes, in at most two writes."""
-        stored = await self._events.insert_events(items, self._retention)
-        await self._deliveries.insert_unsent(
-            [d for (event, _), ok in zip(items, stored, strict=True) if ok for d in _held(event)],
-            self._retention,
+    async def _store_batch(self, items: list[Storing]) -> list[bool]:
+        """Concurrent publishes: their events and held deliveries in at most two writes, then one Redis
+        hand-off and one enqueue for all of them (in sequence order, for ordered webhooks' gates)."""
+        stored = await self._events.insert_events(
+            [(i.event, i.idempotency_key) for i in items], self._retention
         )
+        kept = [i for i, ok in zip(items, stored, strict=True) if ok]
+        await self._deliveries.insert_unsent([d for i in kept for d in _held(i.event)], self._retention)
         if self._handoff is not None:  # stored, not yet queued: the worker finds it in Redis
-            await self._handoff.put([event for (event, _), ok in zip(items, stored, strict=True) if ok])
+            await self._handoff.put([i.event for i in kept])
+        await self._enqueue(sorted((e for i in kept for e in i.queue), key=lambda e: e.seq or 0))
         return stored
 
     async def _replay(self, event: Event, requested: str) -> Published:
@@ -218,9 +226,8 @@ class DeliveryService:
         body = build_test_body(str(webhook.id), webhook.name, now=now)
         planned = Planned(ObjectId(), webhook.id, held=False)
         event = Event(ObjectId(), who.account_id, TEST_EVENT, body, now, (planned,), test=True)
-        await self._store_event(event, None)
         limit = webhook.in_flight_limit(self._settings.webhook_max_in_flight)
-        await self._enqueue([Enqueue(_first_attempt(event, planned), due=now, limit=limit)])
+        await self._store_event(event, None, [Enqueue(_first_attempt(event, planned), due=now, limit=limit)])
         return event.pending_delivery(planned)
 
     async def retry(self, who: Principal, delivery_id: str) -> Delivery:
