@@ -291,78 +291,90 @@ class DeliveryEngine:
     async def _record(self, outcomes: list[Outcome]) -> list[asyncio.Task[None]]:
         """One batch of outcomes: one insert of new deliveries, one bulk write of the others; then, in a task
         that the next batch's writes do not wait for, the failure counters, retries and the live feed (the
-        tasks run one after the other, in the order of their batches). Each caller gets that task."""
+        tasks run one after the other, in the order of their batches). Each caller gets that task.
+
+        An outcome that did not take effect (a duplicate attempt: the delivery holds another one's) counts
+        no failure, queues no retry and sends no notice, so a re-run attempt cannot count twice."""
         now = utcnow()
-        schedule = self._settings.retry_schedule
-        recorded: list[Recorded] = []
+        recorded = [self._recorded(outcome, now) for outcome in outcomes]
+        took = await self._deliveries.record_outcomes(recorded, self._retention)
+        await self._close_events([r.delivery for r in recorded if r.first])
         retries: list[Enqueue] = []
         finals: dict[ObjectId, list[bool]] = defaultdict(list)
         hooks: dict[ObjectId, Webhook] = {}
         done: list[Delivery] = []  # final now: their gates move on
         notices: list[tuple[EventName, Planned]] = []
-        for outcome in outcomes:
-            p, result = outcome.planned, outcome.result
-            delivery = p.delivery
-            delay = None
-            if not result.ok and not delivery.test:
-                delay = next_delay(
-                    schedule,
-                    delivery.attempt_in_run(p.number),
-                    status=result.status_code,
-                    retry_after=parse_retry_after(result.response_headers.get("Retry-After")),
-                    retry_after_cap=self._settings.retry_after_cap,
-                )
-            if result.ok:
-                status, next_at = DeliveryStatus.SUCCEEDED, None
-            elif delay is None:
-                status, next_at = DeliveryStatus.FAILED, None
-            else:
-                status, next_at = DeliveryStatus.PENDING, now + timedelta(seconds=delay)
+        for outcome, r, effective in zip(outcomes, recorded, took, strict=True):
+            p, status = outcome.planned, r.status
+            _observe(p, outcome.result, status, effective)
+            if not effective:
+                continue
+            if r.next_attempt_at is not None:
                 limit = p.webhook.in_flight_limit(self._settings.webhook_max_in_flight)
-                retry = stored_attempt(_with_attempts(delivery, p.number))
-                retries.append(Enqueue(retry, due=next_at, limit=limit))
-            if status is not DeliveryStatus.PENDING:
-                done.append(delivery)
+                retry = stored_attempt(_with_attempts(r.delivery, p.number))
+                retries.append(Enqueue(retry, due=r.next_attempt_at, limit=limit))
+            else:
+                done.append(r.delivery)
             # Deliveries of operational (and test) events neither count towards a webhook's consecutive
             # failures nor cause operational events themselves: two failing endpoints subscribed to each
             # other's notices cannot feed each other.
-            if status is not DeliveryStatus.PENDING and operational.notifies_about_delivery(delivery.event):
+            if status is not DeliveryStatus.PENDING and operational.notifies_about_delivery(r.delivery.event):
                 finals[p.webhook.id].append(status is DeliveryStatus.SUCCEEDED)
                 hooks[p.webhook.id] = p.webhook
                 if status is DeliveryStatus.FAILED:
                     notices.append((EventName.DELIVERY_EXHAUSTED, p))
-                elif delivery.run_trigger is AttemptTrigger.MANUAL:
+                elif r.delivery.run_trigger is AttemptTrigger.MANUAL:
                     notices.append((EventName.DELIVERY_RECOVERED, p))
-            _observe(p, result, status)
-            attempt = Attempt(
-                id=ObjectId(),
-                delivery_id=delivery.id,
-                account_id=delivery.account_id,
-                webhook_id=delivery.webhook_id,
-                event=delivery.event,
-                number=p.number,
-                trigger=delivery.trigger_of(p.number),
-                started_at=outcome.started,
-                duration_ms=result.duration_ms,
-                status_code=result.status_code,
-                response_headers=result.response_headers,
-                response_body=result.response_body,
-                error_class=None if result.ok else result.outcome.value,
-                error=result.error,
-                delivery_status=status,
-                next_attempt_at=next_at,
-                request_headers=outcome.request_headers,
-                scheduled_at=p.scheduled_at,
-                late_reason=outcome.late.value if outcome.late else None,
-            )
-            recorded.append(Recorded(delivery, attempt, status, next_at, now, first=not p.stored))
-        await self._deliveries.record_outcomes(recorded, self._retention)
-        await self._close_events([r.delivery for r in recorded if r.first])
+        effective_records = [r for r, ok in zip(recorded, took, strict=True) if ok]
         settling = asyncio.create_task(
-            self._settle(self._settling, outcomes, recorded, retries, finals, hooks, done, notices, now)
+            self._settle(
+                self._settling, outcomes, effective_records, retries, finals, hooks, done, notices, now
+            )
         )
         self._settling = settling
         return [settling] * len(outcomes)
+
+    def _recorded(self, outcome: Outcome, now: datetime) -> Recorded:
+        """The attempt as it is stored, and the state it moves its delivery to."""
+        p, result = outcome.planned, outcome.result
+        delivery = p.delivery
+        delay = None
+        if not result.ok and not delivery.test:
+            delay = next_delay(
+                self._settings.retry_schedule,
+                delivery.attempt_in_run(p.number),
+                status=result.status_code,
+                retry_after=parse_retry_after(result.response_headers.get("Retry-After")),
+                retry_after_cap=self._settings.retry_after_cap,
+            )
+        if result.ok:
+            status, next_at = DeliveryStatus.SUCCEEDED, None
+        elif delay is None:
+            status, next_at = DeliveryStatus.FAILED, None
+        else:
+            status, next_at = DeliveryStatus.PENDING, now + timedelta(seconds=delay)
+        attempt = Attempt(
+            id=ObjectId(),
+            delivery_id=delivery.id,
+            account_id=delivery.account_id,
+            webhook_id=delivery.webhook_id,
+            event=delivery.event,
+            number=p.number,
+            trigger=delivery.trigger_of(p.number),
+            started_at=outcome.started,
+            duration_ms=result.duration_ms,
+            status_code=result.status_code,
+            response_headers=result.response_headers,
+            response_body=result.response_body,
+            error_class=None if result.ok else result.outcome.value,
+            error=result.error,
+            delivery_status=status,
+            next_attempt_at=next_at,
+            request_headers=outcome.request_headers,
+            scheduled_at=p.scheduled_at,
+            late_reason=outcome.late.value if outcome.late else None,
+        )
+        return Recorded(delivery, attempt, status, next_at, now, first=not p.stored)
 
     async def _settle(
         self,
@@ -515,10 +527,11 @@ def _breaker_outcome(result: SendResult) -> BreakerOutcome:
     return BreakerOutcome.UNREACHABLE if result.outcome in UNREACHABLE else BreakerOutcome.ANSWERED
 
 
-def _observe(p: Planned, result: SendResult, status: DeliveryStatus) -> None:
-    """Metrics and one log line per attempt (ids, outcome, status code, duration; never URLs or headers)."""
+def _observe(p: Planned, result: SendResult, status: DeliveryStatus, effective: bool) -> None:
+    """Metrics and one log line per attempt (ids, outcome, status code, duration; never URLs or headers).
+    A duplicate attempt (not ``effective``) is logged as one; its delivery finished with the other."""
     metrics.attempt_made(result.outcome.value, result.status_code, result.duration_ms)
-    if status is not DeliveryStatus.PENDING:
+    if status is not DeliveryStatus.PENDING and effective:
         metrics.delivery_finished(status.value, p.delivery.event)
     outcome = metrics.attempt_outcome(result.outcome.value, result.status_code)
     log.log(
@@ -529,7 +542,7 @@ def _observe(p: Planned, result: SendResult, status: DeliveryStatus) -> None:
         p.webhook.id,
         outcome,
         result.duration_ms,
-        status.value.lower(),
+        status.value.lower() if effective else "duplicate, not recorded",
         extra={
             "fields": {
                 "delivery_id": str(p.delivery.id),
@@ -541,6 +554,7 @@ def _observe(p: Planned, result: SendResult, status: DeliveryStatus) -> None:
                 "status_code": result.status_code,
                 "duration_ms": result.duration_ms,
                 "delivery_status": status.value.lower(),
+                "duplicate": not effective,
             }
         },
     )

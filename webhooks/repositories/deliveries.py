@@ -92,38 +92,57 @@ class DeliveryRepository:
             self._col, [delivery_doc(d, expires_at=d.created_at + retention) for d in deliveries]
         )
 
-    async def record_outcomes(self, recorded: Sequence[Recorded], retention: timedelta) -> None:
+    async def record_outcomes(self, recorded: Sequence[Recorded], retention: timedelta) -> list[bool]:
         """Finished attempts, in at most two writes: first attempts insert their delivery (a re-run's
-        duplicate keeps the first), later ones append to it if it has not moved on meanwhile."""
-        inserts: list[Doc] = []
-        updates: list[UpdateOne] = []
-        for r in recorded:
+        duplicate keeps the first), later ones append to it if it has not moved on meanwhile. Whether each
+        took effect (False: a duplicate attempt, whose outcome the delivery does not hold)."""
+        inserts: list[tuple[int, Doc]] = []
+        updates: list[tuple[int, UpdateOne]] = []
+        for i, r in enumerate(recorded):
             if r.first:
                 moved = _moved(r.delivery, r.status, r.attempt.number, r.next_attempt_at, r.now)
-                inserts.append(delivery_doc(moved, expires_at=r.now + retention, attempts=[r.attempt]))
+                inserts.append((i, delivery_doc(moved, expires_at=r.now + retention, attempts=[r.attempt])))
             else:
                 updates.append(
-                    UpdateOne(
-                        {
-                            "_id": r.delivery.id,
-                            "attempt_count": r.attempt.number - 1,
-                            "status": DeliveryStatus.PENDING.value,
-                        },
-                        {
-                            "$set": {
-                                "status": r.status.value,
-                                "attempt_count": r.attempt.number,
-                                "next_attempt_at": r.next_attempt_at,
-                                "updated_at": r.now,
+                    (
+                        i,
+                        UpdateOne(
+                            {
+                                "_id": r.delivery.id,
+                                "attempt_count": r.attempt.number - 1,
+                                "status": DeliveryStatus.PENDING.value,
                             },
-                            "$push": {"attempts": r.attempt.to_doc()},
-                        },
+                            {
+                                "$set": {
+                                    "status": r.status.value,
+                                    "attempt_count": r.attempt.number,
+                                    "next_attempt_at": r.next_attempt_at,
+                                    "updated_at": r.now,
+                                },
+                                "$push": {"attempts": r.attempt.to_doc()},
+                            },
+                        ),
                     )
                 )
+        took = [True] * len(recorded)
         if inserts:
-            await insert_new(self._col, inserts)
+            for (i, _), ok in zip(inserts, await insert_new(self._col, [d for _, d in inserts]), strict=True):
+                took[i] = ok
         if updates:
-            await self._col.bulk_write(updates, ordered=False)
+            result = await self._col.bulk_write([u for _, u in updates], ordered=False)
+            if result.matched_count < len(updates):  # rare: find which ones hold their attempt
+                held = await self._holding([recorded[i].attempt for i, _ in updates])
+                for i, _ in updates:
+                    took[i] = recorded[i].attempt.id in held
+        return took
+
+    async def _holding(self, attempts: Sequence[Attempt]) -> set[ObjectId]:
+        """The ids of these attempts that their deliveries hold."""
+        ids = {a.id for a in attempts}
+        held: set[ObjectId] = set()
+        async for doc in find_by_ids(self._col, [a.delivery_id for a in attempts], {"attempts._id": 1}):
+            held |= {a["_id"] for a in doc.get("attempts", ()) if a["_id"] in ids}
+        return held
 
     async def record_unsent(self, unsent: Sequence[Unsent], now: datetime, retention: timedelta) -> None:
         inserts = [
