@@ -146,6 +146,8 @@ async def test_graphiql_runs_a_subscription_over_a_websocket(browser_api: Api, r
             lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 1,
             what="the subscription to reach the server",
         )
+        # the page's WebSocket event reaches this process on its own schedule, after the server saw it
+        await wait_until(lambda: requests.websockets(), what="the page's WebSocket event")
         assert [urlsplit(u).path for u in requests.websockets()] == ["/graphql"]
         # a delivery made meanwhile shows up in the result pane
         tested = (await account.gql.execute(TEST_WEBHOOK, {"id": webhook_id}))["testWebhook"]
