@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -232,6 +233,32 @@ async def test_the_breaker_opens_on_a_dead_endpoint_and_closes_when_it_answers(
     state["now"] = ok
     await publish(account.gql)
     await breaker_becomes(account.gql, webhook_id, lambda s: s == "CLOSED")
+
+
+DELETE = "mutation($id: ID!) { deleteWebhook(id: $id) { deletedId errors { field code message } } }"
+
+
+async def test_deleting_a_webhook_with_an_open_breaker_leaves_no_open_breaker(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a webhook whose endpoint hangs past the deadline, with its breaker open
+    account = await stack.account()
+    webhook_id, _ = await create_webhook(
+        account.gql, receiver.url(f"/gone/{uuid.uuid4().hex[:6]}", sleep(DEADLINE * 4))
+    )
+    for _ in range(4):
+        await publish(account.gql)
+    await breaker_becomes(account.gql, webhook_id, lambda s: s != "CLOSED")
+    lanes = stack.core.lanes
+    # when it is deleted, and the probe it had in flight has ended
+    deleted = (await account.gql.execute(DELETE, {"id": webhook_id}))["deleteWebhook"]
+    assert deleted["errors"] == []
+    deadline = time.monotonic() + 15
+    while (await lanes.states([webhook_id], utcnow()))[webhook_id].in_flight:
+        assert time.monotonic() < deadline, "the probe in flight did not end"
+        await asyncio.sleep(0.1)
+    # then no open breaker of it is left for the webhooks_breakers_open gauge to count
+    assert (await lanes.states([webhook_id], utcnow()))[webhook_id].breaker.value == "CLOSED"
 
 
 async def test_an_attempt_delayed_by_its_webhooks_limit_says_why(stack: Stack, receiver: Receiver) -> None:

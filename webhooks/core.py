@@ -131,6 +131,7 @@ class Core:
                     str(w.id), w.in_flight_limit(settings.webhook_max_in_flight)
                 ),
                 changed=webhook_cache.changed,
+                forget=lambda webhook_id, _account: lanes.forget(str(webhook_id)),
             ),
             deliveries=deliveries,
             resolver=resolver,

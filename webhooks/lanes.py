@@ -8,7 +8,8 @@ structures kept in arq's own Redis (all keys under the queue name):
 ``<q>:sched``               ZSET  webhooks with waiting attempts, scored by when they next deserve a turn
 ``<q>:inflight:<webhook>``  ZSET  attempts being made, scored by when their slot expires (ms)
 ``<q>:limits``              HASH  webhook -> its in-flight limit (rewritten by every enqueue)
-``<q>:breaker:<webhook>``   HASH  ``failures`` (consecutive timeouts/connection errors), ``open`` (since, ms)
+``<q>:breaker:<webhook>``   HASH  ``failures`` (consecutive timeouts/connection errors), ``open`` (since, ms);
+                            expires a day after its last unreachable attempt
 ``<q>:limited``             HASH  webhook -> when a claim last found it at its limit (why attempts are late)
 ``<q>:recording``           ZSET  attempts made whose outcome is being written to MongoDB, scored by expiry
 ``<q>:wake``                LIST  a token per enqueue or freed slot; idle dispatchers block on it
@@ -47,6 +48,9 @@ from redis.asyncio import Redis
 WAKE_TOKENS = 16  # enough to wake every dispatcher of a burst; the list never grows past this
 # An attempt made but not yet recorded in MongoDB is left alone by the sweeper for this long (ms).
 RECORDING_MS = 60_000
+# A breaker is forgotten (closed) a day after its last unreachable attempt: a webhook with no attempts for
+# that long is probed afresh, and the breaker of a webhook deleted with attempts in flight does not stay.
+BREAKER_TTL_MS = 86_400_000
 
 
 class Kind(Enum):
@@ -306,7 +310,8 @@ return {out, head[2] or false}
 
 # ARGV: prefix, now_ms, open_after, then (webhook, member, outcome, due_ms) * n
 # -> flat list of (webhook, 'opened' | 'closed', failures)
-_RELEASE = """
+_RELEASE = (
+    """
 local p, now, open_after = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local changes = {}
 local woke = false
@@ -326,6 +331,7 @@ for i = 4, #ARGV, 4 do
     redis.call('DEL', bkey)
   elseif outcome == 'dead' then
     local failures = redis.call('HINCRBY', bkey, 'failures', 1)
+    redis.call('PEXPIRE', bkey, BREAKER_TTL_MS)
     if failures >= open_after and not redis.call('HGET', bkey, 'open') then
       redis.call('HSET', bkey, 'open', now)
       changes[#changes + 1] = wh
@@ -346,7 +352,10 @@ if woke then
   redis.call('LTRIM', p .. ':wake', 0, WAKE_TOKENS - 1)
 end
 return changes
-""".replace("WAKE_TOKENS", str(WAKE_TOKENS)).replace("RECORDING_MS", str(RECORDING_MS))
+""".replace("WAKE_TOKENS", str(WAKE_TOKENS))
+    .replace("RECORDING_MS", str(RECORDING_MS))
+    .replace("BREAKER_TTL_MS", str(BREAKER_TTL_MS))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,6 +548,15 @@ class Lanes:
                 waiting=waiting,
             )
         return found
+
+    async def forget(self, webhook_id: str) -> None:
+        """A deleted webhook: drop its limit, breaker and limit mark, so no gauge counts it. Attempts still in
+        its lane drain on their own (the engine finds the webhook gone and fails them)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(f"{self.prefix}:limits", webhook_id)
+            pipe.hdel(f"{self.prefix}:limited", webhook_id)
+            pipe.delete(self._breaker(webhook_id))
+            await pipe.execute()
 
     async def open_breakers(self) -> int:
         """How many webhooks have an open breaker (a scan: for metrics scrapes, not hot paths)."""

@@ -72,7 +72,9 @@ class WebhookService:
         notify_status: StatusNotifier | None = None,
         apply_limit: StatusNotifier | None = None,
         changed: ChangeNotifier | None = None,
+        forget: ChangeNotifier | None = None,
     ) -> None:
+        self._forget = forget  # drops a deleted webhook's state in the lanes (limit, breaker)
         self._apply_limit = apply_limit  # tells the lanes about a changed ``maxInFlight`` at once
         self._changed = changed  # drops cached copies in every process (``webhooks.invalidation``)
         self._repo = repo
@@ -205,6 +207,11 @@ class WebhookService:
         if not await self._repo.delete(who.account_id, oid):
             raise not_found("webhook", webhook_id)
         await self._notify_changed(oid, who.account_id)
+        if self._forget is not None:
+            try:
+                await self._forget(oid, who.account_id)
+            except Exception as exc:  # deleted all the same; a breaker left behind expires within a day
+                log.warning("could not drop the lane state of webhook %s (%s)", oid, type(exc).__name__)
         return oid
 
     async def rotate_secret(
