@@ -85,6 +85,10 @@ async def _waiting_on_limit(core: Core) -> float:
     return float(await core.lanes.waiting_on_limit(utcnow()))
 
 
+async def _ordered_waiting(core: Core) -> float:
+    return float(await core.lanes.ordered_waiting())
+
+
 async def _open_breakers(core: Core) -> float:
     return float(await core.lanes.open_breakers())
 
@@ -101,6 +105,12 @@ async def scrape_gauges(core: Core) -> list[metrics.ScrapeGauge]:
             "webhooks_attempts_waiting_on_limit",
             "Due attempts waiting because their webhook has its in-flight limit of attempts running.",
             _waiting_on_limit,
+        ),
+        (
+            "webhooks_ordered_waiting",
+            "Deliveries of PER_RESOURCE webhooks waiting for an earlier delivery of their resource to finish "
+            "(not in webhooks_queue_depth: more workers would not send them sooner).",
+            _ordered_waiting,
         ),
         ("webhooks_breakers_open", "Webhooks whose circuit breaker is open.", _open_breakers),
         (

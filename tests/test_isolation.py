@@ -164,6 +164,23 @@ async def test_consecutive_unreachable_attempts_open_the_breaker_and_a_success_c
     assert len(after) == 5
 
 
+async def test_ordered_deliveries_waiting_for_their_turn_are_counted_apart_from_the_queue(
+    lanes: Lanes,
+) -> None:
+    # given an ordered webhook with three deliveries of one resource and one of another
+    now = utcnow()
+    hook = "c" * 24
+    a1, a2, a3, b1 = items(hook, 4)
+    gated = [(a1, "r-a", 1), (a2, "r-a", 2), (a3, "r-a", 3), (b1, "r-b", 1)]
+    await lanes.add([Enqueue(i, due=now, limit=5, resource=r, seq=n) for i, r, n in gated])
+    # then each resource's first is queued, and the two after r-a's first wait for their turn
+    assert await lanes.depth() == 2
+    assert await lanes.ordered_waiting() == 2
+    # and when r-a's first is final, its second is queued and one waits
+    await lanes.advance([(hook, "r-a", a1.delivery_id)], now)
+    assert await lanes.ordered_waiting() == 1
+
+
 # -- the whole service -------------------------------------------------------------------------------
 
 

@@ -218,6 +218,7 @@ async def test_metrics_move_with_deliveries(mongodb_url: str, tmp_path: Path) ->
     names = {f.name for f in text_string_to_metric_families(after)}
     assert {
         "webhooks_queue_depth",
+        "webhooks_ordered_waiting",
         "webhooks_deliveries_overdue",
         "webhooks_graphql_subscriptions_open",
         "webhooks_webhooks_auto_disabled",
