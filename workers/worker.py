@@ -101,21 +101,23 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         log.info("worker started")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        dispatcher: Dispatcher | None = ctx.get("dispatcher")
+        """Idempotent: what it stops leaves ``ctx`` (``run_worker`` may call it again after arq's own close
+        gave up)."""
+        dispatcher: Dispatcher | None = ctx.pop("dispatcher", None)
         if dispatcher is not None:
             # SIGTERM/SIGINT: no new attempts; running ones get the shutdown wait to finish, then are
             # cancelled and go back to their lanes (the sweeper covers a killed process).
             await dispatcher.drain(settings.worker_shutdown_wait)
         for name in ("dispatch_task", "heartbeat"):
-            task = ctx.get(name)
+            task = ctx.pop(name, None)
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        stack = ctx.get("stack")
+        stack = ctx.pop("stack", None)
         if stack is not None:
             await stack.aclose()
-        log.info("worker stopped")
+            log.info("worker stopped")
 
     cron_jobs = []
     if sweeper:
@@ -159,12 +161,27 @@ def run_worker(settings: Settings) -> None:
     wait = RESTART_FIRST_WAIT
     while True:
         started = time.monotonic()
+        worker = build_worker(settings)
         try:
-            build_worker(settings).run()
+            worker.run()
             return  # stopped by a signal
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            finish_shutdown(worker)
             if time.monotonic() - started > RESTART_MAX_WAIT:
                 wait = RESTART_FIRST_WAIT  # it ran fine for a while: start over quickly
             log.warning("worker lost Redis (%s); starting again in %.0f s", type(exc).__name__, wait)
             time.sleep(wait)
             wait = min(wait * 2, RESTART_MAX_WAIT)
+
+
+def finish_shutdown(worker: Worker) -> None:
+    """Run the shutdown hook if arq's close could not: it stops at its first Redis call (deleting its health
+    key) when Redis is gone, before the hook, which would leave this worker's dispatcher claiming on the
+    shared event loop, beside the next worker's, with connections that are closing (seen in the Sentinel
+    failover test: two attempts failed at every claim until the test gave up)."""
+    if worker.on_shutdown is None or "stack" not in worker.ctx:
+        return
+    try:
+        worker.loop.run_until_complete(worker.on_shutdown(worker.ctx))
+    except Exception as exc:
+        log.warning("could not stop the lost worker cleanly (%s)", type(exc).__name__)
