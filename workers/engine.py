@@ -27,7 +27,7 @@ import logging
 import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from bson import ObjectId
@@ -103,6 +103,20 @@ class Outcome:
     late: LateReason | None
     request_headers: dict[str, str]  # signatures redacted
     result: SendResult
+
+
+@dataclass(slots=True)
+class AfterRecord:
+    """What a recorded batch leaves to do once MongoDB holds it (``DeliveryEngine._settle``)."""
+
+    items: list[LaneItem]  # every attempt of the batch: their recording marks
+    now: datetime
+    attempts: list[Attempt] = field(default_factory=list)  # those that took effect: the live feed
+    retries: list[Enqueue] = field(default_factory=list)
+    finals: dict[ObjectId, list[bool]] = field(default_factory=lambda: defaultdict(list))  # per webhook
+    hooks: dict[ObjectId, Webhook] = field(default_factory=dict)
+    done: list[Delivery] = field(default_factory=list)  # final now: their gates move on
+    notices: list[tuple[EventName, Planned]] = field(default_factory=list)
 
 
 class DeliveryEngine:
@@ -299,11 +313,7 @@ class DeliveryEngine:
         recorded = [self._recorded(outcome, now) for outcome in outcomes]
         took = await self._deliveries.record_outcomes(recorded, self._retention)
         await self._close_events([r.delivery for r in recorded if r.first])
-        retries: list[Enqueue] = []
-        finals: dict[ObjectId, list[bool]] = defaultdict(list)
-        hooks: dict[ObjectId, Webhook] = {}
-        done: list[Delivery] = []  # final now: their gates move on
-        notices: list[tuple[EventName, Planned]] = []
+        after = AfterRecord(items=[o.planned.claimed.item for o in outcomes], now=now)
         for outcome, r, effective in zip(outcomes, recorded, took, strict=True):
             p, status = outcome.planned, r.status
             _observe(p, outcome.result, status, effective)
@@ -312,25 +322,21 @@ class DeliveryEngine:
             if r.next_attempt_at is not None:
                 limit = p.webhook.in_flight_limit(self._settings.webhook_max_in_flight)
                 retry = stored_attempt(_with_attempts(r.delivery, p.number))
-                retries.append(Enqueue(retry, due=r.next_attempt_at, limit=limit))
+                after.retries.append(Enqueue(retry, due=r.next_attempt_at, limit=limit))
             else:
-                done.append(r.delivery)
+                after.done.append(r.delivery)
             # Deliveries of operational (and test) events neither count towards a webhook's consecutive
             # failures nor cause operational events themselves: two failing endpoints subscribed to each
             # other's notices cannot feed each other.
             if status is not DeliveryStatus.PENDING and operational.notifies_about_delivery(r.delivery.event):
-                finals[p.webhook.id].append(status is DeliveryStatus.SUCCEEDED)
-                hooks[p.webhook.id] = p.webhook
+                after.finals[p.webhook.id].append(status is DeliveryStatus.SUCCEEDED)
+                after.hooks[p.webhook.id] = p.webhook
                 if status is DeliveryStatus.FAILED:
-                    notices.append((EventName.DELIVERY_EXHAUSTED, p))
+                    after.notices.append((EventName.DELIVERY_EXHAUSTED, p))
                 elif r.delivery.run_trigger is AttemptTrigger.MANUAL:
-                    notices.append((EventName.DELIVERY_RECOVERED, p))
-        effective_records = [r for r, ok in zip(recorded, took, strict=True) if ok]
-        settling = asyncio.create_task(
-            self._settle(
-                self._settling, outcomes, effective_records, retries, finals, hooks, done, notices, now
-            )
-        )
+                    after.notices.append((EventName.DELIVERY_RECOVERED, p))
+        after.attempts.extend(r.attempt for r, ok in zip(recorded, took, strict=True) if ok)
+        settling = asyncio.create_task(self._settle(self._settling, after))
         self._settling = settling
         return [settling] * len(outcomes)
 
@@ -376,40 +382,32 @@ class DeliveryEngine:
         )
         return Recorded(delivery, attempt, status, next_at, now, first=not p.stored)
 
-    async def _settle(
-        self,
-        previous: asyncio.Task[None] | None,
-        outcomes: list[Outcome],
-        recorded: list[Recorded],
-        retries: list[Enqueue],
-        finals: dict[ObjectId, list[bool]],
-        hooks: dict[ObjectId, Webhook],
-        done: list[Delivery],
-        notices: list[tuple[EventName, Planned]],
-        now: datetime,
-    ) -> None:
+    async def _settle(self, previous: asyncio.Task[None] | None, after: AfterRecord) -> None:
         """What follows a batch's record. MongoDB holds the outcome; what comes after must not undo it:
         counting comes first (it is never redone), a retry that fails to queue is re-queued by the sweeper,
         and the live feed is best effort. After the previous batch's, so failure counts add up in order."""
         if previous is not None:
             await asyncio.wait([previous])
-        await self._count(finals, hooks)
+        await self._count(after.finals, after.hooks)
         try:
-            await self._lanes.recorded([o.planned.claimed.item for o in outcomes], now)
+            await self._lanes.recorded(after.items, after.now)
         except Exception:
-            log.warning("could not clear %d recording marks; they expire", len(outcomes), exc_info=True)
-        await self._advance(done)
+            log.warning("could not clear %d recording marks; they expire", len(after.items), exc_info=True)
+        await self._advance(after.done)
+        try:  # the wake-up lets a sleeping dispatcher time the retry itself
+            await self._lanes.add(after.retries)
+        except Exception:
+            log.warning("could not queue %d retries; the sweeper will", len(after.retries), exc_info=True)
         try:
-            await self._lanes.add(retries)  # the wake-up lets a sleeping dispatcher time the retry itself
+            await self._publisher.attempts(after.attempts)
         except Exception:
-            log.warning("could not queue %d retries; the sweeper will", len(retries), exc_info=True)
-        try:
-            await self._publisher.attempts([r.attempt for r in recorded])
-        except Exception:
-            log.exception("could not publish %d attempts to the live feed", len(recorded))
+            log.exception("could not publish %d attempts to the live feed", len(after.attempts))
         # concurrently: their stores coalesce, and a burst of failures is not emitted one by one
         await asyncio.gather(
-            *(self._emit(p.webhook, event, _delivery_notice(event, p, now)) for event, p in notices)
+            *(
+                self._emit(p.webhook, event, _delivery_notice(event, p, after.now))
+                for event, p in after.notices
+            )
         )
 
     async def _close_events(self, written: list[Delivery]) -> None:
