@@ -12,8 +12,10 @@ loopback receiver.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,12 @@ import pytest
 from tests.conftest import make_settings
 from tests.delivery_support import PUBLISH, publish_input, wait_for_status
 from tests.receiver import Receiver, status
-from tests.support import Stack, run_stack
+from tests.support import Account, Stack, run_stack
 from webhooks.lanes import Claimed
 from webhooks.timeutil import utcnow
 from workers.engine import DeliveryEngine
 from workers.sender import Sender
+from workers.worker import build_engine
 
 CREATE = """
 mutation($input: CreateWebhookInput!) {
@@ -43,58 +46,65 @@ async def stack(mongodb_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
         yield running
 
 
-def engine(stack: Stack, sender: Sender) -> DeliveryEngine:
-    core, settings = stack.core, stack.settings
-    return DeliveryEngine(
-        settings=settings,
-        deliveries=core.delivery_repo,
-        events=core.event_repo,
-        webhooks=core.webhook_repo,
-        webhook_cache=core.webhook_cache,
-        box=core.box,
-        lanes=core.lanes,
-        handoff=core.handoff,
-        publisher=core.publisher,
-        sender=sender,
-        publish_system=core.deliveries.publish_system,
-    )
+@dataclass(frozen=True)
+class Failing:
+    """A delivery to a webhook whose endpoint answers 500, published with no worker running."""
+
+    account: Account
+    webhook_id: str
+    delivery_id: str
+    path: str
 
 
-async def test_an_attempt_made_by_two_workers_counts_one_failure(stack: Stack, receiver: Receiver) -> None:
-    # given a webhook whose endpoint answers 500, and the first attempt of one of its deliveries claimed
+async def failing_delivery(stack: Stack, receiver: Receiver) -> Failing:
     account = await stack.account()
     path = f"/dup/{uuid.uuid4().hex[:8]}"
-    created = await account.gql.execute(
-        CREATE,
-        {
-            "input": {
-                "name": "Dup",
-                "url": receiver.url(path, status(500)),
-                "events": ["JOB_APPLICATION_CREATED"],
-            }
-        },
-    )
-    webhook_id = created["createWebhook"]["webhook"]["id"]
+    hook = {"name": "Dup", "url": receiver.url(path, status(500)), "events": ["JOB_APPLICATION_CREATED"]}
+    created = await account.gql.execute(CREATE, {"input": hook})
     published = await account.gql.execute(PUBLISH, {"input": publish_input()})
     delivery_id = published["publishEvent"]["event"]["deliveries"][0]["id"]
-    claimed, _ = await stack.core.lanes.claim(utcnow(), 10, slot_seconds=30)
-    assert [c.item.delivery_id for c in claimed] == [delivery_id]
+    return Failing(account, created["createWebhook"]["webhook"]["id"], delivery_id, path)
 
-    # when two workers' engines make that same attempt at once
-    settings = stack.settings
-    senders = [Sender(timeout=settings.delivery_timeout, allow_private=True) for _ in range(2)]
+
+@contextlib.asynccontextmanager
+async def two_workers(stack: Stack) -> AsyncIterator[list[DeliveryEngine]]:
+    """Two delivery engines, each with its own sender, as two worker processes would have them."""
+    senders = [Sender(timeout=stack.settings.delivery_timeout, allow_private=True) for _ in range(2)]
     try:
-        await asyncio.gather(*(engine(stack, s).run(claimed[0]) for s in senders))
+        yield [build_engine(stack.settings, stack.core, s) for s in senders]
     finally:
         for s in senders:
             await s.close()
 
+
+async def claim_one(stack: Stack) -> Claimed:
+    """The one attempt due, once it is due."""
+    claimed: list[Claimed] = []
+    while not claimed:
+        claimed, _ = await stack.core.lanes.claim(utcnow(), 10, slot_seconds=30)
+        if not claimed:
+            await asyncio.sleep(0.05)
+    assert len(claimed) == 1
+    return claimed[0]
+
+
+async def test_an_attempt_made_by_two_workers_counts_one_failure(stack: Stack, receiver: Receiver) -> None:
+    # given a webhook whose endpoint answers 500, and the first attempt of one of its deliveries claimed
+    failing = await failing_delivery(stack, receiver)
+    claimed = await claim_one(stack)
+    assert claimed.item.delivery_id == failing.delivery_id
+
+    # when two workers' engines make that same attempt at once
+    async with two_workers(stack) as engines:
+        await asyncio.gather(*(e.run(claimed) for e in engines))
+
     # then the receiver got it twice, but the delivery holds one attempt and the webhook one failure
-    assert len(await receiver.wait_for(path, 2)) == 2
-    await wait_for_status(account.gql, delivery_id, "FAILED")
-    delivery = (await account.gql.execute(ATTEMPTS, {"id": delivery_id}))["delivery"]
+    gql = failing.account.gql
+    assert len(await receiver.wait_for(failing.path, 2)) == 2
+    await wait_for_status(gql, failing.delivery_id, "FAILED")
+    delivery = (await gql.execute(ATTEMPTS, {"id": failing.delivery_id}))["delivery"]
     assert delivery["attempts"] == [{"number": 1, "statusCode": 500}]
-    webhook = (await account.gql.execute(WEBHOOK, {"id": webhook_id}))["webhook"]
+    webhook = (await gql.execute(WEBHOOK, {"id": failing.webhook_id}))["webhook"]
     assert webhook == {"consecutiveFailures": 1, "enabled": True}
 
 
@@ -109,42 +119,20 @@ async def retrying(mongodb_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
 async def test_a_retry_made_by_two_workers_is_appended_once(retrying: Stack, receiver: Receiver) -> None:
     # given a failing endpoint's delivery whose first attempt was made, and its retry claimed
     stack = retrying
-    account = await stack.account()
-    path = f"/dup/{uuid.uuid4().hex[:8]}"
-    created = await account.gql.execute(
-        CREATE,
-        {
-            "input": {
-                "name": "Dup",
-                "url": receiver.url(path, status(500)),
-                "events": ["JOB_APPLICATION_CREATED"],
-            }
-        },
-    )
-    webhook_id = created["createWebhook"]["webhook"]["id"]
-    published = await account.gql.execute(PUBLISH, {"input": publish_input()})
-    delivery_id = published["publishEvent"]["event"]["deliveries"][0]["id"]
-    settings = stack.settings
-    senders = [Sender(timeout=settings.delivery_timeout, allow_private=True) for _ in range(2)]
-    try:
-        first, _ = await stack.core.lanes.claim(utcnow(), 10, slot_seconds=30)
-        await engine(stack, senders[0]).run(first[0])
-        retry: list[Claimed] = []
-        while not retry:  # the retry falls due 0.1 s after the first attempt
-            retry, _ = await stack.core.lanes.claim(utcnow(), 10, slot_seconds=30)
-            await asyncio.sleep(0.05)
-        assert [(c.item.delivery_id, c.item.number) for c in retry] == [(delivery_id, 2)]
+    failing = await failing_delivery(stack, receiver)
+    async with two_workers(stack) as engines:
+        await engines[0].run(await claim_one(stack))
+        retry = await claim_one(stack)  # due 0.1 s after the first attempt
+        assert (retry.item.delivery_id, retry.item.number) == (failing.delivery_id, 2)
 
         # when two workers' engines make that retry at once
-        await asyncio.gather(*(engine(stack, s).run(retry[0]) for s in senders))
-    finally:
-        for s in senders:
-            await s.close()
+        await asyncio.gather(*(e.run(retry) for e in engines))
 
     # then the receiver got three requests, but the delivery holds two attempts and the webhook one failure
-    assert len(await receiver.wait_for(path, 3)) == 3
-    await wait_for_status(account.gql, delivery_id, "FAILED")
-    delivery = (await account.gql.execute(ATTEMPTS, {"id": delivery_id}))["delivery"]
+    gql = failing.account.gql
+    assert len(await receiver.wait_for(failing.path, 3)) == 3
+    await wait_for_status(gql, failing.delivery_id, "FAILED")
+    delivery = (await gql.execute(ATTEMPTS, {"id": failing.delivery_id}))["delivery"]
     assert delivery["attempts"] == [{"number": 1, "statusCode": 500}, {"number": 2, "statusCode": 500}]
-    webhook = (await account.gql.execute(WEBHOOK, {"id": webhook_id}))["webhook"]
+    webhook = (await gql.execute(WEBHOOK, {"id": failing.webhook_id}))["webhook"]
     assert webhook == {"consecutiveFailures": 1, "enabled": True}

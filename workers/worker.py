@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webhooks import metrics
-from webhooks.core import open_core
+from webhooks.core import Core, open_core
 from webhooks.queue import SWEEP_JOB, redis_settings
 from webhooks.settings import Settings
 from workers.dispatcher import Dispatcher
@@ -56,6 +56,23 @@ class _QuietSweeps(logging.Filter):
 logging.getLogger("arq.worker").addFilter(_QuietSweeps())
 
 
+def build_engine(settings: Settings, core: Core, sender: Sender) -> DeliveryEngine:
+    """The delivery engine over a core's stores (a worker builds one)."""
+    return DeliveryEngine(
+        settings=settings,
+        deliveries=core.delivery_repo,
+        events=core.event_repo,
+        webhooks=core.webhook_repo,
+        webhook_cache=core.webhook_cache,
+        box=core.box,
+        lanes=core.lanes,
+        handoff=core.handoff,
+        publisher=core.publisher,
+        sender=sender,
+        publish_system=core.deliveries.publish_system,
+    )
+
+
 def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bool = True) -> Worker:
     async def startup(ctx: dict[str, Any]) -> None:
         stack = contextlib.AsyncExitStack()
@@ -70,19 +87,7 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         stack.push_async_callback(sender.close)
         ctx["stack"] = stack
         ctx["core"] = core
-        engine = DeliveryEngine(
-            settings=settings,
-            deliveries=core.delivery_repo,
-            events=core.event_repo,
-            webhooks=core.webhook_repo,
-            webhook_cache=core.webhook_cache,
-            box=core.box,
-            lanes=core.lanes,
-            handoff=core.handoff,
-            publisher=core.publisher,
-            sender=sender,
-            publish_system=core.deliveries.publish_system,
-        )
+        engine = build_engine(settings, core, sender)
         ctx["engine"] = engine
         ctx["sweeper"] = Sweeper(settings, core.lanes, core.event_repo, core.delivery_repo, core.webhook_repo)
         dispatcher = Dispatcher(
