@@ -591,13 +591,14 @@ class Lanes:
     async def ordered_waiting(self) -> int:
         """Deliveries of ordered webhooks waiting in their resource's gate for an earlier one to finish (a
         scan: for metrics scrapes, not hot paths). Not in ``depth``: more workers would not make them go."""
-        gates = [_s(k) async for k in self._redis.scan_iter(match=f"{self.prefix}:gate:*", count=500)]
+        head = f"{self.prefix}:gate:"
+        gates = [_s(k) async for k in self._redis.scan_iter(match=f"{head}*", count=500)]
         if not gates:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:
             for gate in gates:
                 pipe.zcard(gate)
-                pipe.hexists(gate.replace(":gate:", ":gatei:", 1), "@active")
+                pipe.hexists(f"{self.prefix}:gatei:{gate[len(head) :]}", "@active")
             raw = await pipe.execute()
         return sum(int(raw[2 * i]) - (1 if raw[2 * i + 1] else 0) for i in range(len(gates)))
 
