@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.conftest import make_settings
 from tests.delivery_support import PUBLISH, publish_input, wait_for_status
-from tests.receiver import Receiver, status
+from tests.receiver import Behaviour, Receiver
 from tests.support import Account, Stack, run_stack
 from webhooks.lanes import Claimed
 from webhooks.timeutil import utcnow
@@ -56,10 +57,25 @@ class Failing:
     path: str
 
 
-async def failing_delivery(stack: Stack, receiver: Receiver) -> Failing:
+def fails_together(receiver: Receiver, path: str, arrived: list[int]) -> Behaviour:
+    """500, once ``arrived[n]`` requests (the last entry repeats) have reached ``path`` (or after 10 s): the
+    two copies of an attempt are then both sent, so both were loaded, before either can be recorded."""
+
+    async def answer(request: web.Request, n: int) -> web.StreamResponse:
+        wanted = arrived[min(n, len(arrived) - 1)]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10), receiver.arrived:
+                await receiver.arrived.wait_for(lambda: len(receiver.received[path]) >= wanted)
+        return web.Response(status=500, text="status 500")
+
+    return answer
+
+
+async def failing_delivery(stack: Stack, receiver: Receiver, arrived: list[int]) -> Failing:
     account = await stack.account()
     path = f"/dup/{uuid.uuid4().hex[:8]}"
-    hook = {"name": "Dup", "url": receiver.url(path, status(500)), "events": ["JOB_APPLICATION_CREATED"]}
+    url = receiver.url(path, fails_together(receiver, path, arrived))
+    hook = {"name": "Dup", "url": url, "events": ["JOB_APPLICATION_CREATED"]}
     created = await account.gql.execute(CREATE, {"input": hook})
     published = await account.gql.execute(PUBLISH, {"input": publish_input()})
     delivery_id = published["publishEvent"]["event"]["deliveries"][0]["id"]
@@ -90,7 +106,7 @@ async def claim_one(stack: Stack) -> Claimed:
 
 async def test_an_attempt_made_by_two_workers_counts_one_failure(stack: Stack, receiver: Receiver) -> None:
     # given a webhook whose endpoint answers 500, and the first attempt of one of its deliveries claimed
-    failing = await failing_delivery(stack, receiver)
+    failing = await failing_delivery(stack, receiver, arrived=[2])
     claimed = await claim_one(stack)
     assert claimed.item.delivery_id == failing.delivery_id
 
@@ -119,7 +135,7 @@ async def retrying(mongodb_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
 async def test_a_retry_made_by_two_workers_is_appended_once(retrying: Stack, receiver: Receiver) -> None:
     # given a failing endpoint's delivery whose first attempt was made, and its retry claimed
     stack = retrying
-    failing = await failing_delivery(stack, receiver)
+    failing = await failing_delivery(stack, receiver, arrived=[1, 3])
     async with two_workers(stack) as engines:
         await engines[0].run(await claim_one(stack))
         retry = await claim_one(stack)  # due 0.1 s after the first attempt
