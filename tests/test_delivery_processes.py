@@ -199,6 +199,7 @@ async def test_a_redis_wipe_before_any_attempt_loses_nothing_and_empties_the_out
         events = raw_collections(stack.core).events
         event_ids = [ObjectId(p["event"]["id"]) for p in published]
         async with asyncio.timeout(30):
-            while await events.count_documents({"_id": {"$in": event_ids}, "open": True}):  # noqa: ASYNC110 - polls the store
+            listing = {"open": True, "$or": [{"_id": {"$in": event_ids}}, {"events._id": {"$in": event_ids}}]}
+            while await events.count_documents(listing):  # noqa: ASYNC110 - polls the store
                 await asyncio.sleep(0.2)
     assert all(len(d["attempts"]) == 1 for d in done)

@@ -126,6 +126,16 @@ class Planned:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxRef:
+    """The outbox document that keeps an event open until its planned deliveries are written: a batch's
+    outbox document, listing ``size`` events (``webhooks.repositories.events``), or the event itself."""
+
+    id: ObjectId
+    size: int  # events it lists
+    batch: bool  # a batch's outbox document (deleted when closed), not the event itself (its flag unset)
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     id: ObjectId
     account_id: ObjectId
@@ -134,9 +144,16 @@ class Event:
     created_at: datetime
     planned: tuple[Planned, ...] = ()
     test: bool = False
+    batch: OutboxRef | None = None  # the batch outbox document listing it (None: the event is its own)
+
+    @property
+    def outbox(self) -> OutboxRef:
+        """What keeps this event open (closed once all of its events' planned deliveries are written)."""
+        return self.batch or OutboxRef(self.id, 1, batch=False)
 
     @classmethod
     def from_doc(cls, doc: Doc) -> Event:
+        batch = doc.get("outbox")
         return cls(
             id=doc["_id"],
             account_id=doc["account_id"],
@@ -150,6 +167,7 @@ class Event:
                 for p in doc.get("planned") or ()
             ),
             test=bool(doc.get("test")),
+            batch=OutboxRef(batch["id"], int(batch["n"]), batch=True) if batch else None,
         )
 
     def pending_delivery(self, planned: Planned) -> Delivery:

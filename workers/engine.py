@@ -41,7 +41,7 @@ from webhooks.events import EventName
 from webhooks.handoff import EventHandoff
 from webhooks.lanes import Claimed, Enqueue, Finished, Kind, LaneItem, Lanes, LateReason
 from webhooks.lanes import Outcome as BreakerOutcome
-from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, Event, Webhook
+from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, Event, OutboxRef, Webhook
 from webhooks.outcomes import UNREACHABLE
 from webhooks.pubsub import Publisher
 from webhooks.repositories.deliveries import DeliveryRepository, Recorded, Unsent
@@ -154,6 +154,7 @@ class DeliveryEngine:
         )
         # first deliveries written per event (by this worker), until all of its planned ones are
         self._written: OrderedDict[ObjectId, set[ObjectId]] = OrderedDict()
+        self._outbox_done: OrderedDict[ObjectId, int] = OrderedDict()  # per batch outbox: its events done
         self._loader: Coalescer[Claimed, Planned | None] = Coalescer(self._load, max_batch=STORE_BATCH)
         self._releaser: Coalescer[Finished, None] = Coalescer(self._release)
         self._recorder: Coalescer[Outcome, asyncio.Task[None]] = Coalescer(
@@ -411,25 +412,31 @@ class DeliveryEngine:
         )
 
     async def _close_events(self, written: list[Delivery]) -> None:
-        """Close the events whose planned deliveries this worker has now all written (one write, no read).
-        Events whose deliveries were written by several workers are closed by the sweeper instead."""
-        complete: list[ObjectId] = []
+        """Close the outboxes whose events' planned deliveries this worker has now all written (one write, no
+        read). Events whose deliveries were written by several workers are closed by the sweeper instead."""
+        complete: list[OutboxRef] = []
         for delivery in written:
             event = self._event_cache.get(delivery.event_id)
             if event is None:
                 continue
             seen = self._written.setdefault(event.id, set())
             seen.add(delivery.id)
-            if seen >= {p.delivery_id for p in event.planned if not p.held}:
-                complete.append(event.id)
-                del self._written[event.id]
-        while len(self._written) > MAX_TRACKED_EVENTS:
-            self._written.popitem(last=False)
+            if seen < {p.delivery_id for p in event.planned if not p.held}:
+                continue
+            del self._written[event.id]
+            outbox = event.outbox
+            done = self._outbox_done[outbox.id] = self._outbox_done.get(outbox.id, 0) + 1
+            if done >= outbox.size:
+                complete.append(outbox)
+                del self._outbox_done[outbox.id]
+        for tracked in (self._written, self._outbox_done):
+            while len(tracked) > MAX_TRACKED_EVENTS:
+                tracked.popitem(last=False)
         if complete:
             try:
                 await self._events.close(complete)
             except Exception:
-                log.warning("could not close %d events; the sweeper will", len(complete), exc_info=True)
+                log.warning("could not close %d outboxes; the sweeper will", len(complete), exc_info=True)
 
     async def _advance(self, finals: list[Delivery]) -> None:
         """Final deliveries of ordered webhooks: the next delivery of their resource may go (after MongoDB

@@ -2,8 +2,8 @@
 nothing. It runs as an arq cron job (one worker per tick, arq's ``unique`` cron jobs).
 
 It puts back what is in no lane, no slot and not being recorded (``Lanes.add(only_if_absent=True)``):
-- first attempts planned in open events (the outbox) but not written; an event whose deliveries are all
-  written is closed (the engine closes most events itself, as it records their last delivery);
+- first attempts planned in open events (the outbox) but not written; an outbox whose events' deliveries
+  are all written is closed (the engine closes most itself, as it records their last delivery);
 - written deliveries still PENDING whose next attempt is overdue.
 
 Every read is bounded, because a query costs the store what it matches, limit or not: a backlog of 10,000
@@ -181,7 +181,9 @@ class Sweeper:
         unwritten = {e.id for i, e in planned.items() if i not in gone}
         unwritten |= {planned[i].id for i in absent if ObjectId(i.delivery_id) not in written}
         unwritten |= {d.event_id for d in ordered if d.id not in written}
-        await self.events.close([e.id for e in events if e.id not in unwritten])
+        # a batch outbox lists several events: it is closed once all of them are written
+        still_open = {e.outbox for e in events if e.id in unwritten}
+        await self.events.close([o for o in {e.outbox for e in events} if o not in still_open])
         lost = [i for i in absent if ObjectId(i.delivery_id) not in written]
         limits = await self._limits({ObjectId(i.webhook_id) for i in lost})
         entries = [

@@ -21,16 +21,13 @@ from pymongo import DESCENDING, UpdateOne
 from webhooks.db import Collections, Doc, find_by_ids, insert_new
 from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus
 from webhooks.pagination import Page
-from webhooks.repositories.events import EventRepository
+from webhooks.repositories.events import OUTBOX_LAG, EventRepository
 
 # The list query looks at a bounded window of ids (ObjectIds start with their creation time) and widens it
 # only while it finds too few: on SecantusDB a sort+limit reads every match, so the window keeps it flat.
 FIRST_WINDOW = timedelta(hours=1)
 WINDOW_GROWTH = 8
 CLOCK_SKEW = timedelta(minutes=1)
-# A delivery's id is made just before its event's, so an event planning deliveries in a window has an id
-# in the window or at most this much after it.
-EVENT_ID_LAG = timedelta(minutes=1)
 
 
 def delivery_doc(delivery: Delivery, *, expires_at: datetime, attempts: Sequence[Attempt] = ()) -> Doc:
@@ -281,7 +278,7 @@ class DeliveryRepository:
     ) -> list[Delivery]:
         """Planned deliveries in ``[lower, upper)`` that are not written yet."""
         events = await self._events.open_in_window(
-            account_id, lower, ObjectId.from_datetime(upper.generation_time + EVENT_ID_LAG), event
+            account_id, lower, ObjectId.from_datetime(upper.generation_time + OUTBOX_LAG), event
         )
         candidates = {
             p.delivery_id: e.pending_delivery(p)

@@ -184,12 +184,12 @@ class DeliveryService:
         stored = await self._events.insert_events(
             [(i.event, i.idempotency_key) for i in items], self._retention
         )
-        kept = [i for i, ok in zip(items, stored, strict=True) if ok]
-        await self._deliveries.insert_unsent([d for i in kept for d in _held(i.event)], self._retention)
+        kept = [(i, e) for i, e in zip(items, stored, strict=True) if e is not None]
+        await self._deliveries.insert_unsent([d for _, e in kept for d in _held(e)], self._retention)
         if self._handoff is not None:  # stored, not yet queued: the worker finds it in Redis
-            await self._handoff.put([i.event for i in kept])
-        await self._enqueue(sorted((e for i in kept for e in i.queue), key=lambda e: e.seq or 0))
-        return stored
+            await self._handoff.put([e for _, e in kept])
+        await self._enqueue(sorted((q for i, _ in kept for q in i.queue), key=lambda q: q.seq or 0))
+        return [e is not None for e in stored]
 
     async def _replay(self, event: Event, requested: str) -> Published:
         """A repeated idempotency key: complete a fan-out that was cut short; send nothing new.
