@@ -111,6 +111,8 @@ async def test_a_delivery_that_succeeds_at_once_costs_about_one_document_written
     print(f"documents written per delivery: {per_delivery:.3f} {dict(COUNTER.docs)} {dict(COUNTER.commands)}")
     assert per_delivery <= 1.2, (per_delivery, COUNTER.docs, COUNTER.commands)
     assert COUNTER.docs["deliveries"] == deliveries, COUNTER.docs
+    # and a success of a webhook with no failures to reset costs its webhook no write at all
+    assert COUNTER.commands["update webhooks"] == 0, COUNTER.commands
     # and no first attempt read its event from MongoDB: the API handed each one to the worker in Redis
     assert COUNTER.event_loads == 0
 

@@ -24,6 +24,7 @@ class TTLCache(Generic[K, V]):
         self._max = max_entries
         self._clock = clock
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self.generation = 0  # moves on at every drop: a read that spans one may be stale (``read_through``)
 
     def get(self, key: K) -> V | None:
         found = self._entries.get(key)
@@ -42,13 +43,16 @@ class TTLCache(Generic[K, V]):
             self._entries.popitem(last=False)
 
     def drop(self, key: K) -> None:
+        self.generation += 1
         self._entries.pop(key, None)
 
     def drop_where(self, predicate: Callable[[K, V], bool]) -> None:
+        self.generation += 1
         for key in [k for k, (_, v) in self._entries.items() if predicate(k, v)]:
             del self._entries[key]
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()
 
 
@@ -60,6 +64,7 @@ class SizedLRU(Generic[K, V]):
         self._size = size
         self._used = 0
         self._entries: OrderedDict[K, V] = OrderedDict()
+        self.generation = 0  # nothing is dropped: entries only leave by size
 
     def get(self, key: K) -> V | None:
         value = self._entries.get(key)
@@ -82,6 +87,8 @@ KC = TypeVar("KC", bound=Hashable, contravariant=True)
 
 
 class _Cache(Protocol[KC, V]):
+    generation: int
+
     def get(self, key: KC) -> V | None: ...
     def put(self, key: KC, value: V) -> None: ...
 
@@ -89,11 +96,18 @@ class _Cache(Protocol[KC, V]):
 async def read_through(
     cache: _Cache[K, V], keys: Collection[K], load: Callable[[list[K]], Awaitable[dict[K, V]]]
 ) -> dict[K, V]:
-    """The cached values of ``keys``, loading the missing ones in one call (absent keys stay absent)."""
+    """The cached values of ``keys``, loading the missing ones in one call (absent keys stay absent).
+
+    What was loaded is kept only if nothing was dropped while it loaded: a read that started before a
+    change and ended after its invalidation would otherwise keep the old record for a whole TTL."""
     found = {k: v for k in keys if (v := cache.get(k)) is not None}
     missing = [k for k in keys if k not in found]
     if missing:
-        for key, value in (await load(missing)).items():
-            cache.put(key, value)
+        generation = cache.generation
+        loaded = await load(missing)
+        keep = cache.generation == generation
+        for key, value in loaded.items():
+            if keep:
+                cache.put(key, value)
             found[key] = value
     return found

@@ -411,6 +411,18 @@ class DeliveryEngine:
             )
         )
 
+    async def _reset_failures(self, webhook_ids: list[ObjectId]) -> None:
+        """A success ends its webhook's streak of failures. Only webhooks that have one are written: the
+        cache is dropped everywhere when a streak starts (``_count``) and when one ends, so a webhook it holds
+        with no failures has none (a write per recorded batch was ~8 % of the store in bench P8 "huge")."""
+        if not webhook_ids:
+            return
+        current = await self._webhook_cache.get_many(set(webhook_ids))
+        failing = [w for w in webhook_ids if w in current and current[w].consecutive_failures]
+        if failing and await self._webhooks.reset_failures(failing):
+            for webhook_id in failing:
+                await self._webhook_cache.changed(webhook_id, current[webhook_id].account_id)
+
     async def _close_events(self, written: list[Delivery]) -> None:
         """Close the outboxes whose events' planned deliveries this worker has now all written (one write, no
         read). Events whose deliveries were written by several workers are closed by the sweeper instead."""
@@ -460,7 +472,7 @@ class DeliveryEngine:
 
     async def _count(self, finals: dict[ObjectId, list[bool]], hooks: dict[ObjectId, Webhook]) -> None:
         threshold = self._settings.disable_after_failures
-        await self._webhooks.reset_failures([w for w, o in finals.items() if count_failures(o).reset])
+        await self._reset_failures([w for w, o in finals.items() if count_failures(o).reset])
         for webhook_id, outcomes in finals.items():
             change = count_failures(outcomes)
             if change.add:
@@ -468,6 +480,8 @@ class DeliveryEngine:
                 if count is None:
                     continue
                 webhook = hooks[webhook_id]
+                if count == change.add:  # a streak starts: no cache may go on saying it has no failures
+                    await self._webhook_cache.changed(webhook_id, webhook.account_id)
                 level = operational.failing_warning_due(count - change.add, count, threshold)
                 if level is not None:
                     log.warning("webhook %s has %d consecutive failed deliveries", webhook_id, level)

@@ -230,9 +230,12 @@ class WebhookRepository:
         )
         return Webhook.from_doc(disabled) if disabled else None
 
-    async def reset_failures(self, webhook_ids: list[ObjectId]) -> None:
-        if webhook_ids:
-            await self._col.update_many(
-                {"_id": {"$in": webhook_ids}, "consecutive_failures": {"$ne": 0}},
-                {"$set": {"consecutive_failures": 0}},
-            )
+    async def reset_failures(self, webhook_ids: list[ObjectId]) -> int:
+        """Set these webhooks' consecutive failures to 0; how many had some."""
+        if not webhook_ids:
+            return 0
+        result = await self._col.update_many(
+            {"_id": {"$in": webhook_ids}, "consecutive_failures": {"$ne": 0}},
+            {"$set": {"consecutive_failures": 0}},
+        )
+        return result.modified_count
