@@ -67,6 +67,10 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
 
+    def wake(self) -> None:
+        """A slot was freed here: claim again (the release's wake token in Redis would do it a hop later)."""
+        self._woken.set()
+
     def stop_claiming(self) -> None:
         """From a signal handler: take no new attempts (running ones go on)."""
         self._claiming = False

@@ -161,6 +161,9 @@ class DeliveryEngine:
             self._record, max_batch=STORE_BATCH
         )
         self._settling: asyncio.Task[None] | None = None  # the last recorded batch's work after MongoDB
+        # called when a slot is freed before its attempt is recorded: the dispatcher may claim again at
+        # once, without waiting for the wake token that the release left in Redis
+        self.on_release: Callable[[], None] = lambda: None
 
     async def run(self, claimed: Claimed) -> None:
         """Make one claimed attempt. Its slot is always released: after the attempt, or given back to the
@@ -186,6 +189,7 @@ class DeliveryEngine:
             if self._recording[hook] < ahead:  # the slot goes now: its next attempt overlaps this record
                 released = True
                 await self._releaser.call(finished)
+                self.on_release()
             self._recording[hook] += 1
             try:
                 settled = await self._recorder.call(outcome)

@@ -96,6 +96,7 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             attempt=engine.run,
             max_in_flight=settings.worker_max_in_flight,
         )
+        engine.on_release = dispatcher.wake
         ctx["dispatcher"] = dispatcher
         ctx["dispatch_task"] = asyncio.create_task(dispatcher.run())
         ctx["heartbeat"] = asyncio.create_task(heartbeat_loop(ctx["redis"], settings))
