@@ -105,7 +105,7 @@ async def test_a_delivery_that_succeeds_at_once_costs_about_one_document_written
     finally:
         COUNTER.on = False
     # then the store wrote at most 1.2 documents per delivery: its record (with the attempt in it), and its
-    # share of the event (the outbox), written once and closed once
+    # share of the event and of the batch outbox that lists it (written once, deleted once)
     deliveries = FAN_OUT * EVENTS
     per_delivery = sum(COUNTER.docs.values()) / deliveries
     print(f"documents written per delivery: {per_delivery:.3f} {dict(COUNTER.docs)} {dict(COUNTER.commands)}")
