@@ -1,5 +1,5 @@
 """The outbox: events stored together share one batch outbox document, which one write deletes once their
-deliveries are written; an event stored with an idempotency key (or by an earlier version) is its own
+deliveries are written; an event stored alone, with an idempotency key or by an earlier version is its own
 outbox, closed by unsetting its flag. Real SecantusDB, Redis, worker and receiver."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def an_event(account_id: ObjectId, *, planned: int = 1, delivery_id: ObjectId | 
     return Event(ObjectId(), account_id, "job_application_created", b'{"x":1}', utcnow(), tuple(plans))
 
 
-async def test_events_published_together_share_batch_outboxes_that_close_once_delivered(
+async def test_events_published_together_are_kept_open_by_one_outbox_each_until_delivered(
     stack: Stack, receiver: Receiver
 ) -> None:
     # given an account with two webhooks, and no worker running yet
@@ -52,28 +52,29 @@ async def test_events_published_together_share_batch_outboxes_that_close_once_de
     published = await asyncio.gather(*(publish(account.gql) for _ in range(12)))
     event_ids = [ObjectId(p["event"]["id"]) for p in published]
     delivery_ids = [d["id"] for p in published for d in p["event"]["deliveries"]]
-    # then no event document is open by itself: each names the batch outbox that lists it, and every event
-    # is listed exactly once
+    # then each event is kept open by exactly one outbox: the batch outbox that lists it (and that it names),
+    # or itself when its write stored no other event of the account
     events = raw_collections(stack.core).events
     stored = await events.find({"_id": {"$in": event_ids}}).to_list()
     assert len(stored) == 12
-    assert not any("open" in e for e in stored)
     outboxes = await events.find(outboxes_listing(event_ids)).to_list()
     listed = [e["_id"] for o in outboxes for e in o["events"]]
-    assert sorted(listed) == sorted(event_ids)
-    assert {e["outbox"]["id"] for e in stored} == {o["_id"] for o in outboxes}
-    assert all(o["account_id"] == ObjectId(account.id) for o in outboxes)
-    # and each unwritten delivery is PENDING, found by id from its batch outbox
+    alone = [e["_id"] for e in stored if e.get("open") is True]
+    assert sorted(listed + alone) == sorted(event_ids)
+    assert all(len(o["events"]) >= 2 and o["account_id"] == ObjectId(account.id) for o in outboxes)
+    named = {e["_id"]: e["outbox"]["id"] for e in stored if "outbox" in e}
+    assert named == {e["_id"]: o["_id"] for o in outboxes for e in o["events"]}
+    # and each unwritten delivery is PENDING, found by id in its outbox
     pending = await asyncio.gather(*(delivery(account.gql, i) for i in delivery_ids))
     assert {d["status"] for d in pending} == {"PENDING"}
     # when a worker delivers them
     async with run_worker(stack.settings):
-        await asyncio.gather(
-            *(wait_for_status(account.gql, i, "SUCCEEDED", timeout=60) for i in delivery_ids)
-        )
-        # then the batch outboxes are deleted, and the events (with their bodies) stay
+        done = [wait_for_status(account.gql, i, "SUCCEEDED", timeout=60) for i in delivery_ids]
+        await asyncio.gather(*done)
+        # then no outbox keeps them open (batch outboxes deleted, flags unset), and the events stay
+        still_open = {"open": True, "$or": [{"_id": {"$in": event_ids}}, {"events._id": {"$in": event_ids}}]}
         async with asyncio.timeout(30):
-            while await events.count_documents(outboxes_listing(event_ids)):  # noqa: ASYNC110 - polls the store
+            while await events.count_documents(still_open):  # noqa: ASYNC110 - polls the store
                 await asyncio.sleep(0.1)
     assert await events.count_documents({"_id": {"$in": event_ids}, "body": {"$exists": True}}) == 12
 
@@ -125,6 +126,22 @@ async def test_one_write_stores_a_batch_outbox_per_account_and_at_most_fifty_eve
     await repo.close(list(refs))
     assert await events.count_documents(outboxes_listing([e.id for e in batch])) == 0
     assert await events.count_documents({"_id": {"$in": [e.id for e in batch]}}) == 63
+
+
+async def test_an_event_stored_alone_is_its_own_outbox(stack: Stack) -> None:
+    # given one event of an account in a write (beside another account's two)
+    repo = stack.core.event_repo
+    lone, pair = an_event(ObjectId()), ObjectId()
+    other = [an_event(pair) for _ in range(2)]
+    # when they are stored
+    stored = await repo.insert_events([(e, None) for e in [lone, *other]], RETENTION)
+    # then the lone event is open by itself (two writes: its insert, its close), the pair shares an outbox
+    assert [e.batch is None for e in stored if e is not None] == [True, False, False]
+    events = raw_collections(stack.core).events
+    found = await events.find_one({"_id": lone.id})
+    assert found is not None and found["open"] is True
+    assert await events.count_documents(outboxes_listing([lone.id])) == 0
+    assert await events.count_documents(outboxes_listing([e.id for e in other])) == 1
 
 
 async def test_a_taken_idempotency_key_leaves_that_event_and_stores_the_rest(stack: Stack) -> None:
