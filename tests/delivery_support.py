@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from bson import ObjectId
+from pymongo.asynchronous.collection import AsyncCollection
+
 from tests.support import GraphQLClient
 
 PUBLISH = """
@@ -89,3 +92,11 @@ async def wait_for_status(
             if found["status"] in statuses:
                 return found
             await asyncio.sleep(0.05)
+
+
+async def until_closed(events: AsyncCollection[dict[str, Any]], event_ids: list[ObjectId]) -> None:
+    """Wait until no outbox keeps these events open (no batch outbox lists them, none is open by itself)."""
+    still_open = {"open": True, "$or": [{"_id": {"$in": event_ids}}, {"events._id": {"$in": event_ids}}]}
+    async with asyncio.timeout(30):
+        while await events.count_documents(still_open):  # noqa: ASYNC110 - polls the store
+            await asyncio.sleep(0.1)

@@ -13,7 +13,7 @@ import pytest
 from bson import ObjectId
 
 from tests.conftest import make_settings
-from tests.delivery_support import create_webhook, delivery, publish, wait_for_status
+from tests.delivery_support import create_webhook, delivery, publish, until_closed, wait_for_status
 from tests.receiver import Receiver
 from tests.support import Stack, run_stack, run_worker
 from webhooks.db import Doc, raw_collections
@@ -72,10 +72,7 @@ async def test_events_published_together_are_kept_open_by_one_outbox_each_until_
         done = [wait_for_status(account.gql, i, "SUCCEEDED", timeout=60) for i in delivery_ids]
         await asyncio.gather(*done)
         # then no outbox keeps them open (batch outboxes deleted, flags unset), and the events stay
-        still_open = {"open": True, "$or": [{"_id": {"$in": event_ids}}, {"events._id": {"$in": event_ids}}]}
-        async with asyncio.timeout(30):
-            while await events.count_documents(still_open):  # noqa: ASYNC110 - polls the store
-                await asyncio.sleep(0.1)
+        await until_closed(events, event_ids)
     assert await events.count_documents({"_id": {"$in": event_ids}, "body": {"$exists": True}}) == 12
 
 
