@@ -19,13 +19,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from bson import ObjectId
 
 from tests.conftest import make_settings, session_redis_url
 from tests.delivery_support import create_webhook, delivery, publish, wait_for_status
 from tests.receiver import Behaviour, Receiver, ok, sleep
 from tests.support import GraphQLClient, Stack, run_stack
 from tests.test_delivery_processes import workers
+from webhooks.handoff import EventHandoff
 from webhooks.lanes import Enqueue, Finished, Kind, LaneItem, Lanes, Outcome
+from webhooks.models import Event
 from webhooks.timeutil import utcnow
 
 DEADLINE = 1.5  # seconds: the attempt deadline of these tests (the spec's 10 s, scaled down)
@@ -106,6 +109,43 @@ async def test_a_huge_backlog_costs_a_single_event_one_turn(lanes: Lanes) -> Non
     # then the single attempt is among them: the backlog got one turn, not 1,000
     assert "b" * 24 in {c.item.webhook_id for c in claimed}
     assert len(claimed) == 20
+
+
+async def test_a_claim_brings_the_handed_off_events_of_its_first_attempts(lanes: Lanes) -> None:
+    # given an event handed off by the API, a first attempt of it, a first attempt of an event that was not
+    # handed off, and a retry (whose delivery is stored: the engine reads it from MongoDB)
+    handoff = EventHandoff(lanes._redis, lanes.prefix, ttl=60)
+    event = Event(ObjectId(), ObjectId(), "candidate_hired", b'{"event":"candidate_hired"}', utcnow())
+    await handoff.put([event])
+    hook, now = "a" * 24, utcnow()
+    first = LaneItem(hook, str(ObjectId()), 1, str(event.id), Kind.NEW)
+    unknown = LaneItem(hook, str(ObjectId()), 1, str(ObjectId()), Kind.NEW)
+    retry = LaneItem(hook, str(ObjectId()), 2, str(event.id), Kind.STORED)
+    await lanes.add([Enqueue(i, due=now, limit=5) for i in (first, unknown, retry)])
+    # when a worker claims them, asking for the handed-off copies
+    claimed, _ = await lanes.claim(now, 10, slot_seconds=5, attach=handoff.key_prefix)
+    # then the first attempt carries its event, as the API stored it; the others carry nothing
+    attached = {c.item: c.attached for c in claimed}
+    assert set(attached) == {first, unknown, retry}
+    copy = attached[first]
+    assert copy is not None and handoff.decode(copy) == event
+    assert attached[unknown] is None and attached[retry] is None
+
+
+async def test_a_claim_without_attach_reads_no_event(lanes: Lanes) -> None:
+    # given a handed-off event's first attempt
+    handoff = EventHandoff(lanes._redis, lanes.prefix, ttl=60)
+    event = Event(ObjectId(), ObjectId(), "candidate_hired", b"{}", utcnow())
+    await handoff.put([event])
+    now = utcnow()
+    await lanes.add(
+        [Enqueue(LaneItem("a" * 24, str(ObjectId()), 1, str(event.id), Kind.NEW), due=now, limit=5)]
+    )
+    # when it is claimed without asking for copies (or with the handoff switched off)
+    off = EventHandoff(lanes._redis, lanes.prefix, ttl=0)
+    claimed, _ = await lanes.claim(now, 10, slot_seconds=5, attach=off.key_prefix)
+    # then it carries nothing: the engine reads the event as before
+    assert [c.attached for c in claimed] == [None]
 
 
 async def test_a_webhook_at_its_limit_waits_and_holds_no_claim(lanes: Lanes) -> None:

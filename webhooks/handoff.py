@@ -37,6 +37,16 @@ class EventHandoff:
         self._prefix = f"{prefix}:handoff:"
         self._ttl_ms = int(ttl * 1000)
 
+    @property
+    def key_prefix(self) -> str:
+        """An event's copy is at this prefix + its id, so a worker's claim reads it in the same round trip
+        (``Lanes.claim(attach=...)``); empty when the handoff is off."""
+        return self._prefix if self._ttl_ms > 0 else ""
+
+    def decode(self, raw: bytes) -> Event:
+        """One copy, as read from ``key_prefix`` + the event's id."""
+        return Event.from_doc(bson.decode(raw, _DECODE))
+
     async def put(self, events: Sequence[Event]) -> None:
         """Best effort: a copy that is not written is read from MongoDB instead."""
         if self._ttl_ms <= 0:
@@ -62,9 +72,7 @@ class EventHandoff:
         except Exception as exc:
             log.warning("could not read %d handed-off events (%s)", len(ids), type(exc).__name__)
             return {}
-        return {
-            i: Event.from_doc(bson.decode(raw, _DECODE)) for i, raw in zip(ids, found, strict=True) if raw
-        }
+        return {i: self.decode(raw) for i, raw in zip(ids, found, strict=True) if raw}
 
 
 def _encode(event: Event) -> bytes:

@@ -94,6 +94,7 @@ class Claimed:
     due: datetime
     limited: bool  # its webhook was at its limit at some point after the attempt fell due
     breaker_open: bool
+    attached: bytes | None = None  # NEW items: the value at ``attach`` + event id, read by the claim
 
     def late_reason(self, started: datetime, tolerance_ms: float) -> LateReason | None:
         if (started - self.due).total_seconds() * 1000 <= tolerance_ms:
@@ -255,12 +256,14 @@ return n
 """
 ).replace("WAKE_TOKENS", str(WAKE_TOKENS))
 
-# ARGV: prefix, now_ms, max_items, default_limit, slot_ms, quantum, max_visits
-# -> {flat list of (webhook, member, due_ms, limited, breaker_open), next_score or false}
+# ARGV: prefix, now_ms, max_items, default_limit, slot_ms, quantum, max_visits, attach
+# -> {flat list of (webhook, member, due_ms, limited, breaker_open), next_score or false,
+#     flat list of (event, value at attach .. event) for the first attempts claimed, if attach is not ''}
 _CLAIM = """
 local p, now, max_items = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local default_limit, slot, quantum, max_visits = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
   tonumber(ARGV[7])
+local attach = ARGV[8] or ''
 local sched = p .. ':sched'
 local out = {}
 local taken, visits = 0, 0
@@ -305,7 +308,26 @@ while taken < max_items and visits < max_visits do
   end
 end
 local head = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
-return {out, head[2] or false}
+local attached = {}
+if attach ~= '' then
+  local seen = {}
+  for i = 2, #out, 5 do
+    local m = out[i]
+    local d1 = string.find(m, ':', 1, true)
+    local d2 = string.find(m, ':', d1 + 1, true)
+    local d3 = string.find(m, ':', d2 + 1, true)
+    local event = string.sub(m, d2 + 1, d3 - 1)
+    if string.sub(m, d3 + 1) == 'n' and not seen[event] then
+      seen[event] = true
+      local raw = redis.call('GET', attach .. event)
+      if raw then
+        attached[#attached + 1] = event
+        attached[#attached + 1] = raw
+      end
+    end
+  end
+end
+return {out, head[2] or false, attached}
 """
 
 # ARGV: prefix, now_ms, open_after, then (webhook, member, outcome, due_ms) * n
@@ -438,10 +460,21 @@ class Lanes:
         ]
 
     async def claim(
-        self, now: datetime, max_items: int, *, slot_seconds: float, quantum: int = 10, max_visits: int = 200
+        self,
+        now: datetime,
+        max_items: int,
+        *,
+        slot_seconds: float,
+        quantum: int = 10,
+        max_visits: int = 200,
+        attach: str = "",
     ) -> tuple[list[Claimed], datetime | None]:
         """Take up to ``max_items`` due attempts, round-robin across webhooks, each holding a slot of its
-        webhook for ``slot_seconds`` (or until released). Also: when the next webhook is due, if any."""
+        webhook for ``slot_seconds`` (or until released). Also: when the next webhook is due, if any.
+
+        ``attach``: a key prefix; each first attempt (``Kind.NEW``) claimed carries the value at that prefix
+        plus its event id, if there is one (the worker passes ``EventHandoff.key_prefix``, so a new event's
+        copy comes with its claim instead of in a round trip of its own)."""
         raw = await self._claim(
             args=[
                 self.prefix,
@@ -451,18 +484,23 @@ class Lanes:
                 int(slot_seconds * 1000),
                 quantum,
                 max_visits,
+                attach,
             ]
         )
-        flat, next_score = raw
-        claimed = [
-            Claimed(
-                item=LaneItem.parse(_s(flat[i]), _s(flat[i + 1])),
-                due=from_ms(float(flat[i + 2])),
-                limited=_s(flat[i + 3]) == "1",
-                breaker_open=_s(flat[i + 4]) == "1",
+        flat, next_score, pairs = raw
+        bodies = {_s(pairs[i]): pairs[i + 1] for i in range(0, len(pairs), 2)}
+        claimed = []
+        for i in range(0, len(flat), 5):
+            item = LaneItem.parse(_s(flat[i]), _s(flat[i + 1]))
+            claimed.append(
+                Claimed(
+                    item=item,
+                    due=from_ms(float(flat[i + 2])),
+                    limited=_s(flat[i + 3]) == "1",
+                    breaker_open=_s(flat[i + 4]) == "1",
+                    attached=bodies.get(item.event_id) if item.kind is Kind.NEW else None,
+                )
             )
-            for i in range(0, len(flat), 5)
-        ]
         return claimed, from_ms(float(next_score)) if next_score else None
 
     async def release(

@@ -39,11 +39,13 @@ class Dispatcher:
         lanes: Lanes,
         attempt: Callable[[Claimed], Coroutine[Any, Any, None]],
         max_in_flight: int,
+        attach: str = "",
     ) -> None:
         self._redis = redis
         self._lanes = lanes
         self._attempt = attempt
         self._max = max_in_flight
+        self._attach = attach  # a claim also reads the handed-off events of its first attempts
         self._tasks: dict[asyncio.Task[None], Claimed] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
@@ -102,7 +104,9 @@ class Dispatcher:
             return False, None  # woken when a running attempt finishes
         want = min(free, CLAIM_BATCH)
         try:
-            claimed, next_due = await self._lanes.claim(utcnow() + LOOKAHEAD, want, slot_seconds=SLOT_TTL)
+            claimed, next_due = await self._lanes.claim(
+                utcnow() + LOOKAHEAD, want, slot_seconds=SLOT_TTL, attach=self._attach
+            )
         except Exception:
             log.warning("could not claim attempts; retrying", exc_info=True)
             return False, None

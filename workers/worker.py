@@ -95,6 +95,7 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             lanes=core.lanes,
             attempt=engine.run,
             max_in_flight=settings.worker_max_in_flight,
+            attach=core.handoff.key_prefix,
         )
         engine.on_release = dispatcher.wake
         ctx["dispatcher"] = dispatcher
