@@ -1,10 +1,11 @@
 """Event handoff: the API leaves each new event in Redis for a short while, so a worker's first attempts
 read it from there rather than from MongoDB.
 
-MongoDB stays the source of truth. The entry is written after the event is stored and before its attempts
-are queued, and it is only a copy: on a miss (a Redis flush, an expired entry, an event too large to hand
-off) the worker reads MongoDB, as it always could. Events never change once stored, so a copy is never
-stale. Redis memory is bounded by ``event_handoff_ttl`` × publish rate × ``MAX_BYTES``.
+MongoDB stays the source of truth. The entry is written after the event is stored, as its attempts are
+queued, and it is only a copy: on a miss (a Redis flush, an expired entry, an event too large to hand off,
+an attempt claimed before its copy landed) the worker reads MongoDB, as it always could. Events never
+change once stored, so a copy is never stale. Redis memory is bounded by ``event_handoff_ttl`` × publish
+rate × ``MAX_BYTES``.
 
 Why: on the embedded store every read competes with the writes for its one core, and a first attempt's
 event read sat on the path of every delivery (measured in bench P8: a webhook's 10 in-flight slots each
