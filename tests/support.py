@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,12 @@ async def run_worker(settings: Any, *, sweeper: bool = True) -> AsyncIterator[An
     try:
         yield worker
     finally:
+        # Without signal handlers, arq's close() cancels the jobs it is running (a sweep, at that moment)
+        # and then gathers them, which raises their CancelledError out of close() and skips the shutdown
+        # hook. So cancel them first, the same way, let them end, and leave close() nothing cancelled.
+        worker.handle_sig(signal.SIGUSR1)
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        worker.tasks.clear()
         await worker.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
