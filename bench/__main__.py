@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient
 from bench.figures import COUNTS_DIR, FIGURES, Ctx, Result
 from bench.p6 import p6
 from bench.p8 import p8
-from bench.procs import CACHE_DIR, stack
+from bench.procs import CACHE_DIR, client_connector, stack
 from bench.scale import SCALE_FIGURES
 
 ALL = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10"]
@@ -48,7 +48,7 @@ async def main_figures(
                 running.stores.mongodb_url, tz_aware=True
             )
             try:
-                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+                async with aiohttp.ClientSession(connector=client_connector(200)) as session:
                     ctx = Ctx(running, session, mongo, quick, log, profile, emit)
                     await ctx.start_feed()
                     try:

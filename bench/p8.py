@@ -25,7 +25,16 @@ import aiohttp
 import psutil
 
 from bench.figures import Result, fmt, pct, publish_many
-from bench.procs import CACHE_DIR, GraphQL, ReceiverControl, Stack, create_webhooks, publish, stack
+from bench.procs import (
+    CACHE_DIR,
+    GraphQL,
+    ReceiverControl,
+    Stack,
+    client_connector,
+    create_webhooks,
+    publish,
+    stack,
+)
 from webhooks_cli.embedded import stop
 
 HEALTHY = 20  # events B publishes per phase (the measurement: 20, one every 250 ms)
@@ -83,7 +92,7 @@ async def _case(
     # the API's publish rate limit (6,000 a minute per account) would pace the backlog's publishing: lifted
     # here; the worker's settings are the defaults
     with stack(data_dir, WEBHOOKS_RATE_LIMIT_PUBLISH_PER_MINUTE="10000000") as running:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+        async with aiohttp.ClientSession(connector=client_connector(100)) as session:
             recv = ReceiverControl(session, running.receiver_url)
             gql_b = GraphQL(session, running.api_url, await asyncio.to_thread(running.create_account, "P8 B"))
             gql_a = GraphQL(session, running.api_url, await asyncio.to_thread(running.create_account, "P8 A"))
