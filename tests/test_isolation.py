@@ -94,6 +94,14 @@ async def lanes() -> AsyncIterator[Lanes]:
     await redis.aclose()
 
 
+@pytest.fixture
+async def handoff(lanes: Lanes) -> AsyncIterator[EventHandoff]:
+    """The API's event hand-off, under the same queue name as ``lanes``."""
+    redis = aioredis.Redis.from_url(session_redis_url())
+    yield EventHandoff(redis, lanes.prefix, ttl=60)
+    await redis.aclose()
+
+
 def items(webhook: str, count: int) -> list[LaneItem]:
     return [LaneItem(webhook, f"{i:024x}", 1, "e" * 24, Kind.NEW) for i in range(count)]
 
@@ -111,10 +119,11 @@ async def test_a_huge_backlog_costs_a_single_event_one_turn(lanes: Lanes) -> Non
     assert len(claimed) == 20
 
 
-async def test_a_claim_brings_the_handed_off_events_of_its_first_attempts(lanes: Lanes) -> None:
+async def test_a_claim_brings_the_handed_off_events_of_its_first_attempts(
+    lanes: Lanes, handoff: EventHandoff
+) -> None:
     # given an event handed off by the API, a first attempt of it, a first attempt of an event that was not
     # handed off, and a retry (whose delivery is stored: the engine reads it from MongoDB)
-    handoff = EventHandoff(lanes._redis, lanes.prefix, ttl=60)
     event = Event(ObjectId(), ObjectId(), "candidate_hired", b'{"event":"candidate_hired"}', utcnow())
     await handoff.put([event])
     hook, now = "a" * 24, utcnow()
@@ -132,20 +141,24 @@ async def test_a_claim_brings_the_handed_off_events_of_its_first_attempts(lanes:
     assert attached[unknown] is None and attached[retry] is None
 
 
-async def test_a_claim_without_attach_reads_no_event(lanes: Lanes) -> None:
+async def test_a_claim_without_attach_reads_no_event(lanes: Lanes, handoff: EventHandoff) -> None:
     # given a handed-off event's first attempt
-    handoff = EventHandoff(lanes._redis, lanes.prefix, ttl=60)
     event = Event(ObjectId(), ObjectId(), "candidate_hired", b"{}", utcnow())
     await handoff.put([event])
     now = utcnow()
     await lanes.add(
         [Enqueue(LaneItem("a" * 24, str(ObjectId()), 1, str(event.id), Kind.NEW), due=now, limit=5)]
     )
-    # when it is claimed without asking for copies (or with the handoff switched off)
-    off = EventHandoff(lanes._redis, lanes.prefix, ttl=0)
-    claimed, _ = await lanes.claim(now, 10, slot_seconds=5, attach=off.key_prefix)
+    # when it is claimed without asking for copies (what a worker passes when the hand-off is switched off)
+    claimed, _ = await lanes.claim(now, 10, slot_seconds=5, attach="")
     # then it carries nothing: the engine reads the event as before
     assert [c.attached for c in claimed] == [None]
+
+
+def test_a_switched_off_hand_off_gives_claims_nothing_to_read() -> None:
+    # given the hand-off switched off (``WEBHOOKS_EVENT_HANDOFF_TTL=0``), then claims read no copies
+    assert EventHandoff(aioredis.Redis(), "q", ttl=0).key_prefix == ""
+    assert EventHandoff(aioredis.Redis(), "q", ttl=120).key_prefix == "q:handoff:"
 
 
 async def test_a_webhook_at_its_limit_waits_and_holds_no_claim(lanes: Lanes) -> None:

@@ -259,6 +259,7 @@ return n
 # ARGV: prefix, now_ms, max_items, default_limit, slot_ms, quantum, max_visits, attach
 # -> {flat list of (webhook, member, due_ms, limited, breaker_open), next_score or false,
 #     flat list of (event, value at attach .. event) for the first attempts claimed, if attach is not ''}
+# (a member is ``<delivery>:<number>:<event>:<kind>``: ``LaneItem.member``)
 _CLAIM = """
 local p, now, max_items = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local default_limit, slot, quantum, max_visits = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
