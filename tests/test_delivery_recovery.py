@@ -72,6 +72,15 @@ async def webhook(gql: GraphQLClient, webhook_id: str) -> dict[str, Any]:
     return found
 
 
+async def until_disabled(gql: GraphQLClient, webhook_id: str) -> dict[str, Any]:
+    """The webhook once the worker has disabled it: the disable follows the record of the 10th failure (the
+    outcome is stored first, then counted), so a reader may see that failure a moment before the disable."""
+    async with asyncio.timeout(20):
+        while (found := await webhook(gql, webhook_id))["enabled"]:  # noqa: ASYNC110 - polls the API
+            await asyncio.sleep(0.05)
+    return found
+
+
 async def set_enabled(gql: GraphQLClient, webhook_id: str, enabled: bool) -> None:
     payload = (await gql.execute(UPDATE, {"id": webhook_id, "input": {"enabled": enabled}}))["updateWebhook"]
     assert payload["errors"] == [] and payload["webhook"]["enabled"] is enabled
@@ -177,8 +186,7 @@ async def test_ten_consecutive_failures_disable_the_webhook_exactly_once_even_wh
     finals = await all_final(account.gql, ids, "FAILED", "HELD")
     # then the webhook is disabled, with the reason and the time recorded
     assert sum(1 for d in finals if d["status"] == "FAILED") >= 10
-    found = await webhook(account.gql, webhook_id)
-    assert found["enabled"] is False
+    found = await until_disabled(account.gql, webhook_id)
     assert "10 consecutive failed deliveries" in found["disabledReason"]
     disabled_at = datetime.fromisoformat(found["disabledAt"])
     assert before < disabled_at < datetime.now(UTC)
@@ -211,15 +219,17 @@ async def test_any_success_resets_the_count_of_consecutive_failures(stack: Stack
     await wait_for_status(account.gql, (await publish_many(account.gql, 1))[0], "SUCCEEDED")
     receiver.behaviours[p] = status(500)
     await all_final(account.gql, await publish_many(account.gql, 9), "FAILED")
-    # then the webhook is still enabled
+    # then the webhook counts 9 failures in a row (counted just after they are recorded) and is still enabled
+    webhooks = raw_collections(stack.core).webhooks
+    streak: dict[str, Any] = {"consecutive_failures": 9}
+    async with asyncio.timeout(20):
+        while not await webhooks.find_one({"_id": ObjectId(webhook_id), **streak}):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     found = await webhook(account.gql, webhook_id)
     assert (found["enabled"], found["disabledReason"]) == (True, None)
-    doc = await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(webhook_id)})
-    assert doc is not None
-    assert doc["consecutive_failures"] == 9
     # and the 10th failure in a row disables it
     await all_final(account.gql, await publish_many(account.gql, 1), "FAILED")
-    assert (await webhook(account.gql, webhook_id))["enabled"] is False
+    assert (await until_disabled(account.gql, webhook_id))["enabled"] is False
 
 
 # -- recovery ----------------------------------------------------------------------------------------
