@@ -24,6 +24,7 @@ from webhooks.core import Core
 from webhooks.db import raw_collections
 from webhooks.settings import get_settings
 from webhooks.timeutil import utcnow
+from webhooks_cli.main import server_options
 
 
 async def plain_deliveries(request: Request) -> Response:
@@ -70,16 +71,9 @@ def main() -> None:
     from webhooks.logging_setup import configure_logging
 
     configure_logging()
-    # the same server options as `webhooks serve`
-    uvicorn.run(
-        build(),
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        log_config=None,
-        ws_max_size=1 << 20,
-        ws_per_message_deflate=False,
-        timeout_graceful_shutdown=2,
-    )
+    # the same server options as `webhooks serve`, with a quicker shutdown
+    options = server_options(get_settings()) | {"timeout_graceful_shutdown": 2}
+    uvicorn.run(build(), host="127.0.0.1", port=int(sys.argv[1]), **options)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from cryptography.fernet import Fernet
 
 from webhooks_cli.embedded import EmbeddedStores, free_port, start_stores, stop, wait_for_port
 
-# The API (uvicorn) closes a keep-alive connection after 5 idle seconds; aiohttp would keep it for 15, and
-# could send a request on it just as the server closes it (ServerDisconnectedError: seen at the start of P1
-# runs, after the seconds its baselines take). The benchmark's clients let theirs go first.
+# A client must let an idle connection go before the server does, or it may send a request on it just as
+# the server closes it (ServerDisconnectedError: seen at the start of P1 runs while the API kept uvicorn's
+# default of 5 s; it now keeps ``http_keep_alive_seconds``, 75). The benchmark's clients let theirs go first
+# whatever the server's setting.
 CLIENT_KEEPALIVE = 3.0
 
 

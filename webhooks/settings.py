@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     max_query_depth: int = Field(default=10, ge=1)
     max_aliases: int = Field(default=15, ge=0)
     max_tokens: int = Field(default=2000, ge=100)
+    # Seconds `webhooks serve` keeps an idle HTTP connection open. Longer than the clients' and load
+    # balancers' own idle timeouts (aiohttp 15 s, AWS ALB 60 s), so that the server is never the side that
+    # closes a connection a client is about to reuse (uvicorn's default, 5 s, races with them).
+    http_keep_alive_seconds: float = Field(default=75.0, gt=0, le=3600)
     # Per-account limits (fixed one-minute windows in Redis).
     rate_limit_publish_per_minute: int = Field(default=6000, ge=1)
     rate_limit_test_per_minute: int = Field(default=30, ge=1)

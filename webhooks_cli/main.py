@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from webhooks.settings import Settings, get_settings
 
@@ -66,20 +67,25 @@ def cmd_rotate_encryption_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the API (``webhooks serve``; the benchmark's server uses them too)."""
+    return {
+        "log_config": None,
+        "ws_max_size": 1 << 20,
+        # live-feed frames are small; compressing each costs CPU per subscriber
+        "ws_per_message_deflate": False,
+        "timeout_keep_alive": settings.http_keep_alive_seconds,
+        "timeout_graceful_shutdown": 10,
+    }
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from graphql_api.app import create_app
 
-    uvicorn.run(
-        create_app(get_settings()),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        ws_max_size=1 << 20,
-        ws_per_message_deflate=False,  # live-feed frames are small; compressing each costs CPU per subscriber
-        timeout_graceful_shutdown=10,
-    )
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, **server_options(settings))
     return 0
 
 
