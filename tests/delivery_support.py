@@ -94,6 +94,31 @@ async def wait_for_status(
             await asyncio.sleep(0.05)
 
 
+async def wait_for_attempt_count(
+    gql: GraphQLClient, delivery_id: str, count: int = 1, timeout: float = 20.0
+) -> dict[str, Any]:
+    """The delivery once at least ``count`` attempts of it are recorded (PENDING is also the state before any
+    attempt, so waiting for that status proves nothing)."""
+    async with asyncio.timeout(timeout):
+        while (found := await delivery(gql, delivery_id))["attemptCount"] < count:  # noqa: ASYNC110 - polls the API
+            await asyncio.sleep(0.05)
+    return found
+
+
+WEBHOOK_STATUS = "query($id: ID!) { webhook(id: $id) { id enabled disabledReason disabledAt updatedAt } }"
+
+
+async def until_disabled(gql: GraphQLClient, webhook_id: str) -> dict[str, Any]:
+    """The webhook once the worker has disabled it: the disable follows the record of the last failure (the
+    outcome is stored first, then counted), so a reader may see that failure a moment before the disable."""
+    async with asyncio.timeout(20):
+        while True:
+            found: dict[str, Any] = (await gql.execute(WEBHOOK_STATUS, {"id": webhook_id}))["webhook"]
+            if not found["enabled"]:
+                return found
+            await asyncio.sleep(0.05)
+
+
 async def until_closed(events: AsyncCollection[dict[str, Any]], event_ids: list[ObjectId]) -> None:
     """Wait until no outbox keeps these events open (no batch outbox lists them, none is open by itself)."""
     still_open = {"open": True, "$or": [{"_id": {"$in": event_ids}}, {"events._id": {"$in": event_ids}}]}

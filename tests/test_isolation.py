@@ -253,8 +253,15 @@ async def test_a_dead_endpoint_does_not_delay_another_account(stack: Stack, rece
         await wait_for_status(b.gql, i, "SUCCEEDED", timeout=30)
     statuses = [(await delivery(a.gql, p["event"]["deliveries"][0]["id"]))["status"] for p in backlog[-10:]]
     assert statuses.count("PENDING") == 10
-    # and A's endpoint never had more than its limit (3) of attempts at once
-    assert len(receiver.received[dead]) <= 3 * 2
+    # and A's endpoint never had more than its limit (3) of attempts at once: each one holds its slot until
+    # the deadline, so no 4 arrive within less than a deadline of each other
+    assert most_within([r.at for r in receiver.received[dead]], DEADLINE * 0.8) <= 3
+
+
+def most_within(times: list[float], window: float) -> int:
+    """The most of ``times`` that fall within any span of ``window`` seconds."""
+    ordered = sorted(times)
+    return max((sum(1 for u in ordered[i:] if u - t < window) for i, t in enumerate(ordered)), default=0)
 
 
 async def test_one_events_fan_out_never_waits_for_its_slowest_receiver(
@@ -263,20 +270,16 @@ async def test_one_events_fan_out_never_waits_for_its_slowest_receiver(
     # given two webhooks of one account: one hangs past the deadline, one answers at once
     account = await stack.account()
     slow, fast = f"/slow/{uuid.uuid4().hex[:6]}", f"/fast/{uuid.uuid4().hex[:6]}"
-    await create_webhook(account.gql, receiver.url(slow, sleep(DEADLINE * 4)))
-    await create_webhook(account.gql, receiver.url(fast, ok))
+    slow_hook, _ = await create_webhook(account.gql, receiver.url(slow, sleep(DEADLINE * 4)))
+    fast_hook, _ = await create_webhook(account.gql, receiver.url(fast, ok))
     # when one event is published
     published = await publish(account.gql)
     by_hook = {d["webhookId"]: d["id"] for d in published["event"]["deliveries"]}
-    assert len(by_hook) == 2
+    assert set(by_hook) == {slow_hook, fast_hook}
     # then the fast delivery has succeeded while the slow one is still in flight
-    await receiver.wait_for(fast, 1)
-    results = [await wait_for_status(account.gql, i, "SUCCEEDED", "PENDING") for i in by_hook.values()]
-    done = [r for r in results if r["status"] == "SUCCEEDED"]
-    assert len(done) == 1
-    fast_result = await wait_for_status(account.gql, done[0]["id"], "SUCCEEDED")
+    fast_result = await wait_for_status(account.gql, by_hook[fast_hook], "SUCCEEDED")
     assert fast_result["attempts"][0]["statusCode"] == 200
-    assert any(r["status"] == "PENDING" for r in results)
+    assert (await delivery(account.gql, by_hook[slow_hook]))["status"] == "PENDING"
 
 
 async def test_the_breaker_opens_on_a_dead_endpoint_and_closes_when_it_answers(

@@ -197,16 +197,25 @@ async def test_metrics_move_with_deliveries(mongodb_url: str, tmp_path: Path) ->
         assert payload["errors"] == []
         for d in payload["event"]["deliveries"]:
             await wait_for_status(account.gql, d["id"], "SUCCEEDED", "FAILED")
-
-        response = await stack.http.get("/metrics")
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain")
-        after = response.text
+        # (counted just after the outcome is stored: the store is read first, then the counters waited for)
+        event = "job_application_created"
+        async with asyncio.timeout(10):
+            while True:
+                response = await stack.http.get("/metrics")
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/plain")
+                after = response.text
+                if all(
+                    sample(after, "webhooks_deliveries_total", status=s, event=event)
+                    > sample(before, "webhooks_deliveries_total", status=s, event=event)
+                    for s in ("succeeded", "failed")
+                ):
+                    break
+                await asyncio.sleep(0.05)
 
     def moved(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
 
-    event = "job_application_created"
     assert moved("webhooks_deliveries_total", status="succeeded", event=event) == 1
     assert moved("webhooks_deliveries_total", status="failed", event=event) == 1
     assert moved("webhooks_delivery_attempts_total", outcome="2xx") == 1

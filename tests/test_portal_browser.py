@@ -21,7 +21,7 @@ from playwright.async_api import Page, ViewportSize, expect
 
 from tests.browser import Requests, check_accessibility, chromium, require_tools, screenshot
 from tests.conftest import make_settings
-from tests.delivery_support import create_webhook, publish
+from tests.delivery_support import create_webhook, publish, until_disabled
 from tests.receiver import Receiver, ok, status
 from tests.support import Account, GraphQLClient, run_worker, serve_asgi
 from tests.test_subscriptions import Api, run_api
@@ -241,7 +241,7 @@ async def test_the_portal_at_375_px_in_the_dark_theme_recovers_failed_deliveries
     webhook_id, _ = await create_webhook(account.gql, receiver.url(path, status(503)), name="Phone receiver")
     for _ in range(2):
         await publish(account.gql)
-    await receiver.wait_for(path, 2)
+    await until_disabled(account.gql, webhook_id)
     receiver.behaviours[path] = ok
     session = await portal_url(account)
     async with chromium() as browser:
