@@ -5,6 +5,7 @@ worker), so this tests the design of the write path, not the clock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from tests.delivery_support import create_webhook, publish
 from tests.receiver import Receiver
 from tests.support import Stack, run_stack
 from webhooks.db import raw_collections
+from webhooks.pubsub import ATTEMPTS_CHANNEL, decode
 
 WRITES = {"insert", "update", "delete", "findAndModify"}
 FAN_OUT = 10
@@ -97,11 +99,17 @@ async def test_a_delivery_that_succeeds_at_once_costs_about_one_document_written
     COUNTER.event_loads = 0
     COUNTER.on = True
     try:
-        await asyncio.gather(*(publish(account.gql) for _ in range(EVENTS)))
-        for p in paths:
-            await receiver.wait_for(p, 1 + EVENTS, timeout=60)
-        await outbox_empty(stack, account.id)
-        await all_written(stack, account.id, 1 + EVENTS)
+        async with live_attempts(stack, account.id) as announced:
+            await asyncio.gather(*(publish(account.gql) for _ in range(EVENTS)))
+            for p in paths:
+                await receiver.wait_for(p, 1 + EVENTS, timeout=60)
+            await outbox_empty(stack, account.id)
+            await all_written(stack, account.id, 1 + EVENTS)
+            # the live feed announces an attempt after the worker's work that follows its record (failure
+            # counts and their resets): once every attempt is announced, nothing of theirs is left to write
+            async with asyncio.timeout(60):
+                while len(announced) < FAN_OUT * EVENTS:  # noqa: ASYNC110 - filled by the feed's reader
+                    await asyncio.sleep(0.05)
     finally:
         COUNTER.on = False
     # then the store wrote at most 1.2 documents per delivery: its record (with the attempt in it), and its
@@ -115,6 +123,29 @@ async def test_a_delivery_that_succeeds_at_once_costs_about_one_document_written
     assert COUNTER.commands["update webhooks"] == 0, COUNTER.commands
     # and no first attempt read its event from MongoDB: the API handed each one to the worker in Redis
     assert COUNTER.event_loads == 0
+
+
+@contextlib.asynccontextmanager
+async def live_attempts(stack: Stack, account_id: str) -> AsyncIterator[set[str]]:
+    """The ids of the account's attempts announced on the live feed while in this block."""
+    announced: set[str] = set()
+    pubsub = stack.core.redis.pubsub()
+    await pubsub.subscribe(ATTEMPTS_CHANNEL)
+
+    async def collect() -> None:
+        async for message in pubsub.listen():
+            attempt = decode(message["data"]) if message["type"] == "message" else {}
+            if attempt.get("accountId") == account_id:
+                announced.add(attempt["id"])
+
+    collector = asyncio.create_task(collect())
+    try:
+        yield announced
+    finally:
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+        await pubsub.aclose()
 
 
 async def until(check: Callable[[], Awaitable[bool]]) -> None:
