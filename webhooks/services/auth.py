@@ -1,8 +1,9 @@
 """API-key authentication, answered from a short in-process cache.
 
 Every GraphQL request authenticates; a store round trip per request was a large share of the store's
-load. Lookups are cached for ``auth_cache_ttl`` seconds (1 by default); revoking a key drops it from every
-process at once through ``webhooks.invalidation``, so the TTL only bounds staleness if a message is lost.
+load. Lookups are cached for ``auth_cache_ttl`` seconds (1 by default; a key in use is refreshed ahead of
+that, see ``webhooks.cache``); revoking a key drops it from every process at once through
+``webhooks.invalidation``, so the TTL only bounds staleness if a message is lost.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import datetime, timedelta
 
 from bson import ObjectId
 
-from webhooks.cache import TTLCache
+from webhooks.cache import TTLCache, read_through
 from webhooks.crypto import hash_api_key
 from webhooks.invalidation import Invalidation, Invalidations
 from webhooks.models import Principal, Scope
@@ -25,8 +26,8 @@ class Authenticator:
     def __init__(self, repo: ApiKeyRepository, invalidations: Invalidations, ttl: float) -> None:
         self._repo = repo
         self._invalidations = invalidations
-        # key hash -> the principal, or None for a key that is unknown or revoked
-        self._cache: TTLCache[str, Principal | None] = TTLCache(ttl)
+        # key hash -> the principal; and the hashes of keys that are unknown or revoked
+        self._cache: TTLCache[str, Principal] = TTLCache(ttl)
         self._missing: TTLCache[str, bool] = TTLCache(ttl)
         invalidations.on(self._invalidate)
 
@@ -35,19 +36,20 @@ class Authenticator:
 
     async def authenticate(self, key: str) -> Principal | None:
         digest = hash_api_key(key)
-        cached = self._cache.get(digest)
-        if cached is not None:
-            if cached.expires_at is not None and cached.expires_at <= utcnow():  # a portal session ended
-                self._cache.drop(digest)
-                return None
-            return cached
         if self._missing.get(digest):
             return None
-        principal = await self._repo.authenticate(key)
+
+        async def lookup(digests: list[str]) -> dict[str, Principal]:
+            principal = await self._repo.authenticate(key)
+            return {} if principal is None else dict.fromkeys(digests, principal)
+
+        principal = (await read_through(self._cache, [digest], lookup)).get(digest)
         if principal is None:
             self._missing.put(digest, True)
-        else:
-            self._cache.put(digest, principal)
+            return None
+        if principal.expires_at is not None and principal.expires_at <= utcnow():  # a portal session ended
+            self._cache.drop(digest)
+            return None
         return principal
 
     async def issue_portal_session(
@@ -72,4 +74,4 @@ class Authenticator:
             self._cache.clear()
             self._missing.clear()
         elif message.kind == API_KEY:
-            self._cache.drop_where(lambda _, p: p is not None and str(p.key_id) == message.id)
+            self._cache.drop_where(lambda _, p: str(p.key_id) == message.id)

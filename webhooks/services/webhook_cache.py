@@ -1,6 +1,7 @@
 """The webhook records that the hot paths read (publish fan-out, the engine), cached for at most
-``webhook_cache_ttl`` (1 s) and dropped in every process as soon as a webhook changes
-(``webhooks.invalidation``): a deleted or disabled webhook is never served for more than 1 s."""
+``webhook_cache_ttl`` (1 s), refreshed ahead of that while they are read (``webhooks.cache``), and dropped
+in every process as soon as a webhook changes (``webhooks.invalidation``): a deleted or disabled webhook is
+never served for more than 1 s."""
 
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ class WebhookCache:
 
     async def subscribed(self, account_id: ObjectId, event: str) -> list[Webhook]:
         """Every webhook of the account subscribed to ``event``, enabled or not."""
-        webhooks = self._by_account.get(account_id)
-        if webhooks is None:
-            webhooks = await self._repo.all_of(account_id)
-            self._by_account.put(account_id, webhooks)
+        webhooks = (await read_through(self._by_account, [account_id], self._of_accounts))[account_id]
         return [w for w in webhooks if event in w.events]
+
+    async def _of_accounts(self, account_ids: list[ObjectId]) -> dict[ObjectId, list[Webhook]]:
+        return {a: await self._repo.all_of(a) for a in account_ids}
 
     async def get_many(self, ids: set[ObjectId]) -> dict[ObjectId, Webhook]:
         """Webhooks by id (internal, worker side: not account-scoped); deleted ones are left out."""
