@@ -27,7 +27,7 @@ from tests.receiver import Behaviour, Receiver, ok, sleep
 from tests.support import GraphQLClient, Stack, run_stack
 from tests.test_delivery_processes import workers
 from webhooks.handoff import EventHandoff
-from webhooks.lanes import Enqueue, Finished, Kind, LaneItem, Lanes, Outcome
+from webhooks.lanes import ClaimRequest, Enqueue, Finished, Kind, LaneItem, Lanes, Outcome
 from webhooks.models import Event
 from webhooks.timeutil import utcnow
 
@@ -179,6 +179,29 @@ async def test_a_webhook_at_its_limit_waits_and_holds_no_claim(lanes: Lanes) -> 
     third, _ = await lanes.claim(later + timedelta(seconds=1), 100, slot_seconds=5)
     assert [c.item.webhook_id for c in third] == ["a" * 24]
     assert third[0].limited
+
+
+async def test_a_release_can_claim_again_in_the_same_call(lanes: Lanes, handoff: EventHandoff) -> None:
+    # given a webhook limited to 2 in flight with 4 due first attempts (their events handed off), 2 claimed
+    event = Event(ObjectId(), ObjectId(), "candidate_hired", b"{}", utcnow())
+    await handoff.put([event])
+    now = utcnow()
+    waiting = [LaneItem("e" * 24, str(ObjectId()), 1, str(event.id), Kind.NEW) for _ in range(4)]
+    await lanes.add([Enqueue(i, due=now, limit=2) for i in waiting])
+    later = now + timedelta(milliseconds=1)
+    out, _ = await lanes.claim(later, 100, slot_seconds=5)
+    assert len(out) == 2
+    # when one of them finishes and its release claims in the same call
+    request = ClaimRequest(later, 100, slot_seconds=5, attach=handoff.key_prefix)
+    changes, again = await lanes.release_then_claim(
+        [Finished(out[0].item, Outcome.OK)], later, open_after=3, claim=request
+    )
+    # then the freed slot is taken again, by the next attempt, with its event, marked late by the limit
+    assert changes == []
+    assert [c.item for c in again] == [waiting[2]]
+    assert again[0].attached is not None and again[0].limited
+    # and the webhook is at its limit again: a claim gets nothing
+    assert (await lanes.claim(later, 100, slot_seconds=5))[0] == []
 
 
 async def test_a_dead_workers_slots_expire(lanes: Lanes) -> None:

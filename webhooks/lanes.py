@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -381,11 +382,70 @@ return changes
 )
 
 
+# ARGV: n, the release's n arguments, then the claim's: both scripts in one call (``Lanes.release``'s
+# ``then_claim``), each on its own slice of the arguments -> {release's result, then the claim's three}
+_RELEASE_THEN_CLAIM = (
+    "local function release(ARGV)\n"
+    + _RELEASE
+    + "\nend\nlocal function claim(ARGV)\n"
+    + _CLAIM
+    + """
+end
+local n = tonumber(ARGV[1])
+local r, c = {}, {}
+for i = 2, n + 1 do r[#r + 1] = ARGV[i] end
+for i = n + 2, #ARGV do c[#c + 1] = ARGV[i] end
+local changes = release(r)
+local claimed = claim(c)
+return {changes, claimed[1], claimed[2], claimed[3]}
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """A claim to make in the same call as a release (``Lanes.release``): the slots it frees are taken again
+    at once, by the same round-robin as ``Lanes.claim``, without a round trip of their own."""
+
+    now: datetime
+    max_items: int
+    slot_seconds: float
+    attach: str = ""
+    quantum: int = 10
+    max_visits: int = 200
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerChange:
     webhook_id: str
     opened: bool
     failures: int
+
+
+def _claimed(flat: list[Any], next_score: Any, pairs: list[Any]) -> tuple[list[Claimed], datetime | None]:
+    """A claim script's answer: the attempts taken, and when the next webhook is due."""
+    bodies = {_s(pairs[i]): pairs[i + 1] for i in range(0, len(pairs), 2)}
+    claimed = []
+    for i in range(0, len(flat), 5):
+        item = LaneItem.parse(_s(flat[i]), _s(flat[i + 1]))
+        claimed.append(
+            Claimed(
+                item=item,
+                due=from_ms(float(flat[i + 2])),
+                limited=_s(flat[i + 3]) == "1",
+                breaker_open=_s(flat[i + 4]) == "1",
+                attached=bodies.get(item.event_id) if item.kind is Kind.NEW else None,
+            )
+        )
+    return claimed, from_ms(float(next_score)) if next_score else None
+
+
+def _changes(flat: list[Any]) -> list[BreakerChange]:
+    """A release script's answer: the breakers that opened or closed."""
+    return [
+        BreakerChange(_s(flat[i]), _s(flat[i + 1]) == "opened", int(flat[i + 2]))
+        for i in range(0, len(flat), 3)
+    ]
 
 
 class Lanes:
@@ -398,6 +458,7 @@ class Lanes:
         self._add = redis.register_script(_ADD)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._release_then_claim = redis.register_script(_RELEASE_THEN_CLAIM)
         self._advance = redis.register_script(_ADVANCE)
 
     @property
@@ -477,32 +538,21 @@ class Lanes:
         plus its event id, if there is one (the worker passes ``EventHandoff.key_prefix``, so a new event's
         copy comes with its claim instead of in a round trip of its own)."""
         raw = await self._claim(
-            args=[
-                self.prefix,
-                to_ms(now),
-                max_items,
-                self.default_limit,
-                int(slot_seconds * 1000),
-                quantum,
-                max_visits,
-                attach,
-            ]
+            args=self._claim_args(ClaimRequest(now, max_items, slot_seconds, attach, quantum, max_visits))
         )
-        flat, next_score, pairs = raw
-        bodies = {_s(pairs[i]): pairs[i + 1] for i in range(0, len(pairs), 2)}
-        claimed = []
-        for i in range(0, len(flat), 5):
-            item = LaneItem.parse(_s(flat[i]), _s(flat[i + 1]))
-            claimed.append(
-                Claimed(
-                    item=item,
-                    due=from_ms(float(flat[i + 2])),
-                    limited=_s(flat[i + 3]) == "1",
-                    breaker_open=_s(flat[i + 4]) == "1",
-                    attached=bodies.get(item.event_id) if item.kind is Kind.NEW else None,
-                )
-            )
-        return claimed, from_ms(float(next_score)) if next_score else None
+        return _claimed(*raw)
+
+    def _claim_args(self, claim: ClaimRequest) -> list[str | int]:
+        return [
+            self.prefix,
+            to_ms(claim.now),
+            claim.max_items,
+            self.default_limit,
+            int(claim.slot_seconds * 1000),
+            claim.quantum,
+            claim.max_visits,
+            claim.attach,
+        ]
 
     async def release(
         self, finished: Sequence[Finished], now: datetime, *, open_after: int
@@ -510,15 +560,25 @@ class Lanes:
         """Free the slots of finished attempts, update breakers; the breakers that opened or closed."""
         if not finished:
             return []
+        return _changes(await self._release(args=self._release_args(finished, now, open_after)))
+
+    async def release_then_claim(
+        self, finished: Sequence[Finished], now: datetime, *, open_after: int, claim: ClaimRequest
+    ) -> tuple[list[BreakerChange], list[Claimed]]:
+        """``release``, then ``claim`` in the same call: the breaker changes, and the attempts claimed."""
+        release_args = self._release_args(finished, now, open_after)
+        raw = await self._release_then_claim(
+            args=[len(release_args), *release_args, *self._claim_args(claim)]
+        )
+        claimed, _ = _claimed(raw[1], raw[2], raw[3])
+        return _changes(raw[0]), claimed
+
+    def _release_args(self, finished: Sequence[Finished], now: datetime, open_after: int) -> list[str | int]:
         args: list[str | int] = [self.prefix, to_ms(now), open_after]
         for f in finished:
             due = to_ms(f.due) if f.due is not None else to_ms(now)
             args += [f.item.webhook_id, f.item.member, f.outcome.value, due]
-        flat = await self._release(args=args)
-        return [
-            BreakerChange(_s(flat[i]), _s(flat[i + 1]) == "opened", int(flat[i + 2]))
-            for i in range(0, len(flat), 3)
-        ]
+        return args
 
     async def absent(self, items: Sequence[LaneItem], now: datetime) -> list[LaneItem]:
         """The items that are in no lane, no live slot and not being recorded (a snapshot)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from webhooks.lanes import Claimed, Lanes
+from webhooks.lanes import Claimed, ClaimRequest, Lanes
 from webhooks.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Dispatcher:
         self._max = max_in_flight
         self._attach = attach  # a claim also reads the handed-off events of its first attempts
         self._tasks: dict[asyncio.Task[None], Claimed] = {}
+        self._reserved = 0  # room held for claims made with a release (``reserve``)
         self._renewer: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
         self._claiming = True
@@ -73,6 +74,21 @@ class Dispatcher:
         """A slot was freed here: claim again (the release's wake token in Redis would do it a hop later)."""
         self._woken.set()
 
+    def reserve(self) -> ClaimRequest | None:
+        """A claim for the engine to make in the same call as a release (the slots freed are taken again
+        without a round trip of their own), or None when this worker has no room or is stopping. Its room
+        is held until ``adopt``."""
+        want = min(self._max - len(self._tasks) - self._reserved, CLAIM_BATCH)
+        if not self._claiming or want <= 0:
+            return None
+        self._reserved += want
+        return ClaimRequest(utcnow() + LOOKAHEAD, want, slot_seconds=SLOT_TTL, attach=self._attach)
+
+    def adopt(self, request: ClaimRequest, claimed: list[Claimed]) -> None:
+        """Run what a reserved claim took (nothing, if it failed), and free the rest of its room."""
+        self._reserved -= request.max_items
+        self._start(claimed)
+
     def stop_claiming(self) -> None:
         """From a signal handler: take no new attempts (running ones go on)."""
         self._claiming = False
@@ -82,16 +98,18 @@ class Dispatcher:
         """Stop claiming; give running attempts ``wait`` seconds, then cancel the rest (they go back to their
         lanes, see ``DeliveryEngine.run``)."""
         self.stop_claiming()
-        if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=wait)
-            for task in late:
-                task.cancel()
-            if late:
-                log.warning("cancelled %d attempts still running after %.0f s", len(late), wait)
-                await asyncio.wait(late)
-            log.info("dispatcher stopped: %d attempts cancelled", len(late))
-        else:
-            log.info("dispatcher stopped: 0 attempts cancelled")
+        deadline = asyncio.get_running_loop().time() + wait
+        late: set[asyncio.Task[None]] = set()
+        # (again while attempts remain: a claim made with a release just before the stop adds some)
+        while self._tasks and not late:
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, late = await asyncio.wait(set(self._tasks), timeout=left)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("cancelled %d attempts still running after %.0f s", len(late), wait)
+            await asyncio.wait(late)
+        log.info("dispatcher stopped: %d attempts cancelled", len(late))
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -99,7 +117,7 @@ class Dispatcher:
 
     async def _claim(self) -> tuple[bool, datetime | None]:
         """Start what is due; whether a full batch was taken, and when the next attempt falls due."""
-        free = self._max - len(self._tasks)
+        free = self._max - len(self._tasks) - self._reserved
         if free <= 0:
             return False, None  # woken when a running attempt finishes
         want = min(free, CLAIM_BATCH)
@@ -110,11 +128,14 @@ class Dispatcher:
         except Exception:
             log.warning("could not claim attempts; retrying", exc_info=True)
             return False, None
+        self._start(claimed)
+        return len(claimed) == want, next_due
+
+    def _start(self, claimed: list[Claimed]) -> None:
         for c in claimed:
             task = asyncio.create_task(self._attempt(c))
             self._tasks[task] = c
             task.add_done_callback(self._done)
-        return len(claimed) == want, next_due
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)

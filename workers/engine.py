@@ -42,7 +42,7 @@ from webhooks.crypto import SecretBox
 from webhooks.custom_headers import decrypted_headers
 from webhooks.events import EventName
 from webhooks.handoff import EventHandoff
-from webhooks.lanes import Claimed, Enqueue, Finished, Kind, LaneItem, Lanes, LateReason
+from webhooks.lanes import Claimed, ClaimRequest, Enqueue, Finished, Kind, LaneItem, Lanes, LateReason
 from webhooks.lanes import Outcome as BreakerOutcome
 from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, Event, OutboxRef, Webhook
 from webhooks.outcomes import UNREACHABLE
@@ -159,7 +159,7 @@ class DeliveryEngine:
         self._written: OrderedDict[ObjectId, set[ObjectId]] = OrderedDict()
         self._outbox_done: OrderedDict[ObjectId, int] = OrderedDict()  # per batch outbox: its events done
         self._loader: Coalescer[Claimed, Planned | None] = Coalescer(self._load, max_batch=STORE_BATCH)
-        self._releaser: Coalescer[Finished, None] = Coalescer(self._release)
+        self._releaser: Coalescer[Finished, bool] = Coalescer(self._release)
         self._recorder: Coalescer[Outcome, asyncio.Task[None]] = Coalescer(
             self._record, max_batch=STORE_BATCH
         )
@@ -167,6 +167,10 @@ class DeliveryEngine:
         # called when a slot is freed before its attempt is recorded: the dispatcher may claim again at
         # once, without waiting for the wake token that the release left in Redis
         self.on_release: Callable[[], None] = lambda: None
+        # the dispatcher's room for a claim made in the same call as a release (``Dispatcher.reserve``), and
+        # where what it took goes (``Dispatcher.adopt``): a freed slot is taken again with no round trip
+        self.reserve: Callable[[], ClaimRequest | None] = lambda: None
+        self.adopt: Callable[[ClaimRequest, list[Claimed]], None] = lambda request, claimed: None
 
     async def run(self, claimed: Claimed) -> None:
         """Make one claimed attempt. Its slot is always released: after the attempt, or given back to the
@@ -191,8 +195,8 @@ class DeliveryEngine:
             ahead = RECORD_AHEAD * planned.webhook.in_flight_limit(self._settings.webhook_max_in_flight)
             if self._recording[hook] < ahead:  # the slot goes now: its next attempt overlaps this record
                 released = True
-                await self._releaser.call(finished)
-                self.on_release()
+                if not await self._releaser.call(finished):  # (not claimed again with the release)
+                    self.on_release()
             self._recording[hook] += 1
             try:
                 settled = await self._recorder.call(outcome)
@@ -295,8 +299,20 @@ class DeliveryEngine:
 
     # -- after the attempt -----------------------------------------------------------------------------
 
-    async def _release(self, finished: list[Finished]) -> list[None]:
-        changes = await self._lanes.release(finished, utcnow(), open_after=self._settings.breaker_open_after)
+    async def _release(self, finished: list[Finished]) -> list[bool]:
+        """Free the slots; and, if the dispatcher has room, claim again in the same call. Whether it did."""
+        now, open_after = utcnow(), self._settings.breaker_open_after
+        request = self.reserve()
+        if request is None:
+            changes = await self._lanes.release(finished, now, open_after=open_after)
+        else:
+            claimed: list[Claimed] = []
+            try:
+                changes, claimed = await self._lanes.release_then_claim(
+                    finished, now, open_after=open_after, claim=request
+                )
+            finally:
+                self.adopt(request, claimed)
         found = await self._webhook_cache.get_many({ObjectId(c.webhook_id) for c in changes})
         for change in changes:
             metrics.breaker_changed(change.opened)
@@ -314,7 +330,7 @@ class DeliveryEngine:
                     await self._publisher.webhook_status(webhook)
                 except Exception:
                     log.exception("could not publish the breaker change of webhook %s", change.webhook_id)
-        return [None] * len(finished)
+        return [request is not None] * len(finished)
 
     async def _record(self, outcomes: list[Outcome]) -> list[asyncio.Task[None]]:
         """One batch of outcomes: one insert of new deliveries, one bulk write of the others; then, in a task

@@ -98,6 +98,7 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             attach=core.handoff.key_prefix,
         )
         engine.on_release = dispatcher.wake
+        engine.reserve, engine.adopt = dispatcher.reserve, dispatcher.adopt
         ctx["dispatcher"] = dispatcher
         ctx["dispatch_task"] = asyncio.create_task(dispatcher.run())
         ctx["heartbeat"] = asyncio.create_task(heartbeat_loop(ctx["redis"], settings))
