@@ -382,8 +382,8 @@ return changes
 )
 
 
-# ARGV: n, the release's n arguments, then the claim's: both scripts in one call (``Lanes.release``'s
-# ``then_claim``), each on its own slice of the arguments -> {release's result, then the claim's three}
+# ARGV: n, the release's n arguments, then the claim's: both scripts in one call
+# (``Lanes.release_then_claim``), each on its own slice of the arguments -> {release's result, claim's three}
 _RELEASE_THEN_CLAIM = (
     "local function release(ARGV)\n"
     + _RELEASE
@@ -404,8 +404,8 @@ return {changes, claimed[1], claimed[2], claimed[3]}
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """A claim to make in the same call as a release (``Lanes.release``): the slots it frees are taken again
-    at once, by the same round-robin as ``Lanes.claim``, without a round trip of their own."""
+    """A claim to make in the same call as a release (``Lanes.release_then_claim``): the slots it frees are
+    taken again at once, by the same round-robin as ``Lanes.claim``, without a round trip of their own."""
 
     now: datetime
     max_items: int
