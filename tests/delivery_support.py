@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from bson import ObjectId
 from pymongo.asynchronous.collection import AsyncCollection
 
 from tests.support import GraphQLClient
+
+T = TypeVar("T")
 
 PUBLISH = """
 mutation($input: PublishEventInput!) {
@@ -83,15 +86,18 @@ async def delivery(gql: GraphQLClient, delivery_id: str) -> dict[str, Any]:
     return found
 
 
+async def poll(fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 20.0) -> T:
+    """What ``fetch`` answers once ``done`` holds for it, asked every 50 ms."""
+    async with asyncio.timeout(timeout):
+        while not done(found := await fetch()):  # noqa: ASYNC110 - polls the API
+            await asyncio.sleep(0.05)
+    return found
+
+
 async def wait_for_status(
     gql: GraphQLClient, delivery_id: str, *statuses: str, timeout: float = 20.0
 ) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            found = await delivery(gql, delivery_id)
-            if found["status"] in statuses:
-                return found
-            await asyncio.sleep(0.05)
+    return await poll(lambda: delivery(gql, delivery_id), lambda d: d["status"] in statuses, timeout)
 
 
 async def wait_for_attempt_count(
@@ -99,24 +105,21 @@ async def wait_for_attempt_count(
 ) -> dict[str, Any]:
     """The delivery once at least ``count`` attempts of it are recorded (PENDING is also the state before any
     attempt, so waiting for that status proves nothing)."""
-    async with asyncio.timeout(timeout):
-        while (found := await delivery(gql, delivery_id))["attemptCount"] < count:  # noqa: ASYNC110 - polls the API
-            await asyncio.sleep(0.05)
-    return found
+    return await poll(lambda: delivery(gql, delivery_id), lambda d: d["attemptCount"] >= count, timeout)
 
 
 WEBHOOK_STATUS = "query($id: ID!) { webhook(id: $id) { id enabled disabledReason disabledAt updatedAt } }"
 
 
+async def webhook_status(gql: GraphQLClient, webhook_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = (await gql.execute(WEBHOOK_STATUS, {"id": webhook_id}))["webhook"]
+    return found
+
+
 async def until_disabled(gql: GraphQLClient, webhook_id: str) -> dict[str, Any]:
     """The webhook once the worker has disabled it: the disable follows the record of the last failure (the
     outcome is stored first, then counted), so a reader may see that failure a moment before the disable."""
-    async with asyncio.timeout(20):
-        while True:
-            found: dict[str, Any] = (await gql.execute(WEBHOOK_STATUS, {"id": webhook_id}))["webhook"]
-            if not found["enabled"]:
-                return found
-            await asyncio.sleep(0.05)
+    return await poll(lambda: webhook_status(gql, webhook_id), lambda w: not w["enabled"])
 
 
 async def until_closed(events: AsyncCollection[dict[str, Any]], event_ids: list[ObjectId]) -> None:

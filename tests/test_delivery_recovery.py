@@ -15,12 +15,13 @@ from standardwebhooks import Webhook as StandardWebhook
 
 from tests.conftest import make_settings
 from tests.delivery_support import (
-    WEBHOOK_STATUS,
     create_webhook,
     delivery,
+    poll,
     publish,
     until_disabled,
     wait_for_status,
+    webhook_status,
 )
 from tests.receiver import Receiver, sleep, status
 from tests.support import GraphQLClient, Stack, require_tool, run_stack
@@ -70,11 +71,6 @@ def path() -> str:
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-async def webhook(gql: GraphQLClient, webhook_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = (await gql.execute(WEBHOOK_STATUS, {"id": webhook_id}))["webhook"]
-    return found
 
 
 async def set_enabled(gql: GraphQLClient, webhook_id: str, enabled: bool) -> None:
@@ -159,7 +155,7 @@ async def test_tests_reach_a_disabled_webhook_are_never_retried_and_never_disabl
     arrived = await receiver.wait_for(failing, 12)
     assert sorted(r.headers["X-Webhook-Delivery"] for r in arrived) == sorted([*ids, probe, probe])
     # and ten failed tests do not disable the webhook
-    found = await webhook(account.gql, failing_id)
+    found = await webhook_status(account.gql, failing_id)
     assert (found["enabled"], found["disabledReason"], found["disabledAt"]) == (True, None, None)
     # and a test of an unknown webhook is refused
     unknown = (await account.gql.execute(TEST_WEBHOOK, {"id": str(ObjectId())}))["testWebhook"]
@@ -202,7 +198,7 @@ async def test_ten_consecutive_failures_disable_the_webhook_exactly_once_even_wh
     doc = await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(webhook_id)})
     assert doc is not None
     assert doc["disabled_at"] == doc["updated_at"]
-    assert await webhook(account.gql, webhook_id) == found
+    assert await webhook_status(account.gql, webhook_id) == found
 
 
 async def test_any_success_resets_the_count_of_consecutive_failures(stack: Stack, receiver: Receiver) -> None:
@@ -218,11 +214,11 @@ async def test_any_success_resets_the_count_of_consecutive_failures(stack: Stack
     await all_final(account.gql, await publish_many(account.gql, 9), "FAILED")
     # then the webhook counts 9 failures in a row (counted just after they are recorded) and is still enabled
     webhooks = raw_collections(stack.core).webhooks
-    streak: dict[str, Any] = {"consecutive_failures": 9}
-    async with asyncio.timeout(20):
-        while not await webhooks.find_one({"_id": ObjectId(webhook_id), **streak}):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    found = await webhook(account.gql, webhook_id)
+    await poll(
+        lambda: webhooks.find_one({"_id": ObjectId(webhook_id)}),
+        lambda doc: doc is not None and doc["consecutive_failures"] == 9,
+    )
+    found = await webhook_status(account.gql, webhook_id)
     assert (found["enabled"], found["disabledReason"]) == (True, None)
     # and the 10th failure in a row disables it
     await all_final(account.gql, await publish_many(account.gql, 1), "FAILED")
