@@ -7,8 +7,11 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +19,7 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
-from webhooks_cli.embedded import free_port
+from webhooks_cli.embedded import free_port, stop, wait_for_port
 
 
 def missing_tool(message: str) -> None:
@@ -165,3 +168,33 @@ def service_env(settings: Any, **extra: str) -> dict[str, str]:
         }
     )
     return env
+
+
+@dataclass(frozen=True)
+class Served:
+    """A `webhooks serve` process started by ``served_api``."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def served_api(env: dict[str, str], log_path: Path | None = None) -> AsyncIterator[Served]:
+    """`webhooks serve` as deployed, in a process of its own with ``env`` (``service_env``), once it answers;
+    its output goes to ``log_path``, else nowhere. Stopped on exit."""
+    port = free_port()
+    proc = await asyncio.to_thread(_start_serve, env, port, log_path)
+    try:
+        await asyncio.to_thread(wait_for_port, port, proc, "webhooks serve")
+        yield Served(port)
+    finally:
+        await asyncio.to_thread(stop, proc)
+
+
+def _start_serve(env: dict[str, str], port: int, log_path: Path | None) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "webhooks_cli", "serve", "--port", str(port)]
+    with open(log_path, "wb") if log_path else open(os.devnull, "wb") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL)

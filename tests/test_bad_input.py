@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,9 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import new_account
 from tests.delivery_support import audit_log
-from tests.support import Account, run_stack, service_env
+from tests.support import Account, run_stack, served_api, service_env
 from webhooks.core import Core
 from webhooks.settings import Settings
-from webhooks_cli.embedded import free_port, stop, wait_for_port
 
 CREATE = """
 mutation($input: CreateWebhookInput!) {
@@ -392,58 +389,42 @@ async def test_connection_init_with_a_null_payload_is_read_as_no_credentials(api
     assert ws.close_code == 4403
 
 
-def start_serve(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "webhooks_cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-        )
-
-
 async def test_a_served_api_logs_json_lines_without_query_strings_or_query_text(
     settings: Settings, core: Core, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     # given `webhooks serve` as in production (JSON lines), and an account
     account = await new_account(core, http)
-    port = free_port()
     log_path = tmp_path / "serve.log"
     env = service_env(settings, WEBHOOKS_LOG_FORMAT="json", WEBHOOKS_LOG_LEVEL="INFO")
-    proc = start_serve(env, port, log_path)
-    try:
-        await asyncio.to_thread(wait_for_port, port, proc, "webhooks serve")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            headers = {"Authorization": f"Bearer {account.api_key}", "Accept": "application/json"}
-            # when a query over GET carries a customer's URL, and a POST has a mistake with one
-            got = await client.get(
-                "/graphql",
-                params={
-                    "query": 'query Probe { webhooks(after: "' + SECRET_URL + '") { edges { cursor } } }'
-                },
-                headers=headers,
-            )
-            posted = await client.post(
-                "/graphql",
-                json={
-                    "query": CREATE,
-                    "variables": {"input": {"name": "n", "url": SECRET_URL, "events": ["X"]}},
-                },
-                headers=headers,
-            )
-            assert got.status_code == 200 and posted.status_code == 200
-            # a later, positive signal: this request's line is in the log, so the earlier ones are too
-            marker = await client.get(
-                "/graphql", params={"query": "query Marker { eventTypes { name } }"}, headers=headers
-            )
-            assert marker.status_code == 200
-            for _ in range(100):
-                if '"Marker"' in log_path.read_text():
-                    break
-                await asyncio.sleep(0.1)
-    finally:
-        stop(proc)
+    async with (
+        served_api(env, log_path) as served,
+        httpx.AsyncClient(base_url=served.url, timeout=30) as client,
+    ):
+        headers = {"Authorization": f"Bearer {account.api_key}", "Accept": "application/json"}
+        # when a query over GET carries a customer's URL, and a POST has a mistake with one
+        got = await client.get(
+            "/graphql",
+            params={"query": 'query Probe { webhooks(after: "' + SECRET_URL + '") { edges { cursor } } }'},
+            headers=headers,
+        )
+        posted = await client.post(
+            "/graphql",
+            json={
+                "query": CREATE,
+                "variables": {"input": {"name": "n", "url": SECRET_URL, "events": ["X"]}},
+            },
+            headers=headers,
+        )
+        assert got.status_code == 200 and posted.status_code == 200
+        # a later, positive signal: this request's line is in the log, so the earlier ones are too
+        marker = await client.get(
+            "/graphql", params={"query": "query Marker { eventTypes { name } }"}, headers=headers
+        )
+        assert marker.status_code == 200
+        for _ in range(100):
+            if '"Marker"' in log_path.read_text():
+                break
+            await asyncio.sleep(0.1)
     # then every line is JSON, the GET's access line shows no query string, and no line has the URL
     text = log_path.read_text()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]

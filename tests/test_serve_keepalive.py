@@ -8,31 +8,12 @@ the client's request meets a closed socket (aiohttp: ``ServerDisconnectedError``
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sys
-from collections.abc import AsyncIterator
 
-from tests.support import service_env
+from tests.support import served_api, service_env
 from webhooks.settings import Settings
-from webhooks_cli.embedded import free_port, spawn, stop, wait_for_port
 
 UVICORN_DEFAULT_KEEP_ALIVE = 5.0
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n"
-
-
-@contextlib.asynccontextmanager
-async def served(settings: Settings, **env: str) -> AsyncIterator[int]:
-    port = free_port()
-    proc = spawn(
-        [sys.executable, "-m", "webhooks_cli", "serve", "--port", str(port)],
-        env=service_env(settings, **env),
-        quiet=True,
-    )
-    try:
-        await asyncio.to_thread(wait_for_port, port, proc, "webhooks serve")
-        yield port
-    finally:
-        stop(proc)
 
 
 async def get_healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
@@ -52,8 +33,8 @@ async def get_healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 async def test_a_connection_idle_longer_than_uvicorns_default_is_still_served(settings: Settings) -> None:
     # given the API as deployed, and a client connection that made one request
-    async with served(settings) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with served_api(service_env(settings)) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         try:
             assert await get_healthz(reader, writer) == b"HTTP/1.1 200 OK"
             # when the client reuses it after more idle time than uvicorn's default keep-alive
@@ -66,8 +47,8 @@ async def test_a_connection_idle_longer_than_uvicorns_default_is_still_served(se
 
 async def test_the_keep_alive_is_a_setting(settings: Settings) -> None:
     # given the API with a one-second keep-alive
-    async with served(settings, WEBHOOKS_HTTP_KEEP_ALIVE_SECONDS="1") as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with served_api(service_env(settings, WEBHOOKS_HTTP_KEEP_ALIVE_SECONDS="1")) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         try:
             assert await get_healthz(reader, writer) == b"HTTP/1.1 200 OK"
             # when the connection stays idle, then the server closes it (end of stream, nothing more sent)

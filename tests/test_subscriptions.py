@@ -9,7 +9,6 @@ import json
 import socket
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -34,7 +33,15 @@ from graphql_api.feed import Feed
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import Receiver, status
-from tests.support import Account, GraphQLClient, missing_tool, run_worker, serve_asgi, service_env
+from tests.support import (
+    Account,
+    GraphQLClient,
+    missing_tool,
+    run_worker,
+    serve_asgi,
+    served_api,
+    service_env,
+)
 from webhooks.core import Core, open_core
 from webhooks.models import Attempt, AttemptTrigger, DeliveryStatus, Scope
 from webhooks.pubsub import ATTEMPTS_CHANNEL, attempt_message
@@ -413,25 +420,13 @@ async def test_legacy_graphql_ws_subprotocol(api: Api, receiver: Receiver, redis
         assert (attempt["deliveryId"], attempt["trigger"]) == (tested["delivery"]["id"], "TEST")
 
 
-@contextlib.contextmanager
-def second_api(settings: Settings) -> Iterator[str]:
-    """Another API process (``webhooks serve``) on the same MongoDB and Redis."""
-    port = free_port()
-    env = service_env(settings)
-    proc = spawn([sys.executable, "-m", "webhooks_cli", "serve", "--port", str(port)], env=env, quiet=True)
-    try:
-        wait_for_port(port, proc, "second API")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
-
-
 async def test_subscribers_on_two_api_processes_both_receive_the_one_workers_attempt(
     api: Api, receiver: Receiver, redis: aioredis.Redis
 ) -> None:
     account = await api.account()
     webhook_id, _ = await create_webhook(account.gql, receiver.url(path()))
-    with second_api(api.settings) as other_url:
+    async with served_api(service_env(api.settings)) as other:
+        other_url = other.url
         async with (
             gql_socket(api.url, account.api_key) as here,
             gql_socket(other_url, account.api_key) as there,
