@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -262,7 +263,7 @@ async def p1(ctx: Ctx) -> None:
     measured, baseline, ceiling, publish_rates = [], [], [], []
     invalid_total = 0
     raw_secret = await _register_raw(ctx)
-    profilers = _start_profilers(ctx) if ctx.profile else []
+    profilers: list[subprocess.Popen[bytes]] = []
     for r in range(runs):
         raw = await run_process(
             "bench.loadgen",
@@ -280,6 +281,9 @@ async def p1(ctx: Ctx) -> None:
         baseline.append(raw["rps"])
         ceiling.append(await insert_ceiling(ctx, 10 if ctx.quick else 20))
         before = await ctx.recv.stats()
+        if ctx.profile and r == runs - 1:  # the last run's delivery only, not the baselines' phases
+            profilers = _start_profilers(ctx)
+            await asyncio.sleep(1.0)  # py-spy attached
         cpu0 = _cpu(ctx)
         t0 = time.perf_counter()
         ids = await publish_many(gql, events, 10)
@@ -291,7 +295,12 @@ async def p1(ctx: Ctx) -> None:
             if time.perf_counter() > deadline:
                 raise TimeoutError("the receiver did not verify every delivery within 120 s")
             await asyncio.sleep(0.02)
+        t_recv = time.perf_counter()
         t_done = await ctx.wait_status(ids, "SUCCEEDED", 60)
+        for proc in profilers:
+            proc.send_signal(signal.SIGINT)
+        for proc in profilers:
+            await asyncio.to_thread(proc.wait, 60)
         busy = {k: (v - cpu0[k]) / (t_done - t0) * 100 for k, v in _cpu(ctx).items()}
         after = await ctx.recv.stats()
         invalid_total += after["invalid"] - before["invalid"]
@@ -299,13 +308,11 @@ async def p1(ctx: Ctx) -> None:
         publish_rates.append(events / (t_pub - t0))
         ctx.log(
             f"  P1 run {r + 1}: {measured[-1]:.0f} deliveries/s (publish phase {t_pub - t0:.2f} s, "
+            f"received by {t_recv - t0:.2f} s, done at {t_done - t0:.2f} s, "
             f"{publish_rates[-1]:.0f} events/s); raw POST {baseline[-1]:.0f}/s; "
             f"insert_many {ceiling[-1]:.0f} docs/s; CPU % of a core: "
             + ", ".join(f"{k} {v:.0f}" for k, v in busy.items())
         )
-    for proc in profilers:
-        proc.send_signal(signal.SIGINT)
-        await asyncio.to_thread(proc.wait, 60)
     # the sweeper closes each event once its deliveries are written: part of a delivery's cost, so wait
     closed = await _outbox_closed(ctx, account, 30)
     counts1 = await store_counts(ctx)
@@ -427,6 +434,7 @@ def _cpu(ctx: Ctx) -> dict[str, float]:
         "API": ctx.stack.api.pid,
         "worker": ctx.stack.worker.pid,
         "receiver": ctx.stack.receiver.pid,
+        "bench": os.getpid(),
     }
     out = {}
     for name, pid in pids.items():

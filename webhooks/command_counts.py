@@ -2,10 +2,10 @@
 
 With ``WEBHOOKS_BENCH_COUNT_COMMANDS=<directory>`` set, every MongoDB client made by ``webhooks.db.connect``
 gets one process-wide ``CommandListener`` that counts the commands this process sends (round trips, by
-command name) and the documents they write (inserts: the documents sent; updates: the reply's
-``nModified`` plus upserts; deletes and findAndModify: the reply's ``n``). A daemon thread writes the totals
-to ``<directory>/<pid>.json`` every ``DUMP_EVERY`` seconds (atomically, with the time of the dump), and
-once more at exit, so the benchmark reads them from outside the process.
+command name and collection, as ``insert:events``) and the documents they write (inserts: the documents
+sent; updates: the reply's ``nModified`` plus upserts; deletes and findAndModify: the reply's ``n``). A
+daemon thread writes the totals to ``<directory>/<pid>.json`` every ``DUMP_EVERY`` seconds (atomically, with
+the time of the dump), and once more at exit, so the benchmark reads them from outside the process.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ class CommandCounts(monitoring.CommandListener):
         name = event.command_name
         if name in IGNORED:
             return
+        collection = event.command.get(name)
         with self._lock:
-            self.commands[name] += 1
+            self.commands[f"{name}:{collection}" if isinstance(collection, str) else name] += 1
             if name == "insert":
                 self.written[name] += len(event.command.get("documents") or ())
 
