@@ -29,7 +29,7 @@ from graphql_api.security import RequestGuard
 from graphql_api.shared_subscriptions import Hub, SharedSubscriptionsHandler, encode_json
 from graphql_api.subscriptions import PARSERS
 from graphql_api.transport import GraphQLOverHTTP
-from webhooks import metrics
+from webhooks import heap, metrics
 from webhooks.core import Core, open_core
 from webhooks.redis_conn import RedisTarget
 from webhooks.settings import Settings, get_settings
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.core = core
             # One Redis pub/sub reader per process for every subscription (graphql_api/feed.py).
             app.state.feed = await stack.enter_async_context(Feed(RedisTarget.of(settings), PARSERS))
+            heap.settle()
             yield
 
     return Starlette(routes=routes(settings, view), middleware=middleware(settings), lifespan=lifespan)

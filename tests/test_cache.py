@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from webhooks.cache import TTLCache, read_through
+from webhooks.cache import SizedLRU, TTLCache, read_through
 
 
 async def test_a_record_loaded_across_an_invalidation_is_returned_but_not_kept() -> None:
@@ -120,3 +120,22 @@ async def test_a_record_gone_on_reload_leaves_the_cache_and_one_reload_runs_at_a
     store.release.set()
     await settle()
     assert cache.get("hook") is None
+
+
+def test_a_sized_cache_keeps_at_most_its_entry_budget_and_drops_the_least_recently_used() -> None:
+    # given a cache with room for many bytes but only three entries
+    cache: SizedLRU[str, bytes] = SizedLRU(1 << 20, len, max_entries=3)
+    for key in ("a", "b", "c"):
+        cache.put(key, b"x")
+    assert cache.get("a") == b"x"  # "a" is now the most recently used
+    # when a fourth entry comes
+    cache.put("d", b"x")
+    # then the least recently used one ("b") has left, and the others stay
+    assert [k for k in "abcd" if cache.get(k) is not None] == ["a", "c", "d"]
+
+
+def test_a_sized_cache_still_drops_by_bytes() -> None:
+    cache: SizedLRU[str, bytes] = SizedLRU(10, len, max_entries=100)
+    cache.put("a", b"123456")
+    cache.put("b", b"123456")
+    assert (cache.get("a"), cache.get("b")) == (None, b"123456")

@@ -5,7 +5,7 @@ entries at once through ``webhooks.invalidation``, so the TTL is only the backst
 ``REFRESH_AT`` of its lifetime is still served, and reloaded in the background (refresh-ahead): a key read
 all the time never expires on the path that reads it. Without that, one request in four of a caller
 publishing every 250 ms waited for its API key and webhooks to be read again from a busy store (the tail of
-bench P8 "huge"). ``SizedLRU`` holds immutable records (event bodies) up to a byte budget.
+bench P8 "huge"). ``SizedLRU`` holds immutable records (event bodies) up to a byte and an entry budget.
 """
 
 from __future__ import annotations
@@ -106,11 +106,12 @@ class TTLCache(Generic[K, V]):
 
 
 class SizedLRU(Generic[K, V]):
-    """Least recently used entries leave first once the sizes add up to more than ``max_bytes``. Its records
-    never change: nothing is refreshed."""
+    """Least recently used entries leave first once the sizes add up to more than ``max_bytes``, or there are
+    more than ``max_entries`` of them. Its records never change: nothing is refreshed."""
 
-    def __init__(self, max_bytes: int, size: Callable[[V], int]) -> None:
+    def __init__(self, max_bytes: int, size: Callable[[V], int], max_entries: int = 1 << 62) -> None:
         self._max = max_bytes
+        self._max_entries = max_entries
         self._size = size
         self._used = 0
         self._entries: OrderedDict[K, V] = OrderedDict()
@@ -128,7 +129,7 @@ class SizedLRU(Generic[K, V]):
             self._used -= self._size(old)
         self._entries[key] = value
         self._used += self._size(value)
-        while self._used > self._max and self._entries:
+        while self._entries and (self._used > self._max or len(self._entries) > self._max_entries):
             _, evicted = self._entries.popitem(last=False)
             self._used -= self._size(evicted)
 

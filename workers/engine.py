@@ -66,6 +66,10 @@ SystemPublish = Callable[[ObjectId, EventName, bytes, ObjectId], Awaitable[int]]
 SEQUENCE_HEADER = "X-Webhook-Sequence"
 
 EVENT_CACHE_BYTES = 32 * 1024 * 1024  # event bodies are immutable: kept while memory allows
+# ... and while the garbage collector's full passes stay short (``webhooks.heap``): an event is about ten
+# tracked objects. The cache serves a fan-out's siblings (claimed within milliseconds) and early retries;
+# a first attempt's claim brings its event's Redis copy anyway, and a later one reads it in its batch's load.
+EVENT_CACHE_ENTRIES = 4_096
 # Store batches stay this small: one huge write holds the store (one core, for SecantusDB) for every other
 # account's publish behind it, while batches of 100 already cost about 0.01 round trips per delivery.
 STORE_BATCH = 100
@@ -153,7 +157,7 @@ class DeliveryEngine:
         self._in_flight: set[tuple[str, int]] = set()
         self._recording: Counter[ObjectId] = Counter()  # per webhook: attempts made, not yet recorded
         self._event_cache: SizedLRU[ObjectId, Event] = SizedLRU(
-            EVENT_CACHE_BYTES, lambda e: len(e.body) + 256
+            EVENT_CACHE_BYTES, lambda e: len(e.body) + 256, EVENT_CACHE_ENTRIES
         )
         # first deliveries written per event (by this worker), until all of its planned ones are
         self._written: OrderedDict[ObjectId, set[ObjectId]] = OrderedDict()

@@ -21,7 +21,7 @@ from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from webhooks import metrics
+from webhooks import heap, metrics
 from webhooks.core import Core, open_core
 from webhooks.queue import SWEEP_JOB, redis_settings
 from webhooks.settings import Settings
@@ -106,6 +106,7 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
             metrics.serve(settings.worker_metrics_port)
             ctx["metrics_served"] = True
             log.info("worker metrics on port %d", settings.worker_metrics_port)
+        heap.settle()
         log.info("worker started")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
