@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
+from graphql_api.after_response import AfterResponse
 from graphql_api.context import Context
 from graphql_api.feed import Feed
 from graphql_api.graphiql import graphiql_routes, render_graphiql
@@ -94,7 +95,11 @@ def routes(settings: Settings, view: GraphQLView) -> list[BaseRoute]:
 
 
 def middleware(settings: Settings) -> list[Middleware]:
-    return [Middleware(RequestIdMiddleware), Middleware(RequestGuard, max_bytes=settings.max_request_bytes)]
+    return [
+        Middleware(AfterResponse),
+        Middleware(RequestIdMiddleware),
+        Middleware(RequestGuard, max_bytes=settings.max_request_bytes),
+    ]
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -3,19 +3,21 @@
 ``TTLCache`` answers repeated lookups (API keys, webhooks) for at most ``ttl`` seconds; writers also drop
 entries at once through ``webhooks.invalidation``, so the TTL is only the backstop. An entry read after
 ``REFRESH_AT`` of its lifetime is still served, and reloaded in the background (refresh-ahead): a key read
-all the time never expires on the path that reads it. Without that, one request in four of a caller
+all the time never expires on the path that reads it (the reload waits until the request that found it due
+has been answered: ``webhooks.deferral``). Without that, one request in four of a caller
 publishing every 250 ms waited for its API key and webhooks to be read again from a busy store (the tail of
 bench P8 "huge"). ``SizedLRU`` holds immutable records (event bodies) up to a byte and an entry budget.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Hashable
 from typing import Generic, Protocol, TypeVar
+
+from webhooks import deferral
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -37,7 +39,6 @@ class TTLCache(Generic[K, V]):
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self.generation = 0  # moves on at every drop: a read that spans one may be stale (``read_through``)
         self._refreshing: set[K] = set()
-        self._reloads: set[asyncio.Task[None]] = set()
 
     def get(self, key: K) -> V | None:
         found = self._entries.get(key)
@@ -80,12 +81,10 @@ class TTLCache(Generic[K, V]):
         return True
 
     def refresh(self, keys: list[K], load: Load[K, V]) -> None:
-        """Reload ``keys`` in a task. What it reads is kept only if nothing was dropped meanwhile; a key it
-        no longer finds (deleted, revoked) leaves the cache. Meanwhile the entries are served until they
-        expire."""
-        task = asyncio.create_task(self._reload(keys, load))
-        self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
+        """Reload ``keys`` in a task, once the current request has been answered (``webhooks.deferral``).
+        What it reads is kept only if nothing was dropped meanwhile; a key it no longer finds (deleted,
+        revoked) leaves the cache. Meanwhile the entries are served until they expire."""
+        deferral.later(lambda: self._reload(keys, load))
 
     async def _reload(self, keys: list[K], load: Load[K, V]) -> None:
         generation = self.generation
