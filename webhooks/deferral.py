@@ -3,12 +3,12 @@
 A cache's refresh-ahead reload (``webhooks.cache``) is a store read that the request itself does not need.
 Started at once, it ran beside the request's own store work and, with the store busy, slowed it down: in
 bench P8 "huge" the healthy account's API key and webhooks were reloaded every 1.5 s (every sixth publish,
-at one every 250 ms), and those publishes took 19–24 ms against 10–14 ms for the others (the same run with
-long cache lifetimes had no such peaks).
+at one every 250 ms), and those publishes took 16–24 ms against 10–14 ms for the others (runs with long
+cache lifetimes had no such peaks).
 
-Inside ``deferring()`` (the API opens one per HTTP request, ``graphql_api.deferral``), ``later`` keeps the
-work until the scope ends, after the response has been sent. Anywhere else (the worker, a subscription), or
-once the scope has ended, it starts at once. Either way it runs in a task of its own.
+Inside ``deferring()`` (the API opens one per HTTP request, ``graphql_api.after_response``), ``later``
+keeps the work until the scope ends, after the response has been sent. Anywhere else (the worker, a
+subscription), or once the scope has ended, it starts at once. Either way it runs in a task of its own.
 """
 
 from __future__ import annotations
