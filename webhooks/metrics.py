@@ -66,6 +66,12 @@ DISPATCH_DELAY = Histogram(
     ["wait"],
     buckets=_DELAY_BUCKETS,
 )
+GC_PAUSES = Histogram(
+    "webhooks_gc_pause_seconds",
+    "Garbage-collector passes of generations 1 and 2 (each stops this process's event loop), by generation.",
+    ["generation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 BREAKER_CHANGES = Counter(
     "webhooks_breaker_transitions",
     "Webhook circuit breakers that opened or closed.",
@@ -143,6 +149,16 @@ def delivery_finished(status: str, event: str) -> None:
 def dispatch_delay(seconds: float, wait: str) -> None:
     """``wait``: none, worker, webhook_limit or breaker."""
     _dispatch_delay(wait).observe(max(seconds, 0.0))
+
+
+@cache
+def _gc_pauses(generation: int) -> Histogram:
+    return GC_PAUSES.labels(generation=str(generation))
+
+
+def gc_pause(generation: int, seconds: float) -> None:
+    """``generation``: 1 or 2."""
+    _gc_pauses(generation).observe(seconds)
 
 
 def breaker_changed(opened: bool) -> None:
