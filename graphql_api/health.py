@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from webhooks import metrics
+from webhooks import heap, metrics
 from webhooks.core import Core
 from webhooks.timeutil import utcnow
 
@@ -139,6 +139,7 @@ async def scrape_gauges(core: Core) -> list[metrics.ScrapeGauge]:
 async def metrics_endpoint(request: Request) -> Response:
     core = _core(request)
     extra = await scrape_gauges(core) if core is not None else []
+    heap.record_pauses()
     body = await asyncio.to_thread(metrics.render, extra)
     return Response(body, media_type=metrics.CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 

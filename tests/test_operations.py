@@ -7,6 +7,7 @@ restarts (never the shared ones), and worker subprocesses for the heartbeat and 
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import logging
@@ -234,6 +235,24 @@ async def test_metrics_move_with_deliveries(mongodb_url: str, tmp_path: Path) ->
     } <= names
     # Bounded labels only: no ids or URLs anywhere in the exposition.
     assert "127.0.0.1" not in after and account.id not in after
+
+
+async def test_a_scrape_shows_the_api_processs_garbage_collector_pauses(
+    mongodb_url: str, tmp_path: Path
+) -> None:
+    settings = unique_settings(mongodb_url, tmp_path)
+    async with run_stack(settings, worker=False) as stack:
+
+        async def full_passes() -> float:
+            text = (await stack.http.get("/metrics")).text
+            return sample(text, "webhooks_gc_pause_seconds_count", generation="2")
+
+        # given a started API process and what its metrics said
+        before = await full_passes()
+        # when the process makes a full collection
+        gc.collect()
+        # then the next scrape counts it
+        assert await full_passes() >= before + 1
 
 
 def test_operation_label_is_bounded() -> None:

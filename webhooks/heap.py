@@ -12,20 +12,25 @@ as its whole p99 (52–115 ms against 15–20 ms without one). Two things keep t
 * what the processes keep in memory for long is bounded in entries, not only in bytes: the worker's event
   cache (``workers.engine.EVENT_CACHE_ENTRIES``) holds about ten tracked objects per event.
 
-``settle()`` also times every pass of generations 1 and 2 into ``webhooks_gc_pause_seconds``, so a pause
-that grows again shows on the dashboards rather than only in a customer's latency.
+``settle()`` also times every pass of generations 1 and 2, and ``record_pauses()`` moves those times into
+``webhooks_gc_pause_seconds`` (the API on each scrape, the worker on each heartbeat), so a pause that grows
+again shows on the dashboards rather than only in a customer's latency. The collector's callback only
+appends to a deque: a collection can interrupt code that holds a metric's lock (in multiprocess mode one
+lock serves every metric), and observing from inside it would wait for that lock forever.
 """
 
 from __future__ import annotations
 
 import gc
 import time
+from collections import deque
 from typing import Any
 
 from webhooks import metrics
 
 _settled = False
 _started = 0.0
+_pauses: deque[tuple[int, float]] = deque(maxlen=10_000)  # (generation, seconds), not yet recorded
 
 
 def settle() -> None:
@@ -51,4 +56,11 @@ def _timed(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
         _started = time.perf_counter()
     else:
-        metrics.gc_pause(generation, time.perf_counter() - _started)
+        _pauses.append((generation, time.perf_counter() - _started))
+
+
+def record_pauses() -> None:
+    """Move the passes timed since the last call into ``webhooks_gc_pause_seconds``."""
+    while _pauses:
+        generation, seconds = _pauses.popleft()
+        metrics.gc_pause(generation, seconds)

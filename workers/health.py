@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from webhooks import heap
 from webhooks.redis_conn import RedisConfigError, RedisTarget
 from webhooks.settings import Settings
 
@@ -50,6 +51,7 @@ async def heartbeat_loop(redis: Redis, settings: Settings) -> None:
                     await beat(redis, settings, key)
             except Exception as exc:  # Redis away: keep trying; the check will report us missing meanwhile
                 log.warning("worker heartbeat failed: %s", type(exc).__name__)
+            heap.record_pauses()  # the worker's garbage-collector pauses, into its metrics
             await asyncio.sleep(settings.worker_heartbeat_interval)
     finally:
         with contextlib.suppress(Exception):
