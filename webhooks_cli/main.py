@@ -99,21 +99,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from workers.worker import run_worker
 
-    use_uvloop()
     run_worker(get_settings())
     return 0
-
-
-def use_uvloop() -> None:
-    """Run the worker's event loop on uvloop when it is installed (``uvicorn[standard]`` brings it, and the
-    API already runs on it through uvicorn's default): bench P1, three alternated full-size pairs, the
-    worker used ~6 % less CPU per delivery (its attempts are mostly socket work) and P1 gave 1,832–2,119/s
-    against 1,708–2,201/s (median 1,916 vs 1,849)."""
-    try:
-        import uvloop
-    except ImportError:  # e.g. Windows: the standard loop
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def build_parser() -> argparse.ArgumentParser:
