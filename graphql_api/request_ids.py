@@ -7,6 +7,8 @@ full exception with the same id.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import secrets
 
@@ -17,8 +19,27 @@ _SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _STATE_KEY = "request_id"
 
 
+class _Ids:
+    """16 hex digits: a random prefix per process, then a counter. Unique without a random read (a system
+    call) per request: that was 3 % of the API's CPU in bench P1."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = secrets.token_hex(4)
+        self.counter = itertools.count(secrets.randbelow(1 << 32))
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFF:08x}"
+
+
+_ids = _Ids()
+os.register_at_fork(after_in_child=_ids.reset)  # a forked process never repeats its parent's ids
+
+
 def new_request_id() -> str:
-    return secrets.token_hex(8)
+    return _ids.next()
 
 
 def request_id(conn: HTTPConnection | None) -> str:

@@ -243,17 +243,19 @@ async def test_consecutive_unreachable_attempts_open_the_breaker_and_a_success_c
 async def test_ordered_deliveries_waiting_for_their_turn_are_counted_apart_from_the_queue(
     lanes: Lanes,
 ) -> None:
-    # given an ordered webhook with three deliveries of one resource and one of another
+    # given an ordered webhook with three deliveries of one resource and one of another (resource ids are
+    # the customer's: any text)
     now = utcnow()
     hook = "c" * 24
     a1, a2, a3, b1 = items(hook, 4)
-    gated = [(a1, "r-a", 1), (a2, "r-a", 2), (a3, "r-a", 3), (b1, "r-b", 1)]
+    ra, rb = 'cand "42" ü, x', "job 7\n[1]"
+    gated = [(a1, ra, 1), (a2, ra, 2), (a3, ra, 3), (b1, rb, 1)]
     await lanes.add([Enqueue(i, due=now, limit=5, resource=r, seq=n) for i, r, n in gated])
-    # then each resource's first is queued, and the two after r-a's first wait for their turn
+    # then each resource's first is queued, and the two after the first resource's first wait their turn
     assert await lanes.depth() == 2
     assert await lanes.ordered_waiting() == 2
-    # and when r-a's first is final, its second is queued and one waits
-    await lanes.advance([(hook, "r-a", a1.delivery_id)], now)
+    # and when the first resource's first is final, its second is queued and one waits
+    await lanes.advance([(hook, ra, a1.delivery_id)], now)
     assert await lanes.ordered_waiting() == 1
 
 

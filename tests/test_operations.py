@@ -11,6 +11,8 @@ import gc
 import io
 import json
 import logging
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from graphql_api.request_ids import new_request_id
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import run_receiver, status
@@ -90,6 +93,25 @@ async def test_request_id_is_echoed_or_made(http: httpx.AsyncClient) -> None:
     assert sent.headers["X-Request-ID"] == "abc-123"
     made = await http.get("/healthz", headers={"X-Request-ID": "not ok; <script>"})
     assert made.headers["X-Request-ID"] not in ("", "not ok; <script>")
+
+
+def test_made_request_ids_are_distinct_in_a_process_and_in_a_forked_one() -> None:
+    # given ids made by this process
+    ours = [new_request_id() for _ in range(1_000)]
+    # when a forked process (a pre-fork server's worker) makes one
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one id and leave at once
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    # then every id is 16 hex digits, and none repeats, across the fork either
+    assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in [*ours, theirs])
+    assert len(set(ours)) == len(ours) and theirs not in ours
+    assert theirs[:8] != ours[-1][:8]  # the child has its own prefix, not its parent's counter
 
 
 async def _wait_ready(http: httpx.AsyncClient, code: int, timeout: float = 40.0) -> dict[str, Any]:
