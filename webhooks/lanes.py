@@ -335,15 +335,15 @@ end
 return {out, head[2] or false, attached}
 """
 
-# ARGV: prefix, now_ms, open_after, then (webhook, member, outcome, due_ms) * n
-# -> flat list of (webhook, 'opened' | 'closed', failures)
+# ARGV: prefix, now_ms, open_after, and a JSON array of [webhook, member, outcome, due_ms] (strings; one
+# argument, as for ADD) -> flat list of (webhook, 'opened' | 'closed', failures)
 _RELEASE = (
     """
 local p, now, open_after = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local changes = {}
 local woke = false
-for i = 4, #ARGV, 4 do
-  local wh, member, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for _, f in ipairs(cjson.decode(ARGV[4])) do
+  local wh, member, outcome = f[1], f[2], f[3]
   local lane, bkey = p .. ':lane:' .. wh, p .. ':breaker:' .. wh
   redis.call('ZREM', p .. ':inflight:' .. wh, member)
   if outcome ~= 'back' and outcome ~= 'skip' then
@@ -366,7 +366,7 @@ for i = 4, #ARGV, 4 do
       changes[#changes + 1] = failures
     end
   elseif outcome == 'back' then
-    redis.call('ZADD', lane, 'NX', tonumber(ARGV[i + 3]), member)
+    redis.call('ZADD', lane, 'NX', tonumber(f[4]), member)
   end
   local nxt = redis.call('ZRANGE', lane, 0, 0, 'WITHSCORES')
   if #nxt > 0 then
@@ -579,12 +579,15 @@ class Lanes:
         claimed, _ = _claimed(raw[1], raw[2], raw[3])
         return _changes(raw[0]), claimed
 
-    def _release_args(self, finished: Sequence[Finished], now: datetime, open_after: int) -> list[str | int]:
-        args: list[str | int] = [self.prefix, to_ms(now), open_after]
-        for f in finished:
-            due = to_ms(f.due) if f.due is not None else to_ms(now)
-            args += [f.item.webhook_id, f.item.member, f.outcome.value, due]
-        return args
+    def _release_args(
+        self, finished: Sequence[Finished], now: datetime, open_after: int
+    ) -> list[str | int | bytes]:
+        at = to_ms(now)
+        rows = [
+            [f.item.webhook_id, f.item.member, f.outcome.value, str(at if f.due is None else to_ms(f.due))]
+            for f in finished
+        ]
+        return [self.prefix, at, open_after, orjson.dumps(rows)]
 
     async def absent(self, items: Sequence[LaneItem], now: datetime) -> list[LaneItem]:
         """The items that are in no lane, no live slot and not being recorded (a snapshot)."""
