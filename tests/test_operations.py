@@ -247,6 +247,14 @@ async def test_metrics_move_with_deliveries(mongodb_url: str, tmp_path: Path) ->
     assert moved("webhooks_delivery_dispatch_delay_seconds_count") == 2
     assert moved("webhooks_graphql_operations_total", type="mutation", outcome="ok") >= 1
     assert moved("webhooks_graphql_operation_duration_seconds_count", type="mutation") >= 1
+    # every coalesced step served these calls in timed batches: the publish, and each delivery's load,
+    # slot release and record (the failing one's too)
+    assert moved("webhooks_batch_items_total", step="publish") == 1
+    assert moved("webhooks_batch_seconds_count", step="publish") == 1
+    for step in ("load", "release", "record"):
+        served = moved("webhooks_batch_items_total", step=step)
+        batches = moved("webhooks_batch_seconds_count", step=step)
+        assert served >= 2 and 1 <= batches <= served, step
     names = {f.name for f in text_string_to_metric_families(after)}
     assert {
         "webhooks_queue_depth",

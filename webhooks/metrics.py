@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -71,6 +71,19 @@ GC_PAUSES = Histogram(
     "Garbage-collector passes of generations 1 and 2 (each stops this process's event loop), by generation.",
     ["generation"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+BATCH_DURATION = Histogram(
+    "webhooks_batch_seconds",
+    "Coalesced batches, by step: publish (the API's event writes and enqueue), load, release and record (the "
+    "worker's reads, slot releases and outcome writes). A step runs one batch at a time per process: a "
+    "rate of the _sum near 1 means that step is saturated in that process.",
+    ["step"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+BATCH_ITEMS = Counter(
+    "webhooks_batch_items",
+    "Calls served by coalesced batches, by step (divided by the batches' _count: their mean size).",
+    ["step"],
 )
 BREAKER_CHANGES = Counter(
     "webhooks_breaker_transitions",
@@ -159,6 +172,22 @@ def _gc_pauses(generation: int) -> Histogram:
 def gc_pause(generation: int, seconds: float) -> None:
     """``generation``: 1 or 2."""
     _gc_pauses(generation).observe(seconds)
+
+
+@cache
+def _batches(step: str) -> tuple[Histogram, Counter]:
+    return BATCH_DURATION.labels(step=step), BATCH_ITEMS.labels(step=step)
+
+
+def batch_done(step: str, size: int, seconds: float) -> None:
+    """``step``: publish, load, release or record (``webhooks.coalesce.Coalescer``'s ``on_batch``)."""
+    duration, items = _batches(step)
+    duration.observe(seconds)
+    items.inc(size)
+
+
+def batch_observer(step: str) -> Callable[[int, float], None]:
+    return partial(batch_done, step)
 
 
 def breaker_changed(opened: bool) -> None:

@@ -162,10 +162,14 @@ class DeliveryEngine:
         # first deliveries written per event (by this worker), until all of its planned ones are
         self._written: OrderedDict[ObjectId, set[ObjectId]] = OrderedDict()
         self._outbox_done: OrderedDict[ObjectId, int] = OrderedDict()  # per batch outbox: its events done
-        self._loader: Coalescer[Claimed, Planned | None] = Coalescer(self._load, max_batch=STORE_BATCH)
-        self._releaser: Coalescer[Finished, bool] = Coalescer(self._release)
+        self._loader: Coalescer[Claimed, Planned | None] = Coalescer(
+            self._load, max_batch=STORE_BATCH, on_batch=metrics.batch_observer("load")
+        )
+        self._releaser: Coalescer[Finished, bool] = Coalescer(
+            self._release, on_batch=metrics.batch_observer("release")
+        )
         self._recorder: Coalescer[Outcome, asyncio.Task[None]] = Coalescer(
-            self._record, max_batch=STORE_BATCH
+            self._record, max_batch=STORE_BATCH, on_batch=metrics.batch_observer("record")
         )
         self._settling: asyncio.Task[None] | None = None  # the last recorded batch's work after MongoDB
         # called when a slot is freed before its attempt is recorded: the dispatcher may claim again at

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import orjson
 from bson import ObjectId
 
+from webhooks import metrics
 from webhooks.coalesce import Coalescer
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.events import TEST_EVENT, EventName
@@ -73,7 +74,9 @@ class DeliveryService:
         self._events = events
         self._deliveries = deliveries
         self._lanes = lanes
-        self._store: Coalescer[Storing, bool] = Coalescer(self._store_batch)
+        self._store: Coalescer[Storing, bool] = Coalescer(
+            self._store_batch, on_batch=metrics.batch_observer("publish")
+        )
 
     @property
     def _retention(self) -> timedelta:
