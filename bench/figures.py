@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 import psutil
 from bson import ObjectId
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
@@ -284,7 +285,7 @@ async def p1(ctx: Ctx) -> None:
         if ctx.profile and r == runs - 1:  # the last run's delivery only, not the baselines' phases
             profilers = _start_profilers(ctx)
             await asyncio.sleep(1.0)  # py-spy attached
-        cpu0 = _cpu(ctx)
+        cpu0, recording0 = _cpu(ctx), await _record_busy_seconds(ctx)
         t0 = time.perf_counter()
         ids = await publish_many(gql, events, 10)
         t_pub = time.perf_counter()
@@ -302,6 +303,7 @@ async def p1(ctx: Ctx) -> None:
         for proc in profilers:
             await asyncio.to_thread(proc.wait, 60)
         busy = {k: (v - cpu0[k]) / (t_done - t0) * 100 for k, v in _cpu(ctx).items()}
+        recording = (await _record_busy_seconds(ctx) - recording0) / (t_done - t0) * 100
         after = await ctx.recv.stats()
         invalid_total += after["invalid"] - before["invalid"]
         measured.append(expected / (t_done - t0))
@@ -312,6 +314,7 @@ async def p1(ctx: Ctx) -> None:
             f"{publish_rates[-1]:.0f} events/s); raw POST {baseline[-1]:.0f}/s; "
             f"insert_many {ceiling[-1]:.0f} docs/s; CPU % of a core: "
             + ", ".join(f"{k} {v:.0f}" for k, v in busy.items())
+            + f"; the worker's record step busy {recording:.0f} % of the run"
         )
     # the sweeper closes each event once its deliveries are written: part of a delivery's cost, so wait
     closed = await _outbox_closed(ctx, account, 30)
@@ -423,6 +426,19 @@ def _diff(
 
 def _breakdown(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+async def _record_busy_seconds(ctx: Ctx) -> float:
+    """Seconds the worker has spent in its record batches so far (``webhooks_batch_seconds{step="record"}``):
+    one batch at a time, so its growth over a run divided by the run's length is how busy that step was."""
+    async with ctx.session.get(ctx.stack.worker_metrics_url) as response:
+        text = await response.text()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "webhooks_batch_seconds_sum" and s.labels.get("step") == "record"
+    )
 
 
 def _cpu(ctx: Ctx) -> dict[str, float]:

@@ -87,6 +87,11 @@ class Stack:
     receiver: subprocess.Popen[bytes]
     worker: subprocess.Popen[bytes] | None = None
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    worker_metrics_port: int = 0  # the stack's own worker serves its metrics here (not P9's extra workers)
+
+    @property
+    def worker_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.worker_metrics_port}/metrics"
 
     def create_account(self, name: str) -> str:
         """`webhooks create-account` (a real CLI process); returns the API key."""
@@ -100,7 +105,8 @@ class Stack:
         return key
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        self.worker = spawn([sys.executable, "-m", "webhooks_cli", "worker"], self.env, "worker")
+        env = {**self.env, "WEBHOOKS_WORKER_METRICS_PORT": str(self.worker_metrics_port)}
+        self.worker = spawn([sys.executable, "-m", "webhooks_cli", "worker"], env, "worker")
         self.children.append(self.worker)
         time.sleep(1.5)  # arq start-up: connect, ensure indexes, first poll
         if self.worker.poll() is not None:
@@ -138,6 +144,7 @@ def stack(
             api,
             receiver,
             children=children,
+            worker_metrics_port=free_port(),
         )
         if worker:
             running.start_worker()
