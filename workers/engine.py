@@ -187,7 +187,7 @@ class DeliveryEngine:
         released = False
         planned: Planned | None = None
         try:
-            planned = await self._loader.call(claimed)
+            planned = self._ready(claimed) or await self._loader.call(claimed)
             if planned is None:
                 released = True
                 await self._releaser.call(Finished(claimed.item, BreakerOutcome.SKIPPED))
@@ -227,6 +227,30 @@ class DeliveryEngine:
                 self._in_flight.discard(key)
 
     # -- load ------------------------------------------------------------------------------------------
+
+    def _ready(self, c: Claimed) -> Planned | None:
+        """A first attempt that needs nothing read: its event came with its claim (or is cached) and its
+        webhook is cached and enabled. Planned at once, so it never waits for a load batch, which may be
+        reading another webhook's events from a busy store (a backlog whose hand-off copies expired). Any
+        other attempt (a later one, a duplicate, a webhook not cached, deleted or disabled) goes through
+        ``_load``, which decides the same way with what it reads."""
+        item = c.item
+        if item.kind is not Kind.NEW or (item.delivery_id, item.number) in self._in_flight:
+            return None
+        event_id = ObjectId(item.event_id)
+        event = self._event_cache.get(event_id)
+        if event is None and c.attached is not None:
+            event = self._handoff.decode(c.attached)
+            self._event_cache.put(event_id, event)
+        webhook = self._webhook_cache.cached(ObjectId(item.webhook_id))
+        if event is None or webhook is None or not webhook.enabled:
+            return None
+        delivery = _delivery_of(item, event, {})
+        if delivery is None or delivery.webhook_id != webhook.id:
+            return None
+        self._in_flight.add((item.delivery_id, item.number))
+        scheduled = delivery.next_attempt_at or delivery.created_at
+        return Planned(c, delivery, webhook, event.body, scheduled, stored=False)
 
     async def _load(self, batch: list[Claimed]) -> list[Planned | None]:
         """One batch of loads: written deliveries, event bodies and webhooks (both cached)."""

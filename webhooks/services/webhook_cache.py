@@ -35,6 +35,14 @@ class WebhookCache:
         """Webhooks by id (internal, worker side: not account-scoped); deleted ones are left out."""
         return await read_through(self._by_id, ids, self._repo.get_many)
 
+    def cached(self, webhook_id: ObjectId) -> Webhook | None:
+        """The webhook if this process holds it (no read; one due for a refresh is reloaded in the
+        background, as ``get_many`` does)."""
+        webhook = self._by_id.get(webhook_id)
+        if webhook is not None and self._by_id.claim_refresh(webhook_id):
+            self._by_id.refresh([webhook_id], self._repo.get_many)
+        return webhook
+
     async def changed(self, webhook_id: ObjectId, account_id: ObjectId) -> None:
         await self._invalidations.publish(Invalidation(WEBHOOK, str(webhook_id), str(account_id)))
 

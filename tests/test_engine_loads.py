@@ -1,0 +1,96 @@
+"""An attempt that needs nothing read never waits for another webhook's reads.
+
+A first attempt whose event came with its claim (the API's hand-off copy), to a webhook the worker holds in
+its cache, is planned at once. Other attempts are loaded in batches, and a batch may be reading events from
+a busy store: a backlog whose hand-off copies expired reads each of its events from MongoDB.
+
+Real parts: the API, MongoDB, the lanes and the hand-off in Redis, the delivery engine as a worker builds
+it, and a loopback receiver. The store's event reads are held back until the other attempt has arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from bson import ObjectId
+
+from tests.conftest import make_settings
+from tests.delivery_support import create_webhook, publish, wait_for_status
+from tests.receiver import Receiver
+from tests.support import Stack, run_stack
+from webhooks.lanes import Claimed
+from webhooks.models import Event
+from webhooks.timeutil import utcnow
+from workers.sender import Sender
+from workers.worker import build_engine
+
+
+@pytest.fixture
+async def stack(mongodb_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with run_stack(make_settings(mongodb_url, tmp_path), worker=False) as running:
+        yield running
+
+
+async def claim(stack: Stack, count: int) -> list[Claimed]:
+    """``count`` first attempts, claimed as a worker claims them (with their events' hand-off copies)."""
+    claimed: list[Claimed] = []
+    while len(claimed) < count:
+        more, _ = await stack.core.lanes.claim(
+            utcnow(), count, slot_seconds=30, attach=stack.core.handoff.key_prefix
+        )
+        claimed += more
+        await asyncio.sleep(0.02)
+    return claimed
+
+
+async def test_an_attempt_with_its_event_at_hand_does_not_wait_for_another_webhooks_store_reads(
+    stack: Stack, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given two accounts' webhooks, each with one event published while no worker runs
+    a, b = await stack.account(), await stack.account()
+    slow, fast = f"/backlog/{uuid.uuid4().hex[:6]}", f"/fresh/{uuid.uuid4().hex[:6]}"
+    await create_webhook(a.gql, receiver.url(slow))
+    fresh_hook, _ = await create_webhook(b.gql, receiver.url(fast))
+    backlog, fresh = await publish(a.gql), await publish(b.gql)
+    # and both first attempts claimed; A's event copy has expired, B's came with its claim
+    claimed = {c.item.event_id: c for c in await claim(stack, 2)}
+    a_claim, b_claim = claimed[backlog["event"]["id"]], claimed[fresh["event"]["id"]]
+    assert b_claim.attached is not None
+    await stack.core.redis.delete(stack.core.handoff.key_prefix + backlog["event"]["id"])
+    a_claim = replace(a_claim, attached=None)
+    # and B's webhook is in the worker's cache, as an active webhook's is
+    await stack.core.webhook_cache.get_many({ObjectId(fresh_hook)})
+    # and the store's event reads do not answer for now
+    reads_may_go = asyncio.Event()
+    read_asked = asyncio.Event()
+    real_get_many = stack.core.event_repo.get_many
+
+    async def held_reads(ids: Sequence[ObjectId]) -> dict[ObjectId, Event]:
+        read_asked.set()
+        await reads_may_go.wait()
+        found: dict[ObjectId, Event] = await real_get_many(list(ids))
+        return found
+
+    monkeypatch.setattr(stack.core.event_repo, "get_many", held_reads)
+    sender = Sender(timeout=stack.settings.delivery_timeout, allow_private=True)
+    try:
+        engine = build_engine(stack.settings, stack.core, sender)
+        # when one worker's engine makes both attempts, A's first
+        runs = [asyncio.create_task(engine.run(c)) for c in (a_claim, b_claim)]
+        await asyncio.wait_for(read_asked.wait(), 10)
+        # then B's attempt reaches its receiver while A's event is still being read
+        await receiver.wait_for(fast, 1)
+        assert receiver.received[slow] == []
+        # and A's is made once the store answers
+        reads_may_go.set()
+        await asyncio.gather(*runs)
+        await receiver.wait_for(slow, 1)
+    finally:
+        await sender.close()
+    for published, account in ((backlog, a), (fresh, b)):
+        await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
