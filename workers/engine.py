@@ -2,8 +2,10 @@
 
 Each attempt runs on its own (``run``): no attempt waits for another webhook's receiver. Loads, slot
 releases and records go through coalescers, so concurrent attempts share their round trips: a burst costs
-a few large writes, not many small ones. Write budget: a first attempt writes its delivery document once
-(with the attempt in it); a later attempt appends to it.
+a few large writes, not many small ones. A first attempt whose event came with its claim and whose webhook
+is cached needs no load (``_ready``), so it never waits behind another webhook's reads either. Write
+budget: a first attempt writes its delivery document once (with the attempt in it); a later attempt appends
+to it.
 
 Order after an attempt: the webhook's slot is released, MongoDB records the outcome, then the work that
 must not undo it (failure counters, retries, the feed). That last part runs beside the next batch's
