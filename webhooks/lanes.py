@@ -186,9 +186,9 @@ end
 """
 
 # ARGV: prefix, wake?, now_ms, and a JSON array of [webhook, member, due_ms, limit, only_if_absent, resource,
-# seq] (all strings; resource '' = not gated). One argument, not seven per entry: the client packs each
-# argument of a command by copying what it packed so far, so a fan-out of hundreds of entries cost the API
-# more CPU in packing than in the rest of its enqueue (bench P1's profile).
+# seq] (all strings; resource '' = not gated). One argument, not seven per entry: redis-py packs every
+# argument on its own (measured: 100 entries cost the client 0.9-1.15 ms of CPU as 700 arguments,
+# 0.27-0.31 ms as one).
 _ADD = (
     _PUT
     + """
