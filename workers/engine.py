@@ -239,20 +239,29 @@ class DeliveryEngine:
         item = c.item
         if item.kind is not Kind.NEW or (item.delivery_id, item.number) in self._in_flight:
             return None
-        event_id = ObjectId(item.event_id)
-        event = self._event_cache.get(event_id)
-        if event is None and c.attached is not None:
-            event = self._handoff.decode(c.attached)
-            self._event_cache.put(event_id, event)
+        event = self._event_at_hand(c)
         webhook = self._webhook_cache.cached(ObjectId(item.webhook_id))
         if event is None or webhook is None or not webhook.enabled:
             return None
         delivery = _delivery_of(item, event, {})
         if delivery is None or delivery.webhook_id != webhook.id:
             return None
-        self._in_flight.add((item.delivery_id, item.number))
+        return self._planned(c, delivery, webhook, event.body)
+
+    def _event_at_hand(self, c: Claimed) -> Event | None:
+        """The claimed attempt's event if it is cached or came with the claim (then cached), else None."""
+        event_id = ObjectId(c.item.event_id)
+        event = self._event_cache.get(event_id)
+        if event is None and c.attached is not None:
+            event = self._handoff.decode(c.attached)
+            self._event_cache.put(event_id, event)
+        return event
+
+    def _planned(self, c: Claimed, delivery: Delivery, webhook: Webhook, body: bytes) -> Planned:
+        """The attempt to make, marked as in flight in this worker."""
+        self._in_flight.add((c.item.delivery_id, c.item.number))
         scheduled = delivery.next_attempt_at or delivery.created_at
-        return Planned(c, delivery, webhook, event.body, scheduled, stored=False)
+        return Planned(c, delivery, webhook, body, scheduled, stored=c.item.kind is Kind.STORED)
 
     async def _load(self, batch: list[Claimed]) -> list[Planned | None]:
         """One batch of loads: written deliveries, event bodies and webhooks (both cached)."""
@@ -260,10 +269,7 @@ class DeliveryEngine:
             [ObjectId(c.item.delivery_id) for c in batch if c.item.kind is Kind.STORED]
         )
         for c in batch:  # read by the claim, with no round trip of its own
-            if c.attached is not None:
-                event_id = ObjectId(c.item.event_id)
-                if self._event_cache.get(event_id) is None:
-                    self._event_cache.put(event_id, self._handoff.decode(c.attached))
+            self._event_at_hand(c)
         events = await read_through(
             self._event_cache, {ObjectId(c.item.event_id) for c in batch}, self._fetch_events
         )
@@ -287,10 +293,7 @@ class DeliveryEngine:
                 unsent.append(Unsent(delivery, DeliveryStatus.HELD, stored=item.kind is Kind.STORED))
                 answers.append(None)
             else:
-                self._in_flight.add(key)
-                scheduled = delivery.next_attempt_at or delivery.created_at
-                stored_doc = item.kind is Kind.STORED
-                answers.append(Planned(c, delivery, webhook, event.body, scheduled, stored_doc))
+                answers.append(self._planned(c, delivery, webhook, event.body))
         if unsent:
             await self._deliveries.record_unsent(unsent, now, self._retention)
             for u in unsent:
