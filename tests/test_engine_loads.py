@@ -1,8 +1,9 @@
-"""An attempt that needs nothing read never waits for another webhook's reads.
+"""An attempt that needs nothing read never waits for another webhook's reads; a backlog is read ahead.
 
 A first attempt whose event came with its claim (the API's hand-off copy), to a webhook the worker holds in
 its cache, is planned at once. Other attempts are loaded in batches, and a batch may be reading events from
-a busy store: a backlog whose hand-off copies expired reads each of its events from MongoDB.
+a busy store: a backlog whose hand-off copies expired reads its events from MongoDB, and reads those of the
+attempts waiting next in its lane with them, so its next claims find their events at hand.
 
 Real parts: the API, MongoDB, the lanes and the hand-off in Redis, the delivery engine as a worker builds
 it, and a loopback receiver. The store's event reads are held back until the other attempt has arrived.
@@ -33,6 +34,13 @@ from workers.worker import build_engine
 @pytest.fixture
 async def stack(mongodb_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
     async with run_stack(make_settings(mongodb_url, tmp_path), worker=False) as running:
+        yield running
+
+
+@pytest.fixture
+async def copyless_stack(mongodb_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    """No hand-off copies: every event is read from MongoDB, as a backlog older than its copies is."""
+    async with run_stack(make_settings(mongodb_url, tmp_path, event_handoff_ttl=0), worker=False) as running:
         yield running
 
 
@@ -94,3 +102,44 @@ async def test_an_attempt_with_its_event_at_hand_does_not_wait_for_another_webho
         await sender.close()
     for published, account in ((backlog, a), (fresh, b)):
         await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
+
+
+async def test_a_backlog_without_hand_off_copies_is_read_from_the_store_in_few_large_reads(
+    copyless_stack: Stack, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = copyless_stack
+    # given one webhook with 100 events waiting in its lane, none of them with a hand-off copy
+    account = await stack.account()
+    path = f"/backlog/{uuid.uuid4().hex[:6]}"
+    await create_webhook(account.gql, receiver.url(path))
+    events = 100
+    for _ in range(events // 10):
+        await asyncio.gather(*(publish(account.gql) for _ in range(10)))
+    # and the store's event reads counted
+    reads: list[int] = []
+    real_get_many = stack.core.event_repo.get_many
+
+    async def counted_reads(ids: Sequence[ObjectId]) -> dict[ObjectId, Event]:
+        reads.append(len(ids))
+        found: dict[ObjectId, Event] = await real_get_many(list(ids))
+        return found
+
+    monkeypatch.setattr(stack.core.event_repo, "get_many", counted_reads)
+    sender = Sender(timeout=stack.settings.delivery_timeout, allow_private=True)
+    try:
+        engine = build_engine(stack.settings, stack.core, sender)
+        # when a worker's engine makes them as they are claimed, at most the webhook's limit (10) at a time
+        claims = 0
+        while len(receiver.received[path]) < events:
+            claimed, _ = await stack.core.lanes.claim(utcnow(), events, slot_seconds=30)
+            assert claimed, "the lane ran dry before every event arrived"
+            claims += 1
+            await asyncio.gather(*(engine.run(c) for c in claimed))
+    finally:
+        await sender.close()
+    # then every event arrived, once each
+    assert len(receiver.received[path]) == events
+    assert claims >= events // 10
+    # and the store was asked for events in a few large reads, not once per claim
+    assert sum(reads) == events
+    assert len(reads) <= events // 40

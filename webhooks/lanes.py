@@ -608,6 +608,21 @@ class Lanes:
             and (raw[3 * i + 2] is None or float(raw[3 * i + 2]) <= at)
         ]
 
+    async def upcoming(self, webhook_ids: Sequence[str], count: int) -> list[LaneItem]:
+        """The first ``count`` attempts waiting in each webhook's lane, in due order (a snapshot: what its
+        next claims will take, for reading their events ahead)."""
+        if not webhook_ids or count <= 0:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for wh in webhook_ids:
+                pipe.zrange(self._lane(wh), 0, count - 1)
+            raw = await pipe.execute()
+        return [
+            LaneItem.parse(wh, _s(member))
+            for wh, members in zip(webhook_ids, raw, strict=True)
+            for member in members
+        ]
+
     async def recorded(self, items: Sequence[LaneItem], now: datetime) -> None:
         """These attempts' outcomes are in MongoDB (which the sweeper reads from now on)."""
         if not items:

@@ -77,6 +77,10 @@ EVENT_CACHE_ENTRIES = 4_096
 STORE_BATCH = 100
 MAX_TRACKED_EVENTS = 100_000  # events with some, not all, deliveries written (for closing them)
 RECORD_AHEAD = 8  # × its in-flight limit: a webhook's attempts waiting to be recorded in a worker
+# A load that finds a first attempt's event neither cached nor come with its claim also reads the events of
+# the next attempts waiting in that webhook's lane, up to this many (four rounds of the default limit)...
+READ_AHEAD = 40
+READ_AHEAD_BATCH = 400  # ... and up to this many per load batch (a tenth of the event cache's entries)
 LATE_AFTER_MS = 500.0  # an attempt that starts later than this after its due time says why
 
 WAIT_LABELS = {
@@ -268,10 +272,13 @@ class DeliveryEngine:
         stored = await self._deliveries.stored_by_ids(
             [ObjectId(c.item.delivery_id) for c in batch if c.item.kind is Kind.STORED]
         )
+        behind: set[str] = set()  # webhooks whose next attempts' events must be read too
         for c in batch:  # read by the claim, with no round trip of its own
-            self._event_at_hand(c)
+            if self._event_at_hand(c) is None and c.item.kind is Kind.NEW:
+                behind.add(c.item.webhook_id)
+        wanted = {ObjectId(c.item.event_id) for c in batch}
         events = await read_through(
-            self._event_cache, {ObjectId(c.item.event_id) for c in batch}, self._fetch_events
+            self._event_cache, wanted | await self._read_ahead(behind, wanted), self._fetch_events
         )
         webhooks = await self._webhook_cache.get_many({ObjectId(c.item.webhook_id) for c in batch})
         now = utcnow()
@@ -301,6 +308,27 @@ class DeliveryEngine:
             await self._close_events([u.delivery for u in unsent if not u.stored])
             await self._advance([u.delivery for u in unsent])
         return answers
+
+    async def _read_ahead(self, webhook_ids: set[str], wanted: set[ObjectId]) -> set[ObjectId]:
+        """The events of the first attempts waiting next in these webhooks' lanes that are not cached: read
+        with this batch's, their claims find them at hand (``_ready``). A webhook reaches this when a claim
+        brought no hand-off copy: a backlog older than the copies, whose every claim would otherwise wait
+        for a store read of its own (bench P8 "huge" at full size)."""
+        if not webhook_ids:
+            return set()
+        try:
+            upcoming = await self._lanes.upcoming(sorted(webhook_ids), READ_AHEAD)
+        except Exception:  # only saves round trips: the claims read what they need anyway
+            log.warning("could not look ahead in %d lanes", len(webhook_ids), exc_info=True)
+            return set()
+        ahead: set[ObjectId] = set()
+        for item in upcoming:
+            event_id = ObjectId(item.event_id)
+            if item.kind is Kind.NEW and event_id not in wanted and self._event_cache.get(event_id) is None:
+                ahead.add(event_id)
+                if len(ahead) >= READ_AHEAD_BATCH:
+                    break
+        return ahead
 
     async def _fetch_events(self, ids: list[ObjectId]) -> dict[ObjectId, Event]:
         """Handed off in Redis by the API (new events; most come with their claim already), else from
