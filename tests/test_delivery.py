@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from bson import ObjectId
 from standardwebhooks import Webhook as StandardWebhook
 
@@ -114,6 +115,32 @@ async def test_fan_out_goes_only_to_subscribed_webhooks_of_the_publishing_accoun
     (others,) = await receiver.wait_for(d, 1)
     assert offer.json()["event"] == "offer_sent"
     assert others.headers["X-Webhook-Delivery"] not in {x["id"] for x in published["event"]["deliveries"]}
+
+
+async def test_a_cookie_set_by_one_endpoint_never_goes_out_with_a_later_delivery(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given two accounts' webhooks on one receiver host (by name: cookies are kept for host names), and the
+    # first endpoint answers with a session cookie
+    account, other = await stack.account(), await stack.account()
+    setter, later = path(), path()
+
+    async def sets_a_cookie(request: web.Request, n: int) -> web.StreamResponse:
+        response = web.Response(text="OK")
+        response.set_cookie("session", "of-the-first-account")
+        return response
+
+    by_name = receiver.url(setter, sets_a_cookie).replace("127.0.0.1", "localhost")
+    await create_webhook(account.gql, by_name)
+    await create_webhook(other.gql, receiver.url(later).replace("127.0.0.1", "localhost"))
+    # when the first endpoint gets a delivery (and sets its cookie), then both get one more
+    await publish(account.gql)
+    await receiver.wait_for(setter, 1)
+    await publish(account.gql)
+    await publish(other.gql)
+    # then no delivery carried a cookie: not the first endpoint's next one, nor the other account's
+    received = await receiver.wait_for(setter, 2) + await receiver.wait_for(later, 1)
+    assert [r.headers.get("Cookie") for r in received] == [None, None, None]
 
 
 async def test_bad_input_is_refused_and_nothing_is_stored_or_sent(stack: Stack, receiver: Receiver) -> None:

@@ -69,8 +69,11 @@ class Sender:
             resolver=GuardedResolver(self._resolver, allow_private=allow_private or proxy is not None),
             ttl_dns_cache=10,
         )
+        # No cookie jar: a cookie set by one endpoint would otherwise go out with every later delivery to
+        # its host, other accounts' webhooks on a shared receiver host included.
         self._session = aiohttp.ClientSession(
             connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout),
             auto_decompress=False,
             trust_env=False,
