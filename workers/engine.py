@@ -80,7 +80,9 @@ RECORD_AHEAD = 8  # × its in-flight limit: a webhook's attempts waiting to be r
 # A load that finds a first attempt's event neither cached nor come with its claim also reads the events of
 # the next attempts waiting in that webhook's lane, up to this many (four rounds of the default limit)...
 READ_AHEAD = 40
-READ_AHEAD_BATCH = 400  # ... and up to this many per load batch (a tenth of the event cache's entries)
+# ... and up to this many per load batch: the batch's own attempts, and any other load after it, wait for
+# these reads too (eight reads of 25; a twentieth of the event cache's entries)
+READ_AHEAD_BATCH = 200
 LATE_AFTER_MS = 500.0  # an attempt that starts later than this after its due time says why
 
 WAIT_LABELS = {
