@@ -63,8 +63,7 @@ def spawn(args: list[str], env: dict[str, str], log_name: str) -> subprocess.Pop
 def service_env(stores: EmbeddedStores, secret_key: str, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
-        "WEBHOOKS_MONGODB_URL": stores.mongodb_url,
-        "WEBHOOKS_REDIS_URL": stores.redis_url,
+        **stores.service_env(),
         "WEBHOOKS_SECRET_KEYS": secret_key,
         "WEBHOOKS_ALLOW_HTTP": "true",
         "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",

@@ -70,6 +70,7 @@ def make_settings(mongodb_url: str, data_dir: Path, **overrides: object) -> Sett
         "allow_http": True,
         "allow_private_destinations": True,
         "data_dir": data_dir,
+        "retention_sweep": True,  # the tests' SecantusDB runs without its TTL monitor, as `webhooks dev`'s
         **overrides,
     }
     return Settings.model_validate(values)

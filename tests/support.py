@@ -164,6 +164,7 @@ def service_env(settings: Any, **extra: str) -> dict[str, str]:
             "WEBHOOKS_ALLOW_HTTP": "true",
             "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
             "WEBHOOKS_DATA_DIR": str(settings.data_dir),
+            "WEBHOOKS_RETENTION_SWEEP": str(settings.retention_sweep).lower(),
             **extra,
         }
     )

@@ -23,6 +23,7 @@ from webhooks.ratelimit import RateLimiter
 from webhooks.repositories.accounts import AccountRepository, ApiKeyRepository
 from webhooks.repositories.deliveries import DeliveryRepository
 from webhooks.repositories.events import EventRepository
+from webhooks.repositories.expiry import ExpiryRepository
 from webhooks.repositories.sequences import SequenceRepository
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.auth import Authenticator
@@ -54,6 +55,7 @@ class Core:
     webhook_repo: WebhookRepository
     event_repo: EventRepository
     delivery_repo: DeliveryRepository
+    expiry: ExpiryRepository
     webhooks: WebhookService
     deliveries: DeliveryService
     resolver: Resolver
@@ -121,6 +123,7 @@ class Core:
             webhook_repo=webhook_repo,
             event_repo=event_repo,
             delivery_repo=delivery_repo,
+            expiry=ExpiryRepository(cols),
             webhooks=WebhookService(
                 webhook_repo,
                 box,

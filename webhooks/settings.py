@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
     idempotency_window_hours: int = Field(default=24, ge=1)
     delivery_retention_days: int = Field(default=30, ge=1)
+    # The worker's sweeper deletes expired documents itself (webhooks.repositories.expiry), for a store whose
+    # own TTL monitor is off: the embedded SecantusDB (``webhooks dev`` turns this on). MongoDB needs no help.
+    retention_sweep: bool = False
     sweep_interval: float = Field(default=5.0, gt=0)
     sweep_grace: float = Field(default=5.0, ge=0)
     worker_poll_delay: float = Field(default=0.5, gt=0)  # arq polls only for its cron sweeper

@@ -153,8 +153,7 @@ def run_dev(args: argparse.Namespace) -> int:
     stores = start_stores(data_dir)
     env = {
         **os.environ,
-        "WEBHOOKS_MONGODB_URL": stores.mongodb_url,
-        "WEBHOOKS_REDIS_URL": stores.redis_url,
+        **stores.service_env(),
         "WEBHOOKS_ALLOW_HTTP": "true",
         "WEBHOOKS_ALLOW_PRIVATE_DESTINATIONS": "true",
         "WEBHOOKS_DATA_DIR": str(data_dir),

@@ -91,11 +91,12 @@ def valkey_binary() -> str:
 
 
 def secantus_command(port: int, storage: Path) -> list[str]:
-    """The one SecantusDB command line (``webhooks dev``, the tests and the benchmarks use it)."""
+    """The one SecantusDB command line (``webhooks dev``, the tests and the benchmarks use it): SecantusDB
+    with its TTL monitor off (``webhooks_cli.secantus_server``)."""
     return [
         sys.executable,
         "-m",
-        "secantus",
+        "webhooks_cli.secantus_server",
         "--host",
         "127.0.0.1",
         "--port",
@@ -176,6 +177,15 @@ class EmbeddedStores:
     mongodb_url: str
     redis_url: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def service_env(self) -> dict[str, str]:
+        """The settings the service needs for these stores: their URLs, and deleting expired documents
+        itself, as this SecantusDB's TTL monitor is off (``webhooks_cli.secantus_server``)."""
+        return {
+            "WEBHOOKS_MONGODB_URL": self.mongodb_url,
+            "WEBHOOKS_REDIS_URL": self.redis_url,
+            "WEBHOOKS_RETENTION_SWEEP": "true",
+        }
 
     def stop(self) -> None:
         for proc in reversed(self.processes):

@@ -32,6 +32,7 @@ from webhooks.lanes import Enqueue, Kind, LaneItem, Lanes
 from webhooks.models import Delivery, DeliveryStatus
 from webhooks.repositories.deliveries import DeliveryRepository
 from webhooks.repositories.events import EventRepository
+from webhooks.repositories.expiry import ExpiryRepository
 from webhooks.repositories.webhooks import WebhookRepository
 from webhooks.services.deliveries import stored_attempt
 from webhooks.settings import Settings
@@ -50,6 +51,7 @@ FIRST_WINDOW = timedelta(minutes=1)
 MIN_WINDOW = timedelta(milliseconds=100)
 APPROACH = 8  # a window spans at most this fraction of what is left of the pass (see ``Pager``)
 MAX_WINDOW = timedelta(days=1)
+EXPIRE_BUDGET = 1_000  # expired documents deleted per tick, with ``retention_sweep``
 
 
 @dataclass
@@ -130,6 +132,7 @@ class Sweeper:
     events: EventRepository
     deliveries: DeliveryRepository
     webhooks: WebhookRepository
+    expiry: ExpiryRepository | None = None  # given with ``retention_sweep``: it deletes expired documents
     _outbox: Pager = field(default_factory=Pager)
     _overdue: Pager = field(default_factory=Pager)
 
@@ -151,6 +154,8 @@ class Sweeper:
 
         await self._outbox.tick(oldest, before, outbox)
         await self._overdue.tick(oldest, before, overdue)
+        if self.expiry is not None:
+            await self.expiry.expire(utcnow(), EXPIRE_BUDGET)
         requeued = sum(counts)
         if requeued:
             log.warning("sweeper re-queued %d attempts", requeued)

@@ -89,7 +89,14 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         ctx["core"] = core
         engine = build_engine(settings, core, sender)
         ctx["engine"] = engine
-        ctx["sweeper"] = Sweeper(settings, core.lanes, core.event_repo, core.delivery_repo, core.webhook_repo)
+        ctx["sweeper"] = Sweeper(
+            settings,
+            core.lanes,
+            core.event_repo,
+            core.delivery_repo,
+            core.webhook_repo,
+            expiry=core.expiry if settings.retention_sweep else None,
+        )
         dispatcher = Dispatcher(
             redis=core.redis,
             lanes=core.lanes,
