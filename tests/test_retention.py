@@ -2,7 +2,7 @@
 
 SecantusDB's own TTL monitor reads every document of every TTL-indexed collection once a minute under the
 store's one lock (a 1.6 s freeze of every command with 100,000 deliveries stored), so ``webhooks dev``, the
-tests and the benchmarks run it without (``webhooks_cli.secantus_server``) and turn on
+tests and the benchmarks run it without (``webhooks_cli.embedded.serve_secantus``) and turn on
 ``WEBHOOKS_RETENTION_SWEEP``. Real parts: SecantusDB as ``webhooks dev`` starts it, the worker, Redis.
 """
 

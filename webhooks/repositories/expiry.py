@@ -4,10 +4,10 @@ Every TTL index in ``webhooks.db.INDEXES`` (events and deliveries past their ret
 after they end) is honoured the way MongoDB's TTL monitor honours it: a document goes once its indexed date
 is more than ``expireAfterSeconds`` in the past. MongoDB needs no help. The embedded SecantusDB runs with its
 monitor off, because that one reads every document of every such collection under the store's one lock
-(``webhooks_cli.secantus_server``); with ``WEBHOOKS_RETENTION_SWEEP`` the worker's sweeper calls ``expire``
-instead. Each round reads the ids of at most ``EXPIRE_BATCH`` expired documents through the TTL index (a
-range that matches only expired ones, so its cost is what it deletes), then deletes those; a tick stops at
-its budget, so a large expiry (a retention just shortened) is spread over ticks.
+(``webhooks_cli.embedded.serve_secantus``); with ``WEBHOOKS_RETENTION_SWEEP`` the worker's sweeper calls
+``expire`` instead. Each round reads the ids of at most ``EXPIRE_BATCH`` expired documents through the TTL
+index (a range that matches only expired ones, so its cost is what it deletes), then deletes those; a tick
+stops at its budget, so a large expiry (a retention just shortened) is spread over ticks.
 """
 
 from __future__ import annotations
