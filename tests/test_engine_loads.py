@@ -12,8 +12,9 @@ it, and a loopback receiver. The store's event reads are held back until the oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.support import Stack, run_stack
 from webhooks.lanes import Claimed
 from webhooks.models import Event
 from webhooks.timeutil import utcnow
+from workers.engine import DeliveryEngine
 from workers.sender import Sender
 from workers.worker import build_engine
 
@@ -56,6 +58,30 @@ async def claim(stack: Stack, count: int) -> list[Claimed]:
     return claimed
 
 
+def before_event_reads(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, before: Callable[[Sequence[ObjectId]], Awaitable[None]]
+) -> None:
+    """Every read of events from the store awaits ``before(ids)`` first, then reads them for real."""
+    real_get_many = stack.core.event_repo.get_many
+
+    async def reads(ids: Sequence[ObjectId]) -> dict[ObjectId, Event]:
+        await before(ids)
+        found: dict[ObjectId, Event] = await real_get_many(list(ids))
+        return found
+
+    monkeypatch.setattr(stack.core.event_repo, "get_many", reads)
+
+
+@contextlib.asynccontextmanager
+async def worker_engine(stack: Stack) -> AsyncIterator[DeliveryEngine]:
+    """The delivery engine as a worker builds it, sending for real (to loopback)."""
+    sender = Sender(timeout=stack.settings.delivery_timeout, allow_private=True)
+    try:
+        yield build_engine(stack.settings, stack.core, sender)
+    finally:
+        await sender.close()
+
+
 async def test_an_attempt_with_its_event_at_hand_does_not_wait_for_another_webhooks_store_reads(
     stack: Stack, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,18 +102,13 @@ async def test_an_attempt_with_its_event_at_hand_does_not_wait_for_another_webho
     # and the store's event reads do not answer for now
     reads_may_go = asyncio.Event()
     read_asked = asyncio.Event()
-    real_get_many = stack.core.event_repo.get_many
 
-    async def held_reads(ids: Sequence[ObjectId]) -> dict[ObjectId, Event]:
+    async def held(ids: Sequence[ObjectId]) -> None:
         read_asked.set()
         await reads_may_go.wait()
-        found: dict[ObjectId, Event] = await real_get_many(list(ids))
-        return found
 
-    monkeypatch.setattr(stack.core.event_repo, "get_many", held_reads)
-    sender = Sender(timeout=stack.settings.delivery_timeout, allow_private=True)
-    try:
-        engine = build_engine(stack.settings, stack.core, sender)
+    before_event_reads(stack, monkeypatch, held)
+    async with worker_engine(stack) as engine:
         # when one worker's engine makes both attempts, A's first
         runs = [asyncio.create_task(engine.run(c)) for c in (a_claim, b_claim)]
         await asyncio.wait_for(read_asked.wait(), 10)
@@ -98,8 +119,6 @@ async def test_an_attempt_with_its_event_at_hand_does_not_wait_for_another_webho
         reads_may_go.set()
         await asyncio.gather(*runs)
         await receiver.wait_for(slow, 1)
-    finally:
-        await sender.close()
     for published, account in ((backlog, a), (fresh, b)):
         await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
 
@@ -117,17 +136,12 @@ async def test_a_backlog_without_hand_off_copies_is_read_from_the_store_in_few_l
         await asyncio.gather(*(publish(account.gql) for _ in range(10)))
     # and the store's event reads counted
     reads: list[int] = []
-    real_get_many = stack.core.event_repo.get_many
 
-    async def counted_reads(ids: Sequence[ObjectId]) -> dict[ObjectId, Event]:
+    async def counted(ids: Sequence[ObjectId]) -> None:
         reads.append(len(ids))
-        found: dict[ObjectId, Event] = await real_get_many(list(ids))
-        return found
 
-    monkeypatch.setattr(stack.core.event_repo, "get_many", counted_reads)
-    sender = Sender(timeout=stack.settings.delivery_timeout, allow_private=True)
-    try:
-        engine = build_engine(stack.settings, stack.core, sender)
+    before_event_reads(stack, monkeypatch, counted)
+    async with worker_engine(stack) as engine:
         # when a worker's engine makes them as they are claimed, at most the webhook's limit (10) at a time
         claims = 0
         while len(receiver.received[path]) < events:
@@ -135,8 +149,6 @@ async def test_a_backlog_without_hand_off_copies_is_read_from_the_store_in_few_l
             assert claimed, "the lane ran dry before every event arrived"
             claims += 1
             await asyncio.gather(*(engine.run(c) for c in claimed))
-    finally:
-        await sender.close()
     # then every event arrived, once each
     assert len(receiver.received[path]) == events
     assert claims >= events // 10
