@@ -209,9 +209,9 @@ def serve_secantus(argv: list[str] | None = None) -> int:
     Once a minute that monitor reads and decodes every document of every collection with a TTL index while
     holding the store's one lock, so every command waits: measured here, 0.4 s with 20,000 deliveries
     stored and 1.6 s with 100,000, growing with the data. Its configuration file has a key for the interval,
-    which its launcher does not pass on. The worker's sweeper deletes expired documents instead, a few hundred
-    per tick, through the TTL indexes (``WEBHOOKS_RETENTION_SWEEP``, in ``EmbeddedStores.service_env``;
-    ``webhooks.repositories.expiry``)."""
+    which its launcher does not pass on. The worker's sweeper deletes expired documents instead, 100 at a time
+    and at most 1,000 per tick, through the TTL indexes (``WEBHOOKS_RETENTION_SWEEP``, in
+    ``EmbeddedStores.service_env``; ``webhooks.repositories.expiry``)."""
     import argparse
 
     from secantus.server import SecantusDBServer
