@@ -30,7 +30,12 @@ def log(message: str) -> None:
 
 
 async def main_figures(
-    selected: list[str], quick: bool, profile: bool, results: list[Result], p8_cases: list[str] | None = None
+    selected: list[str],
+    quick: bool,
+    profile: bool,
+    results: list[Result],
+    p8_cases: list[str] | None = None,
+    p1_events: int | None = None,
 ) -> None:
     def emit(result: Result) -> None:
         results.append(result)
@@ -49,7 +54,7 @@ async def main_figures(
             )
             try:
                 async with aiohttp.ClientSession(connector=client_connector(200)) as session:
-                    ctx = Ctx(running, session, mongo, quick, log, profile, emit)
+                    ctx = Ctx(running, session, mongo, quick, log, profile, emit, p1_events)
                     await ctx.start_feed()
                     try:
                         for name in service:
@@ -93,6 +98,12 @@ def main() -> int:
         action="store_true",
         help="P1: record py-spy profiles of the worker and the API into bench/.cache/",
     )
+    parser.add_argument(
+        "--p1-events",
+        type=int,
+        default=None,
+        help="P1: events per run, each to 10 webhooks (default 200, 100 with --quick)",
+    )
     parser.add_argument("--p8-cases", default="", help="P8 subset: dead,dead10k,slow,huge (default: all)")
     args = parser.parse_args()
     selected = [s.strip().lower() for s in args.only.split(",") if s.strip()]
@@ -102,7 +113,7 @@ def main() -> int:
     results: list[Result] = []
     t0 = time.perf_counter()
     p8_cases = [c.strip() for c in args.p8_cases.split(",") if c.strip()] or None
-    asyncio.run(main_figures(selected, args.quick, args.profile, results, p8_cases))
+    asyncio.run(main_figures(selected, args.quick, args.profile, results, p8_cases, args.p1_events))
     log(f"done in {time.perf_counter() - t0:.0f} s")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / ("results-quick.json" if args.quick else "results.json")).write_text(

@@ -83,6 +83,7 @@ class Ctx:
     log: Log
     profile: bool
     emit: Callable[[Result], None]
+    p1_events: int | None = None  # P1's events per run (fan-out 10); None: 200, or 100 with --quick
     recv: ReceiverControl = field(init=False)
     _feed_task: asyncio.Task[None] | None = field(init=False, default=None)
     _finished: dict[str, tuple[str, float]] = field(
@@ -251,7 +252,7 @@ async def insert_ceiling(ctx: Ctx, batches: int) -> float:
 
 
 async def p1(ctx: Ctx) -> None:
-    hooks, events = 10, 100 if ctx.quick else 200
+    hooks, events = 10, ctx.p1_events or (100 if ctx.quick else 200)
     runs = 3
     gql, _ = await ctx.account("P1")
     paths = [f"/ok/p1-{i}" for i in range(hooks)]
