@@ -21,7 +21,7 @@ from graphql_api.mutations import portal as portal_mutations
 from graphql_api.mutations import secrets as secret_mutations
 from graphql_api.mutations import webhooks as webhook_mutations
 from graphql_api.permissions import scoped_query
-from graphql_api.security import Limits
+from graphql_api.security import REQUEST_ERRORS, Limits, is_client_error
 from graphql_api.subscriptions import Subscription
 from graphql_api.types import (
     Delivery,
@@ -132,6 +132,14 @@ class Mutation:
     )
 
 
+# graphql-core's errors about a variable's value, as opposed to its validation errors about the variables in
+# the document ("is never used", "is not defined", "used in position expecting ..."); both come before
+# execution.
+_VARIABLE_VALUE = re.compile(
+    r"Variable '\$[^']*' (?:(?:has|got) invalid value|of (?:required|non-null) type .* "
+    r"(?:was not provided|must not be null))"
+)
+
 # graphql-core's suggestions: " Did you mean 'X'?", " Did you mean the enum value 'X'?", "... or 'Z'?"
 _SUGGESTION = re.compile(r" Did you mean .*\?$", re.DOTALL)
 
@@ -155,10 +163,7 @@ class Schema(strawberry.Schema):
         for error in errors:
             if not self.introspection:
                 error.message = _SUGGESTION.sub("", error.message)
-            unexpected = error.original_error is not None and not isinstance(
-                error.original_error, GraphQLError
-            )
-            if not unexpected and not (error.extensions or {}).get("code"):
+            if is_client_error(error) and not (error.extensions or {}).get("code"):
                 error.extensions = {
                     **(error.extensions or {}),
                     "code": _client_error_code(error, before_execution),
@@ -168,10 +173,12 @@ class Schema(strawberry.Schema):
 def _client_error_code(error: GraphQLError, before_execution: list[GraphQLError]) -> str:
     if error.message.startswith("Syntax Error"):
         return "GRAPHQL_PARSE_FAILED"
-    if error.message.startswith("Variable '$"):
-        return "BAD_USER_INPUT"  # variables that do not fit their types
+    if isinstance(error.original_error, REQUEST_ERRORS):
+        return "GRAPHQL_VALIDATION_FAILED"  # e.g. 'Unknown operation named "X".' over a WebSocket
+    if _VARIABLE_VALUE.match(error.message):
+        return "BAD_USER_INPUT"  # variables whose values do not fit their types
     if any(error is e for e in before_execution):
-        return "GRAPHQL_VALIDATION_FAILED"
+        return "GRAPHQL_VALIDATION_FAILED"  # variables never used or not defined are the document's fault
     return "BAD_USER_INPUT"
 
 

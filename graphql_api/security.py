@@ -26,9 +26,11 @@ from graphql import GraphQLError, OperationDefinitionNode
 from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import FieldExtension, MaskErrors, SchemaExtension
 from strawberry.extensions.max_aliases import create_validator as alias_validator
 from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import Info as StrawberryInfo
 
 from graphql_api.request_ids import masked_message, request_id
@@ -194,11 +196,21 @@ class OneOperationPerRequest(SchemaExtension):
 # --- masking ------------------------------------------------------------------------------------
 
 
+# Strawberry's own refusals of a request, raised before validation: no operation of that name (or none at
+# all), an operation type not allowed on this transport, no query. Over HTTP its view answers them with a
+# 400; over a WebSocket they arrive as errors wrapping these exceptions. The client's mistake, not ours.
+REQUEST_ERRORS = (CannotGetOperationTypeError, InvalidOperationTypeError, MissingQueryError)
+
+
+def is_client_error(error: GraphQLError) -> bool:
+    """Auth, input, limit, parse and validation errors, and Strawberry's refusals of a request."""
+    original = error.original_error
+    return original is None or isinstance(original, (GraphQLError, *REQUEST_ERRORS))
+
+
 def should_mask(error: GraphQLError) -> bool:
-    """Mask unexpected errors; keep auth, input, limit and validation errors readable."""
-    if error.original_error is None:
-        return False  # parse/validation errors from graphql-core itself
-    return not isinstance(error.original_error, GraphQLError)
+    """Mask unexpected errors; keep the client's errors readable."""
+    return not is_client_error(error)
 
 
 class MaskUnexpectedErrors(MaskErrors):

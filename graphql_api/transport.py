@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from graphql import GraphQLError
+from graphql import GraphQLError, GraphQLSyntaxError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -62,13 +62,29 @@ class SubscriptionsOverWebSocket(SchemaExtension):
         yield
 
 
+CLOSE_REASON_BYTES = 123  # what a WebSocket close frame can carry (RFC 6455, 5.5.1)
+
+
 class NullPayloadTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
-    """graphql-transport-ws allows ``connection_init`` with ``"payload": null``: read it as no payload."""
+    """graphql-transport-ws, with two corrections to Strawberry's handler:
+
+    - ``connection_init`` with ``"payload": null`` (the protocol allows it) reads as no payload;
+    - a ``subscribe`` that names an operation its document lacks gets an ``error`` message for that operation,
+      as a validation error does, rather than closing the connection; a document that does not parse still
+      closes it (4400), with the reason cut to what a close frame holds. Strawberry put the client's text in
+      the close reason whole: a long one broke the close (the client saw 1006) and logged an exception.
+    """
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         if message.get("payload", {}) is None:
             message = {"type": "connection_init"}
         await super().handle_connection_init(message)
+
+    @staticmethod
+    def _get_pre_execution_close_reason(error: GraphQLError) -> str | None:
+        if not isinstance(error, GraphQLSyntaxError):
+            return None
+        return error.message.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
 
 
 # --- GraphQL over HTTP --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from webhooks.event_schemas import payload_schema
 from webhooks.events import CATALOG, EventName
 from webhooks.lanes import BreakerState, LaneState, LateReason
 from webhooks.models import Attempt as AttemptRecord
-from webhooks.models import AttemptTrigger, DeliveryStatus
+from webhooks.models import AttemptTrigger, DeliveryStatus, Scope
 from webhooks.models import Delivery as DeliveryRecord
 from webhooks.models import Webhook as WebhookRecord
 from webhooks.pagination import Page, encode_cursor
@@ -266,8 +266,11 @@ class Delivery:
     attempt_count: int
     record: strawberry.Private[DeliveryRecord]
 
-    @strawberry.field(description="Every attempt, oldest first.")
+    @strawberry.field(description="Every attempt, oldest first (needs webhooks:manage).")
     async def attempts(self, info: strawberry.Info) -> list[DeliveryAttempt]:
+        # A delivery is also reachable from publishEvent's payload, which a publish-only key may read: what
+        # the receivers answered belongs to the delivery log, which needs webhooks:manage.
+        await info.context.require(Scope.MANAGE_WEBHOOKS)
         records = await info.context.attempts_loader.load(self.record)
         return [DeliveryAttempt.from_record(a) for a in records]
 

@@ -149,6 +149,14 @@ async def test_lone_surrogates_are_user_errors_naming_the_field(account: Account
     assert [(e["field"], e["code"]) for e in published["publishEvent"]["errors"]] == [
         ("idempotencyKey", "INVALID")
     ]
+    # a filter's path (its keys and values were refused already)
+    for path in ("details.\ud800", "\udc00.x"):
+        values = {"name": "f", "url": "https://hooks.example.com/x", "events": ["CANDIDATE_HIRED"]}
+        values["filter"] = {"path": path, "eq": 1}
+        payload = (await raw_gql(account, CREATE, {"input": values}))["data"]["createWebhook"]
+        assert payload["webhook"] is None
+        assert [(e["field"], e["code"]) for e in payload["errors"]] == [("filter.path", "INVALID")]
+        assert "surrogate" in payload["errors"][0]["message"]
     # deliveries(event:)
     body = await raw_gql(account, DELIVERIES, {"event": "job_created\ud800"})
     assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
@@ -179,6 +187,22 @@ async def test_recover_deliveries_refuses_dates_outside_what_ids_can_hold(accoun
             "recoverDeliveries"
         ]
         assert payload["errors"] == [{"field": field, "code": "INVALID"}]
+
+
+@pytest.mark.parametrize(
+    "since", ["1970-01-01T00:00:00Z", "1970-01-01T00:00:00.5Z", "1970-01-01T01:00:00+01:00"]
+)
+async def test_recover_deliveries_accepts_the_first_second_ids_can_hold(account: Account, since: str) -> None:
+    # given a webhook with nothing to recover
+    created = (
+        await account.gql.execute(
+            CREATE, {"input": {"name": "r", "url": "https://127.0.0.1/x", "events": ["CANDIDATE_HIRED"]}}
+        )
+    )["createWebhook"]["webhook"]
+    # when asked to recover from the very start of what the API accepts
+    payload = (await account.gql.execute(RECOVER, {"id": created["id"], "since": since}))["recoverDeliveries"]
+    # then it answers (nothing found), where it used to fail with an unexpected error
+    assert payload["errors"] == []
 
 
 @pytest.mark.parametrize("timestamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])

@@ -249,6 +249,8 @@ async def test_custom_headers_are_stored_encrypted_and_shown_masked(stack: Stack
         ([{"name": "Transfer-Encoding", "value": "chunked"}], "headers.0.name", "reserved"),
         ([{"name": "Webhook-Signature", "value": "v1,x"}], "headers.0.name", "webhook-*"),
         ([{"name": "X-Webhook-Sequence", "value": "1"}], "headers.0.name", "x-webhook-*"),
+        ([{"name": "Proxy-Status", "value": "x"}], "headers.0.name", "proxy-*"),
+        ([{"name": "proxy-foo", "value": "x"}], "headers.0.name", "proxy-*"),
         ([{"name": "X Bad", "value": "v"}], "headers.0.name", "not a valid header name"),
         ([{"name": "X-Colon:", "value": "v"}], "headers.0.name", "not a valid header name"),
         ([{"name": "X-Ok", "value": "a\r\nInjected: 1"}], "headers.0.value", "no CR, LF, NUL"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import statistics
 import subprocess
@@ -695,3 +696,64 @@ async def test_the_feed_fans_out_to_a_thousand_subscribers_each_getting_its_acco
     latencies.sort()
     p50, p99 = statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
     print(f"\nfeed, 1,000 subscribers: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms (not asserted)")
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+async def test_an_unknown_operation_name_is_an_error_for_that_operation_and_is_not_logged(
+    api: Api, receiver: Receiver, redis: aioredis.Redis, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a live connection
+    account = await api.account()
+    webhook_id, _ = await create_webhook(account.gql, receiver.url(path()))
+    name = "Nope-tok_9f2c\nFORGED LINE " + "é" * 300
+    kind = "subscribe" if protocol == TRANSPORT_WS else "start"
+    async with gql_socket(api.url, account.api_key, protocol=protocol) as client:
+        with caplog.at_level(logging.DEBUG):
+            # when it subscribes naming an operation that its document does not hold
+            payload = {"query": "subscription Live { deliveryAttempts { id } }", "operationName": name}
+            await client.ws.send(json.dumps({"id": "op", "type": kind, "payload": payload}))
+            answer = await client.message("op")
+        # then that operation gets a validation error, as over HTTP
+        assert answer["type"] == "error"
+        errors = answer["payload"] if isinstance(answer["payload"], list) else [answer["payload"]]
+        assert errors[0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        assert errors[0]["message"].startswith('Unknown operation named "Nope-tok_9f2c')
+        # and the connection still serves the client's other subscriptions
+        op = await client.subscribe(ATTEMPTS, {"w": webhook_id})
+        await until_live(redis, client, op, account.id, webhook_id)
+    # and the name the client sent is not in the logs (neither an error nor a forged line)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if "FORGED" in r.getMessage() or "tok_9f2c" in r.getMessage()]
+
+
+async def test_a_document_that_does_not_parse_closes_with_a_reason_a_close_frame_can_carry(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a live graphql-transport-ws connection
+    account = await api.account()
+    async with gql_socket(api.url, account.api_key) as client:
+        # when it subscribes with a document that does not parse, around a long string
+        query = 'subscription { deliveryAttempts { id } } "' + "é" * 300 + '" {'
+        with caplog.at_level(logging.DEBUG):
+            await client.ws.send(json.dumps({"id": "op", "type": "subscribe", "payload": {"query": query}}))
+            assert client.reader is not None
+            async with asyncio.timeout(15):
+                await client.reader  # until the server closes the connection
+    # then the connection is closed as the protocol says (4400), not dropped (1006), and nothing is logged
+    reason = client.ws.close_reason or ""
+    assert client.ws.close_code == 4400
+    assert reason.startswith("Syntax Error") and len(reason.encode()) <= 123
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_document_that_does_not_parse_is_an_error_over_legacy_graphql_ws(api: Api) -> None:
+    # given a live legacy graphql-ws connection
+    account = await api.account()
+    async with gql_socket(api.url, account.api_key, protocol=LEGACY_WS) as client:
+        # when it starts an operation whose document does not parse
+        payload = {"query": "subscription {"}
+        await client.ws.send(json.dumps({"id": "op", "type": "start", "payload": payload}))
+        answer = await client.message("op")
+    # then that operation gets the syntax error
+    assert answer["type"] == "error", answer
+    assert answer["payload"]["message"].startswith("Syntax Error"), answer

@@ -250,6 +250,37 @@ async def test_read_update_and_delete(account: Account) -> None:
     assert (await account.gql.execute(GET, {"id": webhook["id"]}))["webhook"] is None
 
 
+async def test_sending_enabled_as_it_was_keeps_the_disabled_reason_and_the_failure_count(
+    account: Account, core: Core
+) -> None:
+    # given one webhook disabled automatically, and another enabled with 7 failures in a row
+    disabled, failing = await create_ok(account.gql), await create_ok(account.gql)
+    reason = "Disabled automatically after 10 consecutive failed deliveries"
+    webhooks = raw_collections(core).webhooks
+    await webhooks.update_one(
+        {"_id": ObjectId(disabled["id"])},
+        {"$set": {"enabled": False, "disabled_reason": reason, "consecutive_failures": 10}},
+    )
+    await webhooks.update_one({"_id": ObjectId(failing["id"])}, {"$set": {"consecutive_failures": 7}})
+    # when a client renames both and sends back `enabled` unchanged (a form that submits every field)
+    renamed = await account.gql.execute(
+        UPDATE, {"id": disabled["id"], "input": {"name": "Renamed", "enabled": False}}
+    )
+    kept = await account.gql.execute(
+        "mutation($id: ID!, $input: UpdateWebhookInput!) { updateWebhook(id: $id, input: $input) "
+        "{ webhook { name enabled consecutiveFailures } errors { code } } }",
+        {"id": failing["id"], "input": {"name": "Renamed too", "enabled": True}},
+    )
+    # then the reason for the disable stays, and the failures still count towards auto-disable
+    after = renamed["updateWebhook"]["webhook"]
+    assert (after["name"], after["enabled"], after["disabledReason"]) == ("Renamed", False, reason)
+    assert kept["updateWebhook"]["webhook"] == {
+        "name": "Renamed too",
+        "enabled": True,
+        "consecutiveFailures": 7,
+    }
+
+
 async def test_update_validates_like_create_and_writes_nothing_on_error(account: Account) -> None:
     webhook = await create_ok(account.gql)
     payload = (
@@ -339,6 +370,38 @@ async def test_a_revoked_key_is_unauthenticated(core: Core, http: Any) -> None:
     await core.api_keys.revoke(who.account_id, who.key_id)
     body = await account.gql.raw("{ webhooks { edges { cursor } } }")
     assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_a_publish_only_key_does_not_see_what_receivers_answered(core: Core, http: Any) -> None:
+    # given a key that may only publish, for an account with one webhook
+    manager = await new_account(core, http)
+    await create_ok(manager.gql)
+    who = await core.api_keys.authenticate(manager.api_key)
+    assert who is not None
+    key = await core.api_keys.issue(who.account_id, frozenset({Scope.PUBLISH_EVENTS}))
+    publisher = GraphQLClient(http, key)
+    publish = """mutation($input: PublishEventInput!) { publishEvent(input: $input) {
+      event { deliveries { id webhookId status ATTEMPTS } } errors { code } } }"""
+    variables = {
+        "input": {
+            "event": "CANDIDATE_HIRED",
+            "log": {
+                "action": "hire",
+                "resourceType": "candidate",
+                "resourceId": str(ObjectId()),
+                "userId": str(ObjectId()),
+                "userName": "Jo",
+                "userEmail": "jo@example.com",
+            },
+        }
+    }
+    # when it publishes, asking for the deliveries and then for their attempts too
+    plain = await publisher.execute(publish.replace("ATTEMPTS", ""), variables)
+    nosy = await publisher.raw(publish.replace("ATTEMPTS", "attempts { statusCode responseBody }"), variables)
+    # then it sees which deliveries its event made, but the attempts (the delivery log) need webhooks:manage
+    assert [d["status"] for d in plain["publishEvent"]["event"]["deliveries"]] == ["PENDING"]
+    assert nosy["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    assert "webhooks:manage" in nosy["errors"][0]["message"]
 
 
 async def test_a_key_without_the_scope_is_forbidden(core: Core, http: Any) -> None:

@@ -51,16 +51,20 @@ RESERVED_NAMES = frozenset(
         "expect",
     }
 )
-RESERVED_PREFIXES = ("webhook-", "x-webhook-")
+RESERVED_PREFIXES = {
+    "webhook-": "carry HatchBeacon's own signature and delivery metadata",
+    "x-webhook-": "carry HatchBeacon's own signature and delivery metadata",
+    "proxy-": "are meant for proxies on the way, not for the receiver",
+}
 
 
 def reserved_reason(name: str) -> str | None:
     lowered = name.lower()
     if lowered in RESERVED_NAMES:
         return f"{name} is set by HatchBeacon or by the HTTP connection itself"
-    for prefix in RESERVED_PREFIXES:
+    for prefix, why in RESERVED_PREFIXES.items():
         if lowered.startswith(prefix):
-            return f"{prefix}* headers carry HatchBeacon's own signature and delivery metadata"
+            return f"{prefix}* headers {why}"
     return None
 
 

@@ -29,6 +29,7 @@ import orjson
 
 from webhooks.errors import ErrorCode, UserError, UserErrors
 from webhooks.payloads import JsonValue, dumps_js, normalize_json
+from webhooks.validation import surrogate_problem
 
 MAX_FILTER_BYTES = 4096
 """The largest filter, as compact JSON."""
@@ -129,6 +130,9 @@ class _Walker:
     def path(self, raw: object, field: str) -> str | None:
         if not isinstance(raw, str):
             self.refuse(field, f"{field} must be a string like 'details.department' or 'log.resourceType'.")
+            return None
+        if problem := surrogate_problem(raw):
+            self.refuse(field, f"{field} {problem}, which is not valid Unicode text.")
             return None
         root, dot, rest = raw.partition(".")
         if root not in ROOTS or not dot or not rest:

@@ -19,6 +19,7 @@ from bson import ObjectId
 from pymongo import DESCENDING, UpdateOne
 
 from webhooks.db import Collections, Doc, find_by_ids, insert_new
+from webhooks.ids import id_at
 from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus
 from webhooks.pagination import Page
 from webhooks.repositories.events import OUTBOX_LAG, EventRepository
@@ -318,8 +319,8 @@ class DeliveryRepository:
             "account_id": account_id,
             "webhook_id": webhook_id,
             "_id": {
-                "$gte": ObjectId.from_datetime(since - timedelta(seconds=1)),
-                "$lt": ObjectId.from_datetime(until + timedelta(seconds=1)),
+                "$gte": id_at(since - timedelta(seconds=1)),
+                "$lt": id_at(until + timedelta(seconds=1)),
             },
             "created_at": {"$gte": since, "$lt": until},
             "status": {"$in": [s.value for s in statuses]},

@@ -170,9 +170,11 @@ class WebhookService:
         changes.update(controls.fields(self._box, errors))
         if errors:
             raise UserErrors(errors)
-        if enabled is True:
+        # Only a change of state counts: a client that sends the whole form back (`enabled` as it was) must
+        # not overwrite why and when the webhook was disabled, nor reset the failure count of auto-disable.
+        if enabled is True and not before.enabled:
             changes.update(enabled=True, disabled_reason=None, disabled_at=None, consecutive_failures=0)
-        elif enabled is False:
+        elif enabled is False and before.enabled:
             changes.update(enabled=False, disabled_reason="Disabled by a user", disabled_at=utcnow())
         if not changes:
             return before
