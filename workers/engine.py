@@ -304,7 +304,19 @@ class DeliveryEngine:
             else:
                 answers.append(self._planned(c, delivery, webhook, event.body))
         if unsent:
-            await self._deliveries.record_unsent(unsent, now, self._retention)
+            try:
+                await self._deliveries.record_unsent(unsent, now, self._retention)
+            except Exception:
+                # The attempts planned above are marked in flight and go ahead: failing them with this write
+                # would leave their marks behind (their next claims read as duplicates of themselves). The
+                # unsent ones stay as they were, a first attempt in its open outbox or a later one overdue,
+                # and the sweeper queues them again.
+                log.warning(
+                    "could not record %d unsent deliveries; the sweeper retries them",
+                    len(unsent),
+                    exc_info=True,
+                )
+                return answers
             for u in unsent:
                 metrics.delivery_finished(u.status.value, u.delivery.event)
             await self._close_events([u.delivery for u in unsent if not u.stored])
@@ -567,45 +579,57 @@ class DeliveryEngine:
             log.exception("could not emit %s about webhook %s", event.value, about.id)
 
     async def _count(self, finals: dict[ObjectId, list[bool]], hooks: dict[ObjectId, Webhook]) -> None:
-        threshold = self._settings.disable_after_failures
-        await self._reset_failures([w for w, o in finals.items() if count_failures(o).reset])
+        """Each webhook's final outcomes of a batch, counted towards auto-disable. A store error loses that
+        webhook's count only (logged): the rest of the batch, other webhooks and other accounts included, is
+        counted, and what follows it in ``_settle`` (retries, the live feed) still runs."""
+        resets = [w for w, o in finals.items() if count_failures(o).reset]
+        try:
+            await self._reset_failures(resets)
+        except Exception:
+            log.warning("could not reset the failure counts of %d webhooks", len(resets), exc_info=True)
         for webhook_id, outcomes in finals.items():
-            change = count_failures(outcomes)
-            if change.add:
-                count = await self._webhooks.add_failures(webhook_id, change.add)
-                if count is None:
-                    continue
-                webhook = hooks[webhook_id]
-                if count == change.add:  # a streak starts: no cache may go on saying it has no failures
-                    await self._webhook_cache.changed(webhook_id, webhook.account_id)
-                level = operational.failing_warning_due(count - change.add, count, threshold)
-                if level is not None:
-                    log.warning("webhook %s has %d consecutive failed deliveries", webhook_id, level)
-                    body = operational.webhook_failing_body(
-                        webhook.id, webhook.name, level, threshold, now=utcnow()
-                    )
-                    await self._emit(webhook, EventName.WEBHOOK_FAILING, body)
-                    try:
-                        await self._publisher.webhook_status(webhook)
-                    except Exception:
-                        log.exception("could not publish the status change of webhook %s", webhook_id)
-                if not should_disable(count, threshold):
-                    continue
-                disabled = await self._webhooks.disable_once(webhook_id, threshold)
-                if disabled is not None:
-                    await self._webhook_cache.changed(webhook_id, disabled.account_id)
-                    metrics.webhook_disabled()
-                    log.warning(
-                        "webhook %s disabled after %d consecutive failed deliveries", webhook_id, threshold
-                    )
-                    try:
-                        await self._publisher.webhook_status(disabled)
-                    except Exception:
-                        log.exception("could not publish the status change of webhook %s", webhook_id)
-                    body = operational.webhook_disabled_body(
-                        disabled.id, disabled.name, disabled.disabled_reason or "", count, now=utcnow()
-                    )
-                    await self._emit(disabled, EventName.WEBHOOK_DISABLED, body)
+            added = count_failures(outcomes).add
+            if not added:
+                continue
+            try:
+                await self._add_failures(hooks[webhook_id], added)
+            except Exception:
+                log.warning(
+                    "could not count %d failed deliveries of webhook %s", added, webhook_id, exc_info=True
+                )
+
+    async def _add_failures(self, webhook: Webhook, added: int) -> None:
+        threshold, webhook_id = self._settings.disable_after_failures, webhook.id
+        count = await self._webhooks.add_failures(webhook_id, added)
+        if count is None:
+            return
+        if count == added:  # a streak starts: no cache may go on saying it has no failures
+            await self._webhook_cache.changed(webhook_id, webhook.account_id)
+        level = operational.failing_warning_due(count - added, count, threshold)
+        if level is not None:
+            log.warning("webhook %s has %d consecutive failed deliveries", webhook_id, level)
+            body = operational.webhook_failing_body(webhook.id, webhook.name, level, threshold, now=utcnow())
+            await self._emit(webhook, EventName.WEBHOOK_FAILING, body)
+            try:
+                await self._publisher.webhook_status(webhook)
+            except Exception:
+                log.exception("could not publish the status change of webhook %s", webhook_id)
+        if not should_disable(count, threshold):
+            return
+        disabled = await self._webhooks.disable_once(webhook_id, threshold)
+        if disabled is None:
+            return
+        await self._webhook_cache.changed(webhook_id, disabled.account_id)
+        metrics.webhook_disabled()
+        log.warning("webhook %s disabled after %d consecutive failed deliveries", webhook_id, threshold)
+        try:
+            await self._publisher.webhook_status(disabled)
+        except Exception:
+            log.exception("could not publish the status change of webhook %s", webhook_id)
+        body = operational.webhook_disabled_body(
+            disabled.id, disabled.name, disabled.disabled_reason or "", count, now=utcnow()
+        )
+        await self._emit(disabled, EventName.WEBHOOK_DISABLED, body)
 
 
 def _delivery_of(item: LaneItem, event: Event | None, stored: dict[ObjectId, Delivery]) -> Delivery | None:
