@@ -9,6 +9,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -206,3 +207,33 @@ async def test_a_redis_wipe_before_any_attempt_loses_nothing_and_empties_the_out
         event_ids = [ObjectId(p["event"]["id"]) for p in published]
         await until_closed(events, event_ids)
     assert all(len(d["attempts"]) == 1 for d in done)
+
+
+async def test_a_redis_wipe_after_a_busy_second_requeues_every_event_of_it(
+    stack: Stack, receiver: Receiver, tmp_path: Path
+) -> None:
+    # given a webhook whose endpoint hangs (its breaker soon lets one attempt through at a time, so its
+    # events stay in the outbox for minutes) and a healthy one, of two accounts
+    stuck, healthy = await stack.account(), await stack.account()
+    hang, ok = f"/hang/{uuid.uuid4().hex[:6]}", f"/ok/{uuid.uuid4().hex[:6]}"
+    await create_webhook(stuck.gql, receiver.url(hang, sleep(60)))
+    await create_webhook(healthy.gql, receiver.url(ok))
+    # and, within about one second, 100 events for the first and then 10 for the second, each stored as its
+    # own outbox (an idempotency key): more than the sweeper reads at once (ids hold whole seconds)
+    await asyncio.sleep(1 - time.time() % 1 + 0.01)
+    keys = [uuid.uuid4().hex for _ in range(110)]
+    await asyncio.gather(*(publish(stuck.gql, idempotencyKey=k) for k in keys[:100]))
+    published = await asyncio.gather(*(publish(healthy.gql, idempotencyKey=k) for k in keys[100:]))
+    ids = [p["event"]["deliveries"][0]["id"] for p in published]
+    # when Redis is wiped before any attempt and a worker starts
+    redis = aioredis.Redis.from_url(session_redis_url())
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+    with workers(stack.settings, tmp_path) as start:
+        start()
+        # then the sweeper puts back all of them, not only the first documents of that second (the stuck
+        # webhook's, which stay open): the healthy account's deliveries succeed
+        await asyncio.gather(*(wait_for_status(healthy.gql, i, "SUCCEEDED", timeout=30) for i in ids))
+    assert distinct_deliveries(receiver, ok) == Counter({i: 1 for i in ids})

@@ -6,6 +6,7 @@ the number of documents each window matches (not the number returned)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 
@@ -17,19 +18,29 @@ FLOOR = NOW - timedelta(days=30)
 
 
 class Backlog:
-    """Open events: a few old stragglers, then 10,000 published over the last 40 seconds."""
+    """Open events: a few old stragglers, then 10,000 published over the last 40 seconds.
 
-    def __init__(self) -> None:
+    Read as the store reads them: in key order, after a key, at most a batch, with the key to go on after
+    when a batch came back full. ``grain`` is what a key's time holds: outbox ids hold whole seconds, so a
+    window reads its bounds' whole seconds."""
+
+    def __init__(self, grain: timedelta | None = None) -> None:
         self.times = [NOW - timedelta(days=d) for d in (20, 10, 3)]
         self.times += [NOW - timedelta(seconds=40) + timedelta(milliseconds=4 * i) for i in range(10_000)]
+        self.grain = grain
         self.matched = 0  # what the store paid
         self.returned: list[datetime] = []
 
-    async def scan(self, lower: datetime, upper: datetime) -> int:
-        found = [t for t in self.times if lower <= t < upper]
+    def _cut(self, t: datetime) -> datetime:
+        return t if self.grain is None else t - (t - FLOOR) % self.grain
+
+    async def scan(self, lower: datetime, upper: datetime, after: object | None) -> tuple[int, object | None]:
+        lo, hi = self._cut(lower), self._cut(upper)
+        found = sorted(t for t in self.times if lo <= self._cut(t) < hi)
         self.matched += len(found)
-        self.returned += found[:SWEEP_BATCH]
-        return min(len(found), SWEEP_BATCH)
+        page = [t for t in found if after is None or t > cast(datetime, after)][:SWEEP_BATCH]
+        self.returned += page
+        return len(page), page[-1] if len(page) == SWEEP_BATCH else None
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +69,17 @@ async def test_a_pass_reaches_every_open_event() -> None:
     assert backlog.matched < 1.5 * len(backlog.times)
 
 
+async def test_a_second_holding_more_than_a_batch_is_read_whole() -> None:
+    # given 60 open events in one second, among others, read by keys that hold whole seconds (outbox ids)
+    backlog, pager = Backlog(grain=timedelta(seconds=1)), Pager()
+    burst = NOW - timedelta(seconds=3, milliseconds=-500)
+    backlog.times = sorted(backlog.times[:3] + [burst + timedelta(milliseconds=i) for i in range(60)])
+    # when the pager makes a pass
+    await one_pass(pager, backlog)
+    # then every one of them was returned, though no window narrower than a second can split them
+    assert set(backlog.returned) == set(backlog.times)
+
+
 async def test_later_passes_go_straight_to_the_width_that_fits_the_backlog() -> None:
     # given a pager that has been through a backlog once
     backlog, pager = Backlog(), Pager()
@@ -80,10 +102,10 @@ async def test_an_idle_pass_costs_few_reads() -> None:
     await one_pass(pager, empty)
     reads = 0
 
-    async def counting(lower: datetime, upper: datetime) -> int:
+    async def counting(lower: datetime, upper: datetime, after: object | None) -> tuple[int, object | None]:
         nonlocal reads
         reads += 1
-        return await empty.scan(lower, upper)
+        return await empty.scan(lower, upper, after)
 
     # when it makes another pass
     await pager.tick(FLOOR, NOW, counting)

@@ -25,12 +25,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
 from bson import ObjectId
 
 from webhooks.lanes import Enqueue, Kind, LaneItem, Lanes
 from webhooks.models import Delivery, DeliveryStatus
-from webhooks.repositories.deliveries import DeliveryRepository
+from webhooks.repositories.deliveries import DeliveryRepository, DueKey
 from webhooks.repositories.events import EventRepository
 from webhooks.repositories.expiry import ExpiryRepository
 from webhooks.repositories.webhooks import WebhookRepository
@@ -65,7 +66,11 @@ class Pager:
     1/``APPROACH`` of what is left before the ceiling (a backlog is most likely recent: windows narrow as
     they near it; not after a pass that found nothing, so an idle worker's passes stay a few wide, empty
     reads), and the pager remembers where the last pass first met a full window and the width
-    that worked there: the next pass stops its growing windows at that point and goes on at that width."""
+    that worked there: the next pass stops its growing windows at that point and goes on at that width.
+
+    A window as narrow as windows get that is still full is not skipped: the next reads go on within it,
+    after the last document read (the scan's key), until one comes back short. More than ``SWEEP_BATCH``
+    outboxes in one second (ids hold whole seconds) or overdue deliveries in ``MIN_WINDOW`` are all read."""
 
     at: datetime | None = None
     window: timedelta = FIRST_WINDOW
@@ -76,33 +81,34 @@ class Pager:
     _shrunk: bool = False  # this pass has met a full window
     _seen_dense: datetime | None = None  # this pass's dense_from
     _dense_width: timedelta | None = None
+    _resume: tuple[datetime, object] | None = None  # a full narrowest window: its upper end, and its key
 
     async def tick(self, floor: datetime, ceiling: datetime, scan: Scan) -> None:
         """A few windows, within the tick's budget of documents and steps; at most one pass."""
         read = 0
         for _ in range(MAX_STEPS):
             if self.at is None or self.at < floor:
-                self.at = floor
+                self.at, self._resume = floor, None
             if self.at >= ceiling:
                 self._end_pass()
                 return
-            upper = min(self.at + self.window, ceiling)
-            if self.approach:  # near the ceiling (now), where a backlog is most likely, narrow geometrically
-                upper = min(upper, self.at + max((ceiling - self.at) / APPROACH, MIN_WINDOW))
-            if self.dense_from is not None:
-                if self.at < self.dense_from:
-                    upper = min(upper, self.dense_from)  # do not run into the backlog with a wide window
-                elif self.at < self.dense_from + self.dense_window:
-                    upper = min(upper, self.at + self.dense_window)
-            found = await scan(self.at, upper)
+            after: object | None = None
+            if self._resume is not None:  # within a full narrowest window, after what was read of it
+                upper, after = self._resume
+            else:
+                upper = self._upper(ceiling)
+            found, more = await scan(self.at, upper, after)
             read += found
             self._found_any = self._found_any or found > 0
             if found:
                 await asyncio.sleep(WINDOW_PAUSE)
-            if found >= SWEEP_BATCH and upper - self.at > MIN_WINDOW:
+            if more is not None and (after is not None or upper - self.at <= MIN_WINDOW):
+                self._resume = (upper, more)  # as narrow as it gets and still full: go on after the last one
+            elif found >= SWEEP_BATCH and upper - self.at > MIN_WINDOW:
                 self._shrunk = True
                 self.window = max((upper - self.at) / 8, MIN_WINDOW)  # too dense: read it again, narrower
             else:
+                self._resume = None
                 if found and self._shrunk and self._seen_dense is None:  # the first to fit, after shrinking
                     self._seen_dense, self._dense_width = self.at, upper - self.at
                 self.window = upper - self.at
@@ -111,6 +117,18 @@ class Pager:
                     self.window = min(self.window * 2, MAX_WINDOW)
             if read >= TICK_BUDGET:
                 return
+
+    def _upper(self, ceiling: datetime) -> datetime:
+        assert self.at is not None
+        upper = min(self.at + self.window, ceiling)
+        if self.approach:  # near the ceiling (now), where a backlog is most likely, narrow geometrically
+            upper = min(upper, self.at + max((ceiling - self.at) / APPROACH, MIN_WINDOW))
+        if self.dense_from is not None:
+            if self.at < self.dense_from:
+                upper = min(upper, self.dense_from)  # do not run into the backlog with a wide window
+            elif self.at < self.dense_from + self.dense_window:
+                upper = min(upper, self.at + self.dense_window)
+        return upper
 
     def _end_pass(self) -> None:
         self.at = None  # the next tick starts over
@@ -122,7 +140,9 @@ class Pager:
         self.approach, self._found_any = self._found_any, False
 
 
-Scan = Callable[[datetime, datetime], Awaitable[int]]
+# A scan reads ``[lower, upper)`` after its own key (None: from the start) and says how many documents it
+# read, and the key to go on after if it read a full batch (there may be more), else None.
+Scan = Callable[[datetime, datetime, object | None], Awaitable[tuple[int, object | None]]]
 
 
 @dataclass
@@ -142,15 +162,17 @@ class Sweeper:
         oldest = utcnow() - timedelta(days=self.settings.delivery_retention_days)
         counts: list[int] = []
 
-        async def outbox(lower: datetime, upper: datetime) -> int:
-            found, requeued = await self._scan_outbox(lower, upper)
+        async def outbox(lower: datetime, upper: datetime, after: object | None) -> tuple[int, object | None]:
+            found, requeued, more = await self._scan_outbox(lower, upper, cast(ObjectId | None, after))
             counts.append(requeued)
-            return found
+            return found, more
 
-        async def overdue(lower: datetime, upper: datetime) -> int:
-            found, requeued = await self._scan_overdue(lower, upper)
+        async def overdue(
+            lower: datetime, upper: datetime, after: object | None
+        ) -> tuple[int, object | None]:
+            found, requeued, more = await self._scan_overdue(lower, upper, cast(DueKey | None, after))
             counts.append(requeued)
-            return found
+            return found, more
 
         await self._outbox.tick(oldest, before, outbox)
         await self._overdue.tick(oldest, before, overdue)
@@ -161,8 +183,10 @@ class Sweeper:
             log.warning("sweeper re-queued %d attempts", requeued)
         return requeued
 
-    async def _scan_outbox(self, lower: datetime, upper: datetime) -> tuple[int, int]:
-        events = await self.events.open_between(lower, upper, SWEEP_BATCH)
+    async def _scan_outbox(
+        self, lower: datetime, upper: datetime, after: ObjectId | None
+    ) -> tuple[int, int, ObjectId | None]:
+        events, more = await self.events.open_between(lower, upper, SWEEP_BATCH, after)
         planned = {
             LaneItem(str(p.webhook_id), str(p.delivery_id), 1, str(e.id), Kind.NEW): e
             for e in events
@@ -199,7 +223,7 @@ class Sweeper:
             )
             for i in lost
         ]
-        return len(events), requeued + await self.lanes.add(entries, only_if_absent=True)
+        return len(events), requeued + await self.lanes.add(entries, only_if_absent=True), more
 
     async def _gated(self, found: list[tuple[Delivery, bool]]) -> int:
         """Ordered deliveries (unwritten ones of open events, or written PENDING ones): put each back in
@@ -255,8 +279,10 @@ class Sweeper:
         ]
         return moved + await self.lanes.add(entries, only_if_absent=True)
 
-    async def _scan_overdue(self, lower: datetime, upper: datetime) -> tuple[int, int]:
-        found = await self.deliveries.due_between(lower, upper, SWEEP_BATCH)
+    async def _scan_overdue(
+        self, lower: datetime, upper: datetime, after: DueKey | None
+    ) -> tuple[int, int, DueKey | None]:
+        found, more = await self.deliveries.due_between(lower, upper, SWEEP_BATCH, after)
         requeued = await self._gated([(d, True) for d in found if d.ordered])
         overdue = [d for d in found if not d.ordered]
         limits = await self._limits({d.webhook_id for d in overdue})
@@ -268,7 +294,7 @@ class Sweeper:
             )
             for d in overdue
         ]
-        return len(found), requeued + await self.lanes.add(entries, only_if_absent=True)
+        return len(found), requeued + await self.lanes.add(entries, only_if_absent=True), more
 
     async def _limits(self, webhook_ids: set[ObjectId]) -> dict[ObjectId, int]:
         if not webhook_ids:

@@ -16,13 +16,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import DESCENDING, UpdateOne
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 
 from webhooks.db import Collections, Doc, find_by_ids, insert_new
 from webhooks.ids import id_at
 from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus
 from webhooks.pagination import Page
 from webhooks.repositories.events import OUTBOX_LAG, EventRepository
+
+# Where the sweeper's scan of overdue deliveries goes on within a window: (next_attempt_at, _id).
+DueKey = tuple[datetime, ObjectId]
 
 # The list query looks at a bounded window of ids (ObjectIds start with their creation time) and widens it
 # only while it finds too few: on SecantusDB a sort+limit reads every match, so the window keeps it flat.
@@ -341,12 +344,24 @@ class DeliveryRepository:
             return set()
         return {d["_id"] async for d in find_by_ids(self._col, ids, {"_id": 1})}
 
-    async def due_between(self, lower: datetime, upper: datetime, limit: int) -> list[Delivery]:
+    async def due_between(
+        self, lower: datetime, upper: datetime, limit: int, after: DueKey | None = None
+    ) -> tuple[list[Delivery], DueKey | None]:
         """Written, pending deliveries whose next attempt fell due in ``[lower, upper)`` (the sweeper's
-        scan; unsorted, so the caller keeps the window small)."""
-        query = {"status": DeliveryStatus.PENDING.value, "next_attempt_at": {"$gte": lower, "$lt": upper}}
-        cursor = self._col.find(query, {"attempts": 0}).limit(limit)
-        return [Delivery.from_doc(d) async for d in cursor]
+        scan), at most ``limit`` in ``(next_attempt_at, _id)`` order, after ``after`` if given; and the key
+        to go on after when ``limit`` came back (there may be more), else None. The caller keeps windows
+        small: on SecantusDB a query costs what it matches, limit or not."""
+        due = {"$gte": lower, "$lt": upper}
+        query: Doc = {"status": DeliveryStatus.PENDING.value, "next_attempt_at": due}
+        if after is not None:
+            at, last = after
+            query["$or"] = [{"next_attempt_at": {"$gt": at}}, {"next_attempt_at": at, "_id": {"$gt": last}}]
+        order = [("next_attempt_at", ASCENDING), ("_id", ASCENDING)]
+        cursor = self._col.find(query, {"attempts": 0}).sort(order).limit(limit)
+        found = [Delivery.from_doc(d) async for d in cursor]
+        last_one = found[-1] if len(found) >= limit else None
+        more = (last_one.next_attempt_at, last_one.id) if last_one and last_one.next_attempt_at else None
+        return found, more
 
     async def pending_in_gates(self, gates: list[tuple[ObjectId, str]], limit: int) -> list[Delivery]:
         """Written, pending deliveries of these (webhook, resource) ordering gates (the sweeper's rebuild)."""

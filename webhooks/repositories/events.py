@@ -31,6 +31,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
 from webhooks.db import DUPLICATE_KEY, Collections, Doc, chunked, find_by_ids
+from webhooks.ids import id_at
 from webhooks.models import Event, OutboxRef, Planned
 
 # An event's id and its deliveries' ids are minted together; ObjectIds hold whole seconds, so their times
@@ -203,13 +204,22 @@ class EventRepository:
                         return event
         return None
 
-    async def open_between(self, lower: datetime, upper: datetime, limit: int) -> list[Event]:
+    async def open_between(
+        self, lower: datetime, upper: datetime, limit: int, after: ObjectId | None = None
+    ) -> tuple[list[Event], ObjectId | None]:
         """Open events whose outbox ids fall in ``[lower, upper)`` (internal: the sweeper), from at most
-        ``limit`` outbox documents. Unsorted: the caller keeps the window small enough to get them all (on
-        SecantusDB a query costs what it matches, limit or not)."""
-        bounds = {"$gte": ObjectId.from_datetime(lower), "$lt": ObjectId.from_datetime(upper)}
-        cursor = self._col.find({"open": True, "_id": bounds}, _projection()).limit(limit)
-        return [e async for d in cursor for e in _open_events(d)]
+        ``limit`` outbox documents in id order, after the outbox ``after`` if given; and the id to go on
+        after when ``limit`` documents came back (there may be more), else None. An id holds whole seconds,
+        so a window narrower than a second reads its whole second or nothing; the caller keeps windows
+        small (on SecantusDB a query costs what it matches, limit or not) and goes on after that id when
+        one is full."""
+        bounds: dict[str, ObjectId] = {"$gte": id_at(lower), "$lt": id_at(upper)}
+        if after is not None:
+            bounds["$gt"] = after
+        cursor = self._col.find({"open": True, "_id": bounds}, _projection()).sort("_id", 1).limit(limit)
+        docs = await cursor.to_list()
+        more = docs[-1]["_id"] if len(docs) >= limit else None
+        return [e for d in docs for e in _open_events(d)], more
 
     async def close(self, outboxes: Sequence[OutboxRef]) -> None:
         """Every planned delivery of these outboxes' events is written: they leave the outbox (internal).
