@@ -40,7 +40,7 @@ from webhooks.settings import Settings
 log = logging.getLogger(__name__)
 
 JSON_MEDIA_TYPES = frozenset({"application/json", "application/graphql-response+json"})
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_BODY_METHODS = frozenset({"POST"})  # the only method any route reads a body for; others get the route's 405
 DRAIN_FACTOR = 8  # an oversized body is read (and dropped) up to 8x the limit before answering 413
 
 

@@ -383,6 +383,10 @@ async def test_transport_errors_are_json(
     assert other_method.status_code == 405
     assert other_method.headers["allow"] == "GET, POST"
     assert other_method.json()["errors"][0]["message"]
+    for method in ("DELETE", "PATCH", "PUT"):  # with no body, or one that is not JSON: still the wrong method
+        wrong = await http.request(method, "/graphql", content=b"x", headers={"Content-Type": "text/plain"})
+        assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET, POST"), wrong.text
+        assert wrong.json()["errors"][0]["message"]
     no_query = await http.get("/graphql", headers={"Accept": "application/json"})
     assert no_query.status_code == 400
     assert no_query.json()["errors"][0]["message"]
