@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from bson import ObjectId
 
 from tests.conftest import make_settings
 from tests.delivery_support import PUBLISH, publish_input, wait_for_status
 from tests.receiver import Behaviour, Receiver
 from tests.support import Account, Stack, run_stack
+from webhooks.db import raw_collections
 from webhooks.lanes import Claimed
 from webhooks.timeutil import utcnow
 from workers.engine import DeliveryEngine
@@ -152,3 +154,41 @@ async def test_a_retry_made_by_two_workers_is_appended_once(retrying: Stack, rec
     assert delivery["attempts"] == [{"number": 1, "statusCode": 500}, {"number": 2, "statusCode": 500}]
     webhook = (await gql.execute(WEBHOOK, {"id": failing.webhook_id}))["webhook"]
     assert webhook == {"consecutiveFailures": 1, "enabled": True}
+
+
+async def test_a_first_attempt_made_twice_does_not_close_its_outbox_before_the_others_are_written(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given events published together, so that several share one batch outbox, each for one webhook
+    account = await stack.account()
+    path = f"/batch/{uuid.uuid4().hex[:8]}"
+    hook = {"name": "Batch", "url": receiver.url(path), "events": ["JOB_APPLICATION_CREATED"]}
+    await account.gql.execute(CREATE, {"input": hook})
+    await asyncio.gather(*(account.gql.execute(PUBLISH, {"input": publish_input()}) for _ in range(10)))
+    outbox = await raw_collections(stack.core).events.find_one(
+        {"account_id": ObjectId(account.id), "events.1": {"$exists": True}}
+    )
+    assert outbox is not None, "no two of the ten publishes shared a batch outbox"
+    first, second = (e["planned"][0]["delivery_id"] for e in outbox["events"][:2])
+    claimed = {c.item.delivery_id: c for c in await claim_all(stack, 10)}
+    # when one worker makes the first event's attempt, and then the same attempt once more (its slot had
+    # expired, say, and the worker claimed it again): the second is a duplicate, recorded nowhere
+    async with two_workers(stack) as engines:
+        for _ in range(2):
+            await engines[0].run(claimed[str(first)])
+    # then the outbox still holds the other events, whose deliveries are not written yet: they stay in the
+    # delivery log, and the sweeper would still find them if their attempts were lost
+    assert len(await receiver.wait_for(path, 2)) == 2
+    await wait_for_status(account.gql, str(first), "SUCCEEDED")
+    still = (await account.gql.execute(ATTEMPTS, {"id": str(second)}))["delivery"]
+    assert still == {"status": "PENDING", "attempts": []}
+
+
+async def claim_all(stack: Stack, count: int) -> list[Claimed]:
+    claimed: list[Claimed] = []
+    async with asyncio.timeout(20):
+        while len(claimed) < count:
+            more, _ = await stack.core.lanes.claim(utcnow(), count, slot_seconds=30)
+            claimed += more
+            await asyncio.sleep(0.02)
+    return claimed

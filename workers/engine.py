@@ -305,7 +305,7 @@ class DeliveryEngine:
                 answers.append(self._planned(c, delivery, webhook, event.body))
         if unsent:
             try:
-                await self._deliveries.record_unsent(unsent, now, self._retention)
+                written = await self._deliveries.record_unsent(unsent, now, self._retention)
             except Exception:
                 # The attempts planned above are marked in flight and go ahead: failing them with this write
                 # would leave their marks behind (their next claims read as duplicates of themselves). The
@@ -319,7 +319,7 @@ class DeliveryEngine:
                 return answers
             for u in unsent:
                 metrics.delivery_finished(u.status.value, u.delivery.event)
-            await self._close_events([u.delivery for u in unsent if not u.stored])
+            await self._close_events([u.delivery for u in unsent if u.delivery.id in written])
             await self._advance([u.delivery for u in unsent])
         return answers
 
@@ -421,7 +421,9 @@ class DeliveryEngine:
         now = utcnow()
         recorded = [self._recorded(outcome, now) for outcome in outcomes]
         took = await self._deliveries.record_outcomes(recorded, self._retention)
-        await self._close_events([r.delivery for r in recorded if r.first])
+        # only what this batch wrote: a duplicate first attempt (written before, by this worker or another)
+        # counted again would close a batch outbox while some of its events are still unwritten
+        await self._close_events([r.delivery for r, ok in zip(recorded, took, strict=True) if r.first and ok])
         after = AfterRecord(items=[o.planned.claimed.item for o in outcomes], now=now)
         for outcome, r, effective in zip(outcomes, recorded, took, strict=True):
             p, status = outcome.planned, r.status

@@ -145,7 +145,11 @@ class DeliveryRepository:
             held |= {a["_id"] for a in doc.get("attempts", ()) if a["_id"] in ids}
         return held
 
-    async def record_unsent(self, unsent: Sequence[Unsent], now: datetime, retention: timedelta) -> None:
+    async def record_unsent(
+        self, unsent: Sequence[Unsent], now: datetime, retention: timedelta
+    ) -> set[ObjectId]:
+        """Deliveries that will not be sent (HELD, or FAILED: webhook or event gone); the ids of the first
+        ones that this call wrote (one written before, by a duplicate attempt, is left as it is)."""
         inserts = [
             delivery_doc(_moved(u.delivery, u.status, 0, None, now), expires_at=now + retention)
             for u in unsent
@@ -163,10 +167,10 @@ class DeliveryRepository:
             for u in unsent
             if u.stored
         ]
-        if inserts:
-            await insert_new(self._col, inserts)
+        written = await insert_new(self._col, inserts)
         if updates:
             await self._col.bulk_write(updates, ordered=False)
+        return {doc["_id"] for doc, new in zip(inserts, written, strict=True) if new}
 
     async def restart(
         self, account_id: ObjectId, ids: list[ObjectId], statuses: list[DeliveryStatus], now: datetime
