@@ -240,6 +240,35 @@ async def test_consecutive_unreachable_attempts_open_the_breaker_and_a_success_c
     assert len(after) == 5
 
 
+async def test_an_answer_ends_an_unreachable_streak_but_only_a_success_closes_the_breaker(
+    lanes: Lanes,
+) -> None:
+    now = utcnow()
+    hook = "b" * 24
+    await lanes.add([Enqueue(i, due=now, limit=1) for i in items(hook, 10)])
+
+    async def attempt(outcome: Outcome) -> list[bool]:
+        claimed, _ = await lanes.claim(now, 10, slot_seconds=5)
+        assert len(claimed) == 1
+        changes = await lanes.release([Finished(claimed[0].item, outcome)], now, open_after=3)
+        return [c.opened for c in changes]
+
+    # given two attempts that could not connect, then one answered 500, then two more unreachable
+    for outcome in (Outcome.UNREACHABLE, Outcome.UNREACHABLE, Outcome.ANSWERED):
+        assert await attempt(outcome) == []
+    for _ in range(2):
+        assert await attempt(Outcome.UNREACHABLE) == []
+    # then the breaker is still closed: the answer broke the streak (two in a row now, three open it)
+    state = (await lanes.states([hook], now))[hook]
+    assert (state.breaker.value, state.unreachable_streak) == ("CLOSED", 2)
+    # when a third in a row cannot connect, it opens; an answer from the probe does not close it
+    assert await attempt(Outcome.UNREACHABLE) == [True]
+    assert await attempt(Outcome.ANSWERED) == []
+    assert (await lanes.states([hook], now))[hook].breaker.value != "CLOSED"
+    # and a success does
+    assert await attempt(Outcome.OK) == [False]
+
+
 async def test_ordered_deliveries_waiting_for_their_turn_are_counted_apart_from_the_queue(
     lanes: Lanes,
 ) -> None:

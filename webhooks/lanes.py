@@ -111,9 +111,9 @@ class Outcome(Enum):
 
     OK = "ok"  # 2xx: closes the breaker
     UNREACHABLE = "dead"  # timeout or connection failure: counts towards opening it
-    ANSWERED = (
-        "other"  # any other answer: the endpoint is alive, but not healthy; the breaker keeps its state
-    )
+    # any other answer: the endpoint is alive, but not healthy. It ends an unreachable streak (the breaker
+    # opens on consecutive ones), but does not close an open breaker: only a success does.
+    ANSWERED = "other"
     RETURNED = "back"  # not attempted (worker stopping): back into the lane, breaker untouched
     SKIPPED = "skip"  # not attempted (moved on, or its webhook is gone): the slot is freed, nothing else
 
@@ -364,6 +364,10 @@ for _, f in ipairs(cjson.decode(ARGV[4])) do
       changes[#changes + 1] = wh
       changes[#changes + 1] = 'opened'
       changes[#changes + 1] = failures
+    end
+  elseif outcome == 'other' then
+    if not redis.call('HGET', bkey, 'open') then  -- it answered: the unreachable streak is over
+      redis.call('HDEL', bkey, 'failures')
     end
   elseif outcome == 'back' then
     redis.call('ZADD', lane, 'NX', tonumber(f[4]), member)
