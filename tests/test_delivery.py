@@ -274,6 +274,30 @@ async def test_the_response_is_recorded_with_at_most_4_kib_of_body(stack: Stack,
     assert attempt["responseHeaders"]["X-Receiver"] == "yes"
 
 
+async def test_header_names_with_dollars_and_dots_are_recorded_as_sent(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a receiver whose answers carry header names that are valid HTTP tokens but special to MongoDB,
+    # first with a 503 (so the second attempt is appended to the stored delivery), then with a 200
+    odd = {"$version": "2", "X.Trace": "abc", "Plain": "yes"}
+    account = await stack.account()
+    p = path()
+    await create_webhook(account.gql, receiver.url(p, sequence(status(503, odd), status(200, odd))))
+    # when an event is delivered
+    published = await publish(account.gql)
+    delivery_id = published["event"]["deliveries"][0]["id"]
+    done = await wait_for_status(account.gql, delivery_id, "SUCCEEDED")
+    # then both attempts are in the log, with the headers as the receiver sent them
+    assert [a["statusCode"] for a in done["attempts"]] == [503, 200]
+    for attempt in done["attempts"]:
+        assert {k: v for k, v in attempt["responseHeaders"].items() if k in odd} == odd
+    # and no stored field name starts with "$" or holds a "."
+    stored = await raw_collections(stack.core).deliveries.find_one({"_id": ObjectId(delivery_id)})
+    assert stored is not None
+    names = [name for a in stored["attempts"] for name in a["response_headers"]]
+    assert names and not [n for n in names if n.startswith("$") or "." in n]
+
+
 async def test_delivery_log_filters_and_paginates_newest_first(stack: Stack, receiver: Receiver) -> None:
     account = await stack.account()
     good, bad = path(), path()

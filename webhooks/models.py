@@ -280,13 +280,13 @@ class Attempt:
             started_at=doc["started_at"],
             duration_ms=doc.get("duration_ms"),
             status_code=doc.get("status_code"),
-            response_headers=dict(doc.get("response_headers") or {}),
+            response_headers=_header_names_read(doc.get("response_headers")),
             response_body=doc.get("response_body"),
             error_class=doc.get("error_class"),
             error=doc.get("error"),
             delivery_status=DeliveryStatus(doc["delivery_status"]),
             next_attempt_at=doc.get("next_attempt_at"),
-            request_headers=dict(doc.get("request_headers") or {}),
+            request_headers=_header_names_read(doc.get("request_headers")),
             scheduled_at=doc.get("scheduled_at"),
             late_reason=doc.get("late_reason"),
         )
@@ -300,13 +300,31 @@ class Attempt:
             "started_at": self.started_at,
             "duration_ms": self.duration_ms,
             "status_code": self.status_code,
-            "response_headers": self.response_headers,
+            "response_headers": _header_names_stored(self.response_headers),
             "response_body": self.response_body,
             "error_class": self.error_class,
             "error": self.error,
             "delivery_status": self.delivery_status.value,
             "next_attempt_at": self.next_attempt_at,
-            "request_headers": self.request_headers,
+            "request_headers": _header_names_stored(self.request_headers),
             "scheduled_at": self.scheduled_at,
             "late_reason": self.late_reason,
         }
+
+
+# Header names become field names when stored. A name is an HTTP token, which may hold "$" and "." (a
+# receiver's "$version" or "X.Trace" header, a customer's custom header). MongoDB restricts such field
+# names ("$" starts an operator, "." a path; updates such as a retry's $push of its attempt are the
+# strictest), and a refused write would fail the whole record batch, other accounts' attempts with it. They
+# are stored with the full-width forms of the two characters, which no token can contain, and read back as
+# sent.
+_STORED_NAME = str.maketrans({"$": "\uff04", ".": "\uff0e"})
+_SENT_NAME = str.maketrans({"\uff04": "$", "\uff0e": "."})
+
+
+def _header_names_stored(headers: dict[str, str]) -> dict[str, str]:
+    return {str(name).translate(_STORED_NAME): value for name, value in headers.items()}
+
+
+def _header_names_read(stored: dict[str, str] | None) -> dict[str, str]:
+    return {name.translate(_SENT_NAME): value for name, value in (stored or {}).items()}
