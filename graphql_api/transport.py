@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
@@ -105,18 +105,19 @@ class BadJson(json.JSONDecodeError):
         self.reason = reason
 
 
-def decode_json(data: str | bytes) -> object:
-    """``json.loads`` whose every failure is a ``JSONDecodeError`` (HTTP 400, WebSocket close 4400)."""
+def decode_json(data: str | bytes, what: str = "The request body") -> object:
+    """``json.loads`` whose every failure is a ``JSONDecodeError`` (HTTP 400, WebSocket close 4400), saying
+    which part of the request (``what``) it could not read."""
     try:
         return json.loads(data)
     except RecursionError:
-        raise BadJson("The request body nests too deeply to be read as JSON") from None
+        raise BadJson(f"{what} nests too deeply to be read as JSON") from None
     except UnicodeDecodeError:
-        raise BadJson("The request body is not valid UTF-8") from None
+        raise BadJson(f"{what} is not valid UTF-8") from None
     except json.JSONDecodeError:
-        raise BadJson("The request body is not valid JSON") from None
+        raise BadJson(f"{what} is not valid JSON") from None
     except ValueError:  # e.g. an integer of more than 4,300 digits
-        raise BadJson("The request body has a number too long to read") from None
+        raise BadJson(f"{what} has a number too long to read") from None
 
 
 def response_media_type(accept: str) -> str:
@@ -197,6 +198,17 @@ class GraphQLOverHTTP(GraphQL[Context, None]):
             return decode_json(data)
         except BadJson as exc:
             raise HTTPException(400, exc.reason) from exc
+
+    def parse_query_params(self, params: Mapping[str, str | None]) -> dict[str, Any]:
+        """A GET's parameters; ``variables`` and ``extensions`` are JSON, and an error says which is not."""
+        found: dict[str, Any] = dict(params)
+        for name in ("variables", "extensions"):
+            if text := found.get(name):
+                try:
+                    found[name] = decode_json(text, f"The '{name}' query parameter")
+                except BadJson as exc:
+                    raise HTTPException(400, exc.reason) from exc
+        return found
 
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData:
         if request.method == "GET":

@@ -387,6 +387,11 @@ async def test_transport_errors_are_json(
         wrong = await http.request(method, "/graphql", content=b"x", headers={"Content-Type": "text/plain"})
         assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET, POST"), wrong.text
         assert wrong.json()["errors"][0]["message"]
+    for name in ("variables", "extensions"):  # a GET's JSON parameters: the error says which one
+        params = {"query": "{ eventTypes { name } }", name: "{nope"}
+        bad = await http.get("/graphql", params=params, headers={"Accept": "application/json"})
+        assert bad.status_code == 400
+        assert bad.json()["errors"][0]["message"] == f"The '{name}' query parameter is not valid JSON"
     no_query = await http.get("/graphql", headers={"Accept": "application/json"})
     assert no_query.status_code == 400
     assert no_query.json()["errors"][0]["message"]
