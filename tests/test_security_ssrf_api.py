@@ -159,6 +159,8 @@ async def test_non_public_destinations_are_refused_at_creation(
         "https://unknown-name.invalid/",  # does not resolve
         "https://[fe80::1%25eth0]/",  # zone id
         "https://[fe80::1]/",
+        "https://[hooks.example.com]/",  # brackets hold IPv6 addresses only: not a name
+        "https://[v1.x]/",  # nor an IPvFuture literal
         "http://hooks.example.com/",  # plain http (off by default)
         "file:///etc/passwd",
         "gopher://127.0.0.1:6379/_INFO",
@@ -175,6 +177,15 @@ async def test_url_tricks_are_refused(stack: Stack, acct: Account, url: str) -> 
     }
     assert all(e["field"] == "url" and e["message"] for e in payload["errors"])
     assert await raw_collections(stack.core).webhooks.count_documents({"account_id": ObjectId(acct.id)}) == 0
+
+
+async def test_an_ipvfuture_literal_is_refused_as_such_and_never_looked_up(
+    stack: Stack, acct: Account
+) -> None:
+    # when a URL holds an IPvFuture literal (which Python's URL parser lets through, as "v1.x")
+    payload = await create(acct, "https://[v1.x]/")
+    # then it is refused for what it is, not rewritten into the host name v1.x and looked up in DNS
+    assert [(e["code"], "brackets" in e["message"]) for e in payload["errors"]] == [("INVALID_URL", True)]
 
 
 @pytest.mark.parametrize(

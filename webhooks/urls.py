@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit, urlunsplit
 
 from webhooks.errors import ErrorCode, UserErrors
@@ -43,7 +44,17 @@ def normalize_url(raw: str, *, allow_http: bool, field: str = "url") -> str:
     host = parts.hostname
     if not host:
         raise refuse(ErrorCode.INVALID_URL, "url must have a host")
+    if parts.netloc.startswith("[") and not _is_ipv6(host):  # not a name in brackets, nor an IPvFuture
+        raise refuse(ErrorCode.INVALID_URL, "url has brackets around something that is not an IPv6 address")
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc += f":{port}"
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
