@@ -219,6 +219,23 @@ async def test_update_to_a_forbidden_destination_is_refused_and_nothing_changes(
     assert await raw_collections(stack.core).webhooks.find_one({"_id": ObjectId(webhook["id"])}) == before
 
 
+async def test_an_unchanged_url_sent_back_with_an_edit_is_not_resolved_again(
+    stack: Stack, acct: Account
+) -> None:
+    # given a webhook whose host stopped resolving after it was created (an outage, a migration)
+    RESOLVER.set("gone.example.com", "93.184.216.34")
+    webhook = (await create(acct, "https://gone.example.com/hook"))["webhook"]
+    RESOLVER.set("gone.example.com")
+    # when the customer renames it with a form that sends every field back, the URL as it was
+    edit = {"name": "Renamed", "url": "https://gone.example.com/hook", "events": ["JOB_APPLICATION_CREATED"]}
+    payload = (await acct.gql.execute(UPDATE, {"id": webhook["id"], "input": edit}))["updateWebhook"]
+    # then the rename is saved; a changed URL is still checked
+    assert payload["errors"] == [] and payload["webhook"]["url"] == "https://gone.example.com/hook"
+    moved = {"url": "https://gone.example.com/other"}
+    refused = (await acct.gql.execute(UPDATE, {"id": webhook["id"], "input": moved}))["updateWebhook"]
+    assert [e["field"] for e in refused["errors"]] == ["url"]
+
+
 async def wait_for_attempts(acct: Account, delivery_id: str, count: int = 1) -> dict[str, Any]:
     async with asyncio.timeout(15):
         while True:

@@ -83,13 +83,17 @@ class WebhookService:
         self._check_destination = check_destination
         self._notify_status = notify_status
 
-    async def _url(self, raw: str, errors: list[UserError]) -> str:
+    async def _url(self, raw: str, errors: list[UserError], current: str | None = None) -> str:
+        """``raw`` checked and normalised. Its destination is resolved and checked unless it is the webhook's
+        ``current`` URL: a form that sends the URL back unchanged (the portal's edit) must not fail on a
+        record that stopped resolving meanwhile; the sender checks every address at connect time anyway."""
         if problem := url_text_problem(raw):
             errors.append(UserError("url", ErrorCode.INVALID_URL, f"url {problem}"))
             return raw
         try:
             url = normalize_url(unicodedata.normalize("NFC", raw), allow_http=self._settings.allow_http)
-            await self._check_destination(url)
+            if url != current:
+                await self._check_destination(url)
         except UserErrors as exc:
             errors.extend(exc.errors)
             return raw
@@ -164,7 +168,7 @@ class WebhookService:
         if name is not None:
             changes["name"] = _name(name, errors)
         if url is not None:
-            changes["url"] = await self._url(url, errors)
+            changes["url"] = await self._url(url, errors, current=before.url)
         if events is not None:
             changes["events"] = _events(events, errors)
         changes.update(controls.fields(self._box, errors))
