@@ -18,13 +18,14 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import Receiver
 from tests.support import run_stack, service_env
-from webhooks_cli.embedded import spawn, start_valkey, stop, valkey_command, wait_for_port
+from webhooks_cli.embedded import free_port, spawn, start_valkey, stop, valkey_command, wait_for_port
 
 
 def read(log: Path) -> str:
@@ -62,7 +63,15 @@ async def test_a_worker_that_lost_redis_stops_before_it_starts_again(
     )
     log = tmp_path / "worker.log"
     restarted: subprocess.Popen[bytes] | None = None
-    worker = start_worker(service_env(settings, WEBHOOKS_SWEEP_INTERVAL="1", WEBHOOKS_SWEEP_GRACE="1"), log)
+    # (with its metrics endpoint on, as deploy/kubernetes has it: the worker started again keeps serving it)
+    metrics_port = free_port()
+    env = service_env(
+        settings,
+        WEBHOOKS_SWEEP_INTERVAL="1",
+        WEBHOOKS_SWEEP_GRACE="1",
+        WEBHOOKS_WORKER_METRICS_PORT=str(metrics_port),
+    )
+    worker = start_worker(env, log)
     try:
         async with run_stack(settings, worker=False) as stack:
             account = await stack.account()
@@ -88,6 +97,9 @@ async def test_a_worker_that_lost_redis_stops_before_it_starts_again(
             )
             assert [d["status"] for d in done] == ["SUCCEEDED"] * 5
             assert "after close" not in read(log)
+            async with httpx.AsyncClient() as http:
+                scraped = await http.get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert scraped.status_code == 200 and "webhooks_" in scraped.text
     finally:
         worker.send_signal(signal.SIGTERM)
         try:

@@ -263,8 +263,15 @@ def render(extra: Iterable[ScrapeGauge] = ()) -> bytes:
     return text + generate_latest(snapshot)
 
 
+_served: set[int] = set()
+
+
 def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Expose this process's metrics on ``port`` (the worker's optional metrics endpoint)."""
+    """Expose this process's metrics on ``port`` (the worker's optional metrics endpoint), once per process:
+    a worker that starts again after losing Redis keeps the server it had (a second one cannot bind)."""
+    if port in _served:
+        return
+    _served.add(port)
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -109,9 +109,8 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         ctx["dispatcher"] = dispatcher
         ctx["dispatch_task"] = asyncio.create_task(dispatcher.run())
         ctx["heartbeat"] = asyncio.create_task(heartbeat_loop(ctx["redis"], settings))
-        if settings.worker_metrics_port and not ctx.get("metrics_served"):
+        if settings.worker_metrics_port:
             metrics.serve(settings.worker_metrics_port)
-            ctx["metrics_served"] = True
             log.info("worker metrics on port %d", settings.worker_metrics_port)
         heap.settle()
         log.info("worker started")
@@ -185,7 +184,7 @@ def run_worker(settings: Settings) -> None:
             finish_shutdown(worker)
             if time.monotonic() - started > RESTART_MAX_WAIT:
                 wait = RESTART_FIRST_WAIT  # it ran fine for a while: start over quickly
-            log.warning("worker lost Redis (%s); starting again in %.0f s", type(exc).__name__, wait)
+            log.warning("worker lost Redis (%s: %s); starting again in %.0f s", type(exc).__name__, exc, wait)
             time.sleep(wait)
             wait = min(wait * 2, RESTART_MAX_WAIT)
 
