@@ -10,6 +10,8 @@ import pytest
 from aiohttp import web
 
 from webhooks.errors import ErrorCode, UserErrors
+from webhooks.outcomes import OutcomeClass
+from webhooks.settings import Settings
 from webhooks.ssrf import (
     BlockedDestination,
     IPAddress,
@@ -19,6 +21,7 @@ from webhooks.ssrf import (
     resolve_checked,
 )
 from workers.resolver import GuardedResolver
+from workers.sender import Sender
 
 
 def ip(text: str) -> IPAddress:
@@ -339,3 +342,22 @@ async def test_guarded_resolver_with_allow_private_reaches_the_server(local_serv
     ):
         assert response.status == 200
         assert await response.text() == "reached"
+
+
+async def test_an_empty_egress_proxy_setting_keeps_the_connect_time_check(
+    local_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given WEBHOOKS_EGRESS_PROXY set to nothing (as a deployment template leaves it), and a name that was
+    # public when its webhook was saved but now resolves to loopback, where a server listens
+    monkeypatch.setenv("WEBHOOKS_EGRESS_PROXY", "")
+    proxy = Settings().egress_proxy
+    resolver = FakeResolver({"rebound.test": ["127.0.0.1"]})
+    sender = Sender(timeout=5, allow_private=False, resolver=resolver, proxy=proxy)
+    try:
+        # when a delivery goes to it
+        result = await sender.send(f"http://rebound.test:{local_server}/", b"{}", {})
+    finally:
+        await sender.close()
+    # then no proxy is used, and the address is still checked at connect time: blocked, not sent
+    assert proxy is None
+    assert result.outcome is OutcomeClass.BLOCKED_DESTINATION

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
             return delays
         return value
 
+    @field_validator("egress_proxy", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (common in templated deployments) means no proxy, not an empty one."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_format", "log_level", mode="before")
     @classmethod
     def _case_insensitive(cls, value: object) -> object:

@@ -66,7 +66,7 @@ class Sender:
         # the proxy itself must enforce the policy for the addresses it resolves.
         connector = aiohttp.TCPConnector(
             limit=max_connections,
-            resolver=GuardedResolver(self._resolver, allow_private=allow_private or proxy is not None),
+            resolver=GuardedResolver(self._resolver, allow_private=allow_private or self._proxy is not None),
             ttl_dns_cache=10,
         )
         # No cookie jar: a cookie set by one endpoint would otherwise go out with every later delivery to
