@@ -214,7 +214,9 @@ class DeliveryAttempt:
     started_at: datetime
     duration_ms: int | None
     status_code: int | None
-    response_headers: JSON | None = strawberry.field(description="The response headers (up to 50).")
+    response_headers: JSON | None = strawberry.field(
+        description="The response headers: up to 50, each name and value cut to 1 KiB, 8 KiB in all."
+    )
     response_body: str | None = strawberry.field(description="The first 4 KiB of the response body.")
     error_class: str | None
     error: str | None

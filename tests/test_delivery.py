@@ -274,6 +274,26 @@ async def test_the_response_is_recorded_with_at_most_4_kib_of_body(stack: Stack,
     assert attempt["responseHeaders"]["X-Receiver"] == "yes"
 
 
+async def test_the_response_headers_are_recorded_within_bounds(stack: Stack, receiver: Receiver) -> None:
+    from aiohttp import web
+
+    async def bloated(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(text="OK", headers={f"X-H{i:02d}": "v" * 8000 for i in range(50)})
+
+    # given a receiver that answers with 50 headers of 8,000 characters each (400 KB)
+    account = await stack.account()
+    p = path()
+    await create_webhook(account.gql, receiver.url(p, bloated))
+    # when an event is delivered
+    published = await publish(account.gql)
+    done = await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
+    # then its attempt records the first headers, each cut to 1 KiB, 8 KiB in all
+    recorded = done["attempts"][0]["responseHeaders"]
+    assert recorded["X-H00"] == "v" * 1024
+    assert all(len(value) <= 1024 for value in recorded.values())
+    assert sum(len(k) + len(v) for k, v in recorded.items()) <= 8192
+
+
 async def test_header_names_with_dollars_and_dots_are_recorded_as_sent(
     stack: Stack, receiver: Receiver
 ) -> None:

@@ -26,6 +26,8 @@ from workers.resolver import GuardedResolver
 E = TypeVar("E", bound=BaseException)
 MAX_RESPONSE_BODY = 4096
 MAX_RESPONSE_HEADERS = 50
+MAX_HEADER_CHARS = 1024  # of one recorded response header's name, and of its value
+MAX_HEADERS_CHARS = 8192  # of every recorded response header's name and value together
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +143,19 @@ def _clean(text: str) -> str:
 
 
 def _printable_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {_clean(str(k)): _clean(v) for k, v in list(headers.items())[:MAX_RESPONSE_HEADERS]}
+    """The response headers as recorded: at most ``MAX_RESPONSE_HEADERS``, each name and value cut to
+    ``MAX_HEADER_CHARS``, and no more than ``MAX_HEADERS_CHARS`` in all (the rest is left out). A receiver
+    may send 50 values of 8 KiB each: recorded whole, every attempt added 400 KB to its delivery document,
+    which then outgrew MongoDB's 16 MB after a few dozen attempts."""
+    recorded: dict[str, str] = {}
+    total = 0
+    for name, value in list(headers.items())[:MAX_RESPONSE_HEADERS]:
+        shown, text = _clean(str(name))[:MAX_HEADER_CHARS], _clean(value)[:MAX_HEADER_CHARS]
+        total += len(shown) + len(text)
+        if total > MAX_HEADERS_CHARS:
+            break
+        recorded[shown] = text
+    return recorded
 
 
 def _status_error(status: int) -> str:
