@@ -25,13 +25,15 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pymongo import AsyncMongoClient
+from pymongo.errors import BulkWriteError
 
 from graphql_api.request_ids import new_request_id
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import run_receiver, status
 from tests.support import run_stack, service_env
-from webhooks.logging_setup import JsonFormatter
+from webhooks.logging_setup import JsonFormatter, configure_logging
 from webhooks.settings import Settings
 from webhooks_cli.embedded import free_port, spawn, stop, valkey_binary, wait_for_port
 
@@ -393,3 +395,35 @@ async def test_json_logs_parse_and_hold_no_secret(
     everything = captured_json_logs.getvalue() + worker_text
     for secret_value in (account.api_key, secret, secret.removeprefix("whsec_"), *signature_values):
         assert secret_value not in everything
+
+
+async def test_a_store_error_is_logged_without_the_documents_it_quotes(
+    mongodb_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given the process's logging as configured in production, and a real write error from the store whose
+    # details quote the document it refused (here: a duplicate, holding a receiver's answer)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    collection = client["test_scrub"][uuid.uuid4().hex[:8]]
+    doc = {"_id": 1, "response_body": "tok_secret_7f3 from a receiver"}
+    await collection.insert_one(dict(doc))
+    try:
+        await collection.insert_many([dict(doc)])
+    except BulkWriteError as exc:
+        refused: BulkWriteError = exc
+    finally:
+        await collection.drop()
+        await client.close()
+    assert "tok_secret_7f3" in str(refused.details)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging(json_lines=True, settings=Settings(mongodb_url=mongodb_url))
+        # when the worker logs it (as the dispatcher logs an attempt that failed unexpectedly)
+        logging.getLogger("workers.dispatcher").error("attempt failed unexpectedly", exc_info=refused)
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    # then the line names the error and its code, with its traceback, but not what the document held
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert "BulkWriteError (code 65)" in line["exc"] and "Traceback" in line["exc"]
+    assert "tok_secret_7f3" not in json.dumps(line)

@@ -4,7 +4,8 @@ JSON lines are formatted by python-json-logger: one object per line with ``ts``,
 ``msg``, the ``extra={"fields": {...}}`` of the call flattened in, and ``exc`` for a traceback.
 
 Query strings never reach the log: uvicorn's access log line names the path only, because a GraphQL query
-sent with GET carries the query text and variables (customer data) in the URL.
+sent with GET carries the query text and variables (customer data) in the URL. Nor do the documents that a
+MongoDB write error quotes (``ScrubStoreErrors``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from pymongo.errors import PyMongoError
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 from webhooks.settings import Settings, get_settings
@@ -58,6 +60,37 @@ class DropQueryStrings(logging.Filter):
         return True
 
 
+class StoreErrorDetails(Exception):
+    """Stands in, in a log record, for a MongoDB error whose message would carry documents."""
+
+
+class ScrubStoreErrors(logging.Filter):
+    """A MongoDB write error's message holds its details: for a failed insert or update, the document itself
+    (a receiver's response body and headers, an event's payload, an idempotency key). A record whose
+    exception is, or was caused by, such an error keeps its traceback but shows the error's type and code
+    only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = record.exc_info
+        if info and info[1] is not None and (summary := _store_error_summary(info[1])) is not None:
+            scrubbed = StoreErrorDetails(summary)
+            record.exc_info = (StoreErrorDetails, scrubbed, info[2])
+            record.exc_text = None
+        return True
+
+
+def _store_error_summary(exc: BaseException) -> str | None:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, PyMongoError) and getattr(seen, "details", None) is not None:
+            code = getattr(seen, "code", None)
+            return f"{type(seen).__name__} (code {code}); its details are left out of the log"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def configure_logging(json_lines: bool | None = None, settings: Settings | None = None) -> None:
     """Configure the root logger from ``settings`` (default: the environment's); ``json_lines`` overrides."""
     settings = settings or get_settings()
@@ -69,6 +102,7 @@ def configure_logging(json_lines: bool | None = None, settings: Settings | None 
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
     handler.setFormatter(formatter)
+    handler.addFilter(ScrubStoreErrors())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
