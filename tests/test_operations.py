@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError
@@ -36,6 +37,7 @@ from tests.support import run_stack, service_env
 from webhooks.logging_setup import JsonFormatter, configure_logging
 from webhooks.settings import Settings
 from webhooks_cli.embedded import free_port, spawn, stop, valkey_binary, wait_for_port
+from workers import health
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -327,6 +329,34 @@ async def test_worker_check(mongodb_url: str, tmp_path: Path) -> None:
         stop(worker)
     gone = await asyncio.to_thread(cli, "worker", "--check", env=env)
     assert gone.returncode != 0, "a stopped worker removes its heartbeat"
+
+
+async def test_the_worker_check_reads_one_set_however_many_keys_redis_holds(
+    mongodb_url: str, tmp_path: Path
+) -> None:
+    # given a live worker's heartbeat, and Redis holding many other keys (under load: a hand-off copy per
+    # event published in the last two minutes), some of them named like the workers' old heartbeat keys
+    settings = unique_settings(mongodb_url, tmp_path)
+    redis = aioredis.Redis.from_url(settings.redis_url or "")
+    filler = f"{settings.queue_name}:workers:old-host"
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in range(20_000):
+                pipe.set(f"{filler}:{i}", "x", ex=120)
+            await pipe.execute()
+        await health.beat(redis, settings, health.worker_name("pod-1", 7))
+        scans = (await redis.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0)
+        # when the check runs
+        healthy, message = await health.check(settings)
+        # then it finds the worker without walking the keyspace
+        assert healthy, message
+        assert "1 worker(s) alive" in message
+        assert (await redis.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0) == scans
+    finally:
+        async for key in redis.scan_iter(match=f"{filler}:*", count=1000):
+            await redis.delete(key)
+        await redis.delete(health.heartbeats_key(settings))
+        await redis.aclose()
 
 
 # ------------------------------------------------------------------------------------------ logs

@@ -1,8 +1,10 @@
-"""Worker liveness: each worker refreshes a heartbeat key in Redis; ``webhooks worker --check`` reads them.
+"""Worker liveness: each worker refreshes its heartbeat in Redis; ``webhooks worker --check`` reads them.
 
-Key: ``<queue name>:workers:<hostname>:<pid>`` (``webhooks:deliveries:workers:...`` by default), value: JSON
-``{"host", "pid", "at"}`` (Unix time of the last beat), with a TTL of ``worker_heartbeat_ttl`` seconds. A
-worker whose event loop is stuck stops beating, so its key ages out.
+One sorted set per queue, ``<queue name>:workers`` (``webhooks:deliveries:workers`` by default): member
+``<hostname>:<pid>``, score the Unix time of its last beat. A worker whose event loop is stuck stops beating,
+so its score ages; a stopping worker removes its member, and beats drop members long gone. The check reads
+the recent members in one command, whatever else Redis holds (it used to SCAN the whole keyspace for one key
+per worker, and failed its 5 s timeout once Redis held a few million keys: under load, on every pod at once).
 
 Not arq's ``health_check_key``: arq keeps one key per queue that every worker overwrites and any stopping
 worker deletes, so it can neither count the live workers nor tell that one of several has died.
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -28,27 +29,34 @@ from webhooks.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def key_prefix(settings: Settings) -> str:
-    return f"{settings.queue_name}:workers:"
+FORGET_AFTER = 10  # heartbeat TTLs after which a member that never said goodbye is dropped
 
 
-def heartbeat_key(settings: Settings, host: str | None = None, pid: int | None = None) -> str:
-    return f"{key_prefix(settings)}{host or socket.gethostname()}:{pid or os.getpid()}"
+def heartbeats_key(settings: Settings) -> str:
+    return f"{settings.queue_name}:workers"
 
 
-async def beat(redis: Redis, settings: Settings, key: str) -> None:
-    value = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()})
-    await redis.set(key, value, px=int(settings.worker_heartbeat_ttl * 1000))
+def worker_name(host: str | None = None, pid: int | None = None) -> str:
+    return f"{host or socket.gethostname()}:{pid or os.getpid()}"
+
+
+async def beat(redis: Redis, settings: Settings, name: str) -> None:
+    now, key = time.time(), heartbeats_key(settings)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(key, {name: now})
+        pipe.zremrangebyscore(key, "-inf", now - FORGET_AFTER * settings.worker_heartbeat_ttl)
+        pipe.expire(key, int(FORGET_AFTER * settings.worker_heartbeat_ttl) + 1)
+        await pipe.execute()
 
 
 async def heartbeat_loop(redis: Redis, settings: Settings) -> None:
-    """Beat now, then every ``worker_heartbeat_interval`` seconds until cancelled; remove the key on exit."""
-    key = heartbeat_key(settings)
+    """Beat now, then every ``worker_heartbeat_interval`` seconds until cancelled; leave the set on exit."""
+    name = worker_name()
     try:
         while True:
             try:
                 async with asyncio.timeout(max(settings.worker_heartbeat_interval, 1.0)):
-                    await beat(redis, settings, key)
+                    await beat(redis, settings, name)
             except Exception as exc:  # Redis away: keep trying; the check will report us missing meanwhile
                 log.warning("worker heartbeat failed: %s", type(exc).__name__)
             heap.record_pauses()  # the worker's garbage-collector pauses, into its metrics
@@ -56,32 +64,25 @@ async def heartbeat_loop(redis: Redis, settings: Settings) -> None:
     finally:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1.0):
-                await redis.delete(key)
+                await redis.zrem(heartbeats_key(settings), name)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerSeen:
-    key: str
+    name: str  # <hostname>:<pid>
     age: float  # seconds since its last heartbeat
 
 
 async def live_workers(redis: Redis, settings: Settings) -> list[WorkerSeen]:
     """Workers whose last heartbeat is at most ``worker_heartbeat_ttl`` seconds old."""
     now = time.time()
-    seen: list[WorkerSeen] = []
-    async for raw_key in redis.scan_iter(match=key_prefix(settings) + "*", count=100):
-        key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-        raw = await redis.get(key)
-        if raw is None:
-            continue
-        try:
-            at = float(json.loads(raw)["at"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        age = now - at
-        if age <= settings.worker_heartbeat_ttl:
-            seen.append(WorkerSeen(key, max(age, 0.0)))
-    return seen
+    found = await redis.zrangebyscore(
+        heartbeats_key(settings), now - settings.worker_heartbeat_ttl, "+inf", withscores=True
+    )
+    return [
+        WorkerSeen(name.decode() if isinstance(name, bytes) else str(name), max(now - at, 0.0))
+        for name, at in found
+    ]
 
 
 async def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
