@@ -4,17 +4,21 @@ and a second worker completes the rest. Every delivery reaches a final state; no
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
 
+import pytest
 from bson import ObjectId
 
 from tests.delivery_support import create_webhook, publish
 from tests.receiver import run_receiver, sleep
 from tests.support import run_stack
 from tests.test_operations import start_worker, unique_settings, worker_env
-from webhooks_cli.embedded import stop
+from tests.test_worker_restart import read, wait_for_text
+from webhooks_cli.embedded import start_secantus, stop
+from workers.worker import CLOSE_WAIT
 
 BURST = 40
 
@@ -74,3 +78,32 @@ async def test_sigterm_mid_burst_loses_nothing(mongodb_url: str, tmp_path: Path)
         stop(first)
         if second is not None:
             stop(second)
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_while_the_store_has_stopped_answering_still_exits_within_its_bound(
+    tmp_path: Path,
+) -> None:
+    # given a worker on its own SecantusDB, sweeping every second
+    secantus = start_secantus(tmp_path / "mongo")
+    settings = unique_settings(secantus.url, tmp_path / "data", sweep_interval=1.0)
+    env = worker_env(settings, WEBHOOKS_SWEEP_INTERVAL="1", WEBHOOKS_WORKER_SHUTDOWN_WAIT="3")
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        await wait_for_text(log, "worker started")
+        # and a store that stops answering (a stepdown, a stalled host), with a sweep waiting on it
+        os.kill(secantus.process.pid, signal.SIGSTOP)
+        await asyncio.sleep(2.0)
+        # when the worker is asked to stop
+        worker.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        code = await asyncio.to_thread(worker.wait, 60)
+        took = time.monotonic() - signalled
+    finally:
+        os.kill(secantus.process.pid, signal.SIGCONT)
+        stop(worker)
+        secantus.stop()
+    # then it exits cleanly within its drain wait plus the bounded close (3 + 5 s), not after the store
+    assert code == 0, read(log)[-3000:]
+    assert took < 3 + CLOSE_WAIT + 2, f"stopped after {took:.1f} s"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import signal
 import time
 from typing import Any
@@ -32,6 +31,8 @@ from workers.sender import Sender
 from workers.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
+
+CLOSE_WAIT = 5.0  # seconds for the store and Redis connections to close on the way out
 
 
 async def sweep(ctx: dict[str, Any]) -> int:
@@ -131,7 +132,11 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
                     await task
         stack = ctx.pop("stack", None)
         if stack is not None:
-            await stack.aclose()
+            try:  # bounded: a store that stopped answering would hold the exit past the orchestrator's grace
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await stack.aclose()
+            except TimeoutError:
+                log.warning("the store and Redis connections did not close in %.0f s; leaving", CLOSE_WAIT)
             log.info("worker stopped")
 
     cron_jobs = []
@@ -150,8 +155,10 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         max_jobs=settings.worker_max_jobs,
         keep_result=0,
         handle_signals=handle_signals,
-        # a stop signal lets a running sweep finish (it is short) before the shutdown hook drains attempts
-        job_completion_wait=math.ceil(settings.worker_shutdown_wait),
+        # A stop signal stops claiming at once (``on_stop``), cancels a running sweep (idempotent: the next
+        # tick redoes it) and leaves the shutdown hook the whole wait to drain the attempts in flight. arq's
+        # wait for jobs came first and went on claiming meanwhile, so a stop took twice the wait or more.
+        job_completion_wait=0,
     )
 
     def stop_claiming(_: signal.Signals) -> None:
