@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -302,6 +306,7 @@ async def local_server() -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_get("/", hello)
+    app.router.add_post("/", hello)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -361,3 +366,33 @@ async def test_an_empty_egress_proxy_setting_keeps_the_connect_time_check(
     # then no proxy is used, and the address is still checked at connect time: blocked, not sent
     assert proxy is None
     assert result.outcome is OutcomeClass.BLOCKED_DESTINATION
+
+
+async def test_names_that_resolve_slowly_do_not_hold_up_other_names(
+    local_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an OS resolver that hangs 5 s on *.slow.test (a tenant's silent name server) and answers other
+    # names at once, and a sender with a 3 s deadline
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host.endswith(".slow.test"):
+            time.sleep(5)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real("127.0.0.1" if host == "fast.test" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    sender = Sender(timeout=3, allow_private=True)
+    try:
+        # when many attempts go to slow names (eight names, and forty attempts to one of them) ...
+        urls = [f"https://h{i}.slow.test/" for i in range(8)] + ["https://h0.slow.test/"] * 40
+        slow = [asyncio.create_task(sender.send(url, b"{}", {})) for url in urls]
+        await asyncio.sleep(0.2)
+        # ... and then one to a name that resolves at once
+        fast = await sender.send(f"http://fast.test:{local_server}/", b"{}", {})
+        stuck = await asyncio.gather(*slow)
+    finally:
+        await sender.close()
+    # then that one is delivered, while the slow ones fail on their own deadline
+    assert fast.status_code == 200, fast
+    assert {r.outcome for r in stuck} <= {OutcomeClass.TIMEOUT, OutcomeClass.CONNECTION_ERROR}

@@ -21,6 +21,7 @@ import re
 import socket
 import unicodedata
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -220,19 +221,46 @@ class Resolver(Protocol):
     async def resolve(self, host: str, port: int) -> list[IPAddress]: ...
 
 
+DNS_THREADS = 64  # lookups at once; a slow name holds a thread until the OS resolver gives up (~10 s)
+
+
 class SystemResolver:
-    """Resolve with the operating system's resolver (``getaddrinfo``), without blocking the loop."""
+    """Resolve with the operating system's resolver (``getaddrinfo``), without blocking the loop.
+
+    ``getaddrinfo`` blocks a thread until it answers, and a cancelled caller cannot free it. Lookups
+    therefore run in a pool of their own (asyncio's default pool had 6 threads on 2 cores, shared with
+    everything else), and concurrent lookups of one name share one thread: a tenant whose name server has
+    gone silent holds one thread per name, not one per attempt, and other names keep resolving."""
+
+    _pool: ThreadPoolExecutor | None = None
+    _pending: dict[tuple[str, int], asyncio.Future[list[IPAddress]]]
+
+    def __init__(self) -> None:
+        self._pending = {}
 
     async def resolve(self, host: str, port: int) -> list[IPAddress]:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        result: list[IPAddress] = []
-        for family, _type, _proto, _canon, sockaddr in infos:
-            if family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            ip = ipaddress.ip_address(sockaddr[0])
-            if ip not in result:
-                result.append(ip)
-        return result
+        key = (host, port)
+        shared = self._pending.get(key)
+        if shared is None:
+            if SystemResolver._pool is None:
+                SystemResolver._pool = ThreadPoolExecutor(DNS_THREADS, thread_name_prefix="dns")
+            loop = asyncio.get_running_loop()
+            shared = asyncio.ensure_future(loop.run_in_executor(SystemResolver._pool, _lookup, host, port))
+            self._pending[key] = shared
+            shared.add_done_callback(lambda _: self._pending.pop(key, None))
+        return await asyncio.shield(shared)  # a caller that gives up leaves the lookup to the others
+
+
+def _lookup(host: str, port: int) -> list[IPAddress]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    result: list[IPAddress] = []
+    for family, _type, _proto, _canon, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        ip = ipaddress.ip_address(sockaddr[0])
+        if ip not in result:
+            result.append(ip)
+    return result
 
 
 class BlockedDestination(OSError):
