@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from bson import ObjectId
@@ -20,6 +21,7 @@ from webhooks.db import Doc, raw_collections
 from webhooks.models import Event, OutboxRef, Planned
 from webhooks.repositories.events import BATCH_OUTBOX_EVENTS
 from webhooks.timeutil import utcnow
+from workers.sweeper import Sweeper
 
 RETENTION = timedelta(days=1)
 
@@ -183,3 +185,36 @@ async def test_closing_never_deletes_an_event(stack: Stack) -> None:
     await repo.close([OutboxRef(event.id, 1, batch=True)])
     # then the event is still stored
     assert await raw_collections(stack.core).events.count_documents({"_id": event.id}) == 1
+
+
+async def test_a_sweep_tick_that_finds_the_previous_one_running_does_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a sweeper whose store has stopped answering in the middle of a tick
+    sweeper = Sweeper(
+        stack.settings,
+        stack.core.lanes,
+        stack.core.event_repo,
+        stack.core.delivery_repo,
+        stack.core.webhook_repo,
+    )
+    entered, answer = asyncio.Event(), asyncio.Event()
+    reads = 0
+    real = stack.core.event_repo.open_between
+
+    async def stalled(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        entered.set()
+        await answer.wait()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(stack.core.event_repo, "open_between", stalled)
+    first = asyncio.create_task(sweeper.sweep())
+    await entered.wait()
+    # when the next ticks come (arq's cron starts them on time)
+    later = [await sweeper.sweep() for _ in range(3)]
+    # then they do nothing, and the stalled tick finishes once the store answers
+    assert later == [0, 0, 0] and reads == 1
+    answer.set()
+    await first

@@ -155,9 +155,22 @@ class Sweeper:
     expiry: ExpiryRepository | None = None  # given with ``retention_sweep``: it deletes expired documents
     _outbox: Pager = field(default_factory=Pager)
     _overdue: Pager = field(default_factory=Pager)
+    _running: bool = False
 
     async def sweep(self) -> int:
-        """One tick; how many attempts it put back."""
+        """One tick; how many attempts it put back. A tick that finds the previous one still running (a store
+        that stopped answering) does nothing: arq's cron starts a tick on time whatever, and the ticks that
+        piled up would otherwise all read at once when the store came back, sharing the pagers."""
+        if self._running:
+            log.info("sweeper: the previous tick is still running; skipping this one")
+            return 0
+        self._running = True
+        try:
+            return await self._sweep()
+        finally:
+            self._running = False
+
+    async def _sweep(self) -> int:
         before = utcnow() - timedelta(seconds=self.settings.sweep_grace)
         oldest = utcnow() - timedelta(days=self.settings.delivery_retention_days)
         counts: list[int] = []
