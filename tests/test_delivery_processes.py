@@ -89,6 +89,15 @@ def workers(settings: Settings, log_dir: Path) -> Iterator[Any]:
             proc.wait(10)
 
 
+async def wipe_redis() -> None:
+    """What a Redis restart without persistence, or a FLUSHALL, leaves: nothing."""
+    redis = aioredis.Redis.from_url(session_redis_url())
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+
+
 async def arrived(receiver: Receiver, predicate: Callable[[], bool], timeout: float = 30) -> None:
     async with asyncio.timeout(timeout), receiver.arrived:
         await receiver.arrived.wait_for(predicate)
@@ -192,11 +201,7 @@ async def test_a_redis_wipe_before_any_attempt_loses_nothing_and_empties_the_out
     other = await stack.account()
     assert await delivery(other.gql, ids[0]) is None
     # when Redis is wiped before any attempt and a worker starts
-    redis = aioredis.Redis.from_url(session_redis_url())
-    try:
-        await redis.flushdb()
-    finally:
-        await redis.aclose()
+    await wipe_redis()
     with workers(stack.settings, tmp_path) as start:
         start()
         # then the sweeper puts every delivery back from MongoDB: each one succeeds, delivered once
@@ -226,11 +231,7 @@ async def test_a_redis_wipe_after_a_busy_second_requeues_every_event_of_it(
     published = await asyncio.gather(*(publish(healthy.gql, idempotencyKey=k) for k in keys[100:]))
     ids = [p["event"]["deliveries"][0]["id"] for p in published]
     # when Redis is wiped before any attempt and a worker starts
-    redis = aioredis.Redis.from_url(session_redis_url())
-    try:
-        await redis.flushdb()
-    finally:
-        await redis.aclose()
+    await wipe_redis()
     with workers(stack.settings, tmp_path) as start:
         start()
         # then the sweeper puts back all of them, not only the first documents of that second (the stuck
