@@ -6,22 +6,30 @@ screen; screenshots are kept in ``test-artifacts/``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Page, ViewportSize, expect
+from playwright.async_api import Page, Request, Route, ViewportSize, expect
 
 from tests.browser import Requests, check_accessibility, chromium, require_tools, screenshot
 from tests.conftest import make_settings
-from tests.delivery_support import create_webhook, publish, until_disabled
+from tests.delivery_support import (
+    create_webhook,
+    publish,
+    until_disabled,
+    wait_for_attempt_count,
+    wait_for_status,
+)
 from tests.receiver import Receiver, ok, status
 from tests.support import Account, GraphQLClient, run_worker, serve_asgi
 from tests.test_subscriptions import Api, run_api
@@ -32,6 +40,8 @@ from webhooks_cli.embedded import free_port
 SESSION = """mutation($ttl: Int) { createPortalSession(ttlMinutes: $ttl) {
   url token expiresAt errors { field code message } } }"""
 WEBHOOKS = "{ webhooks { edges { node { id } } } }"
+RETRY = "mutation($id: ID!) { retryDelivery(id: $id) { delivery { id } errors { message } } }"
+CREATE_WEBHOOK = "mutation($input: CreateWebhookInput!) { createWebhook(input: $input) { errors { code } } }"
 # the WebSocket connects after the page has loaded and authenticated: slow on a loaded 2-core machine
 LIVE_TIMEOUT = 45_000
 DESKTOP = ViewportSize(width=1440, height=900)
@@ -502,3 +512,200 @@ async def test_adding_a_webhook_works_with_the_keyboard_alone_and_focus_stays_vi
         webhooks = (await account.gql.execute("{ webhooks { edges { node { name events } } } }"))["webhooks"]
         assert [e["node"]["name"] for e in webhooks["edges"]] == ["Keyboard receiver"]
         assert len(webhooks["edges"][0]["node"]["events"]) == 20
+
+
+# ------------------------------------------------------------------- slow answers, failures, races
+
+
+def variables(body: str | None) -> dict[str, Any]:
+    """The variables of a GraphQL request the page POSTed."""
+    try:
+        found: dict[str, Any] = json.loads(body or "{}").get("variables") or {}
+    except ValueError:
+        return {}
+    return found
+
+
+class Held:
+    """A slow network for some of the page's GraphQL requests: those ``wanted`` picks get their answer only
+    once ``release()`` is called (the others are answered as usual)."""
+
+    def __init__(self, wanted: Callable[[dict[str, Any]], bool]) -> None:
+        self.wanted = wanted
+        self.requests: list[dict[str, Any]] = []
+        self._released = asyncio.Event()
+
+    async def install(self, page: Page) -> None:
+        await page.route("**/graphql", self._handle)
+
+    async def _handle(self, route: Route) -> None:
+        found = variables(route.request.post_data)
+        if self.wanted(found):
+            self.requests.append(found)
+            await self._released.wait()
+        await route.continue_()
+
+    async def release(self, page: Page) -> None:
+        """Let the held requests through; returns once the page has received their answers."""
+        left = len(self.requests)
+        finished = asyncio.Event()
+
+        def answered(request: Request) -> None:
+            nonlocal left
+            if self.wanted(variables(request.post_data)):
+                left -= 1
+                if left <= 0:
+                    finished.set()
+
+        page.on("requestfinished", answered)
+        self._released.set()
+        if left:
+            await asyncio.wait_for(finished.wait(), timeout=30)
+        page.remove_listener("requestfinished", answered)
+        await page.unroute("**/graphql", self._handle)
+
+
+async def busy_webhook(
+    stack: Api, receiver: Receiver, name: str, delivered: int, then_failed: int = 0
+) -> tuple[Account, list[str]]:
+    """An account whose webhook ``name`` has ``delivered`` succeeded deliveries, then ``then_failed`` failed
+    ones (newest); returns the account and the delivery ids, oldest first."""
+    account = await stack.account()
+    path = f"/busy/{uuid.uuid4().hex[:8]}"
+    await create_webhook(account.gql, receiver.url(path), name=name)
+    ids = [(await publish(account.gql))["event"]["deliveries"][0]["id"] for _ in range(delivered)]
+    for delivery_id in ids:
+        await wait_for_status(account.gql, delivery_id, "SUCCEEDED")
+    receiver.behaviours[path] = status(500)
+    failed = [(await publish(account.gql))["event"]["deliveries"][0]["id"] for _ in range(then_failed)]
+    for delivery_id in failed:
+        await wait_for_status(account.gql, delivery_id, "FAILED")
+    receiver.behaviours[path] = ok
+    return account, ids + failed
+
+
+async def listed(page: Page) -> list[str]:
+    """The delivery ids in the log, top to bottom."""
+    ids: list[str] = await page.locator("[data-delivery]").evaluate_all(
+        "rows => rows.map(row => row.dataset.delivery)"
+    )
+    return ids
+
+
+async def test_a_live_attempt_of_an_older_delivery_is_listed_once_in_its_place(
+    stack: Api, receiver: Receiver
+) -> None:
+    # given a webhook with 22 deliveries, whose log shows the newest 20
+    account, ids = await busy_webhook(stack, receiver, "Paged receiver", 22)
+    session = await portal_url(account)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(session["url"])
+        await page.get_by_role("button", name="Paged receiver").click()
+        rows = page.get_by_role("list", name="Deliveries").get_by_role("listitem")
+        await expect(rows).to_have_count(20)
+        await expect(page.get_by_test_id("live-status")).to_have_text("Live updates on", timeout=LIVE_TIMEOUT)
+
+        # when the oldest delivery (not on the page) is retried, then the newest one, both live
+        oldest, newest = ids[0], ids[-1]
+        assert (await account.gql.execute(RETRY, {"id": oldest}))["retryDelivery"]["errors"] == []
+        await wait_for_attempt_count(account.gql, oldest, 2)
+        assert (await account.gql.execute(RETRY, {"id": newest}))["retryDelivery"]["errors"] == []
+        await expect(page.locator(f'[data-delivery="{newest}"]')).to_contain_text("2 attempts")
+
+        # then the log still starts with the newest delivery: the older one was not put on top as new
+        await expect(rows).to_have_count(20)
+        assert await listed(page) == ids[::-1][:20]
+        # and "Load older deliveries" lists the rest once each, in place, the retried one with 2 attempts
+        await page.get_by_role("button", name="Load older deliveries").click()
+        await expect(rows).to_have_count(22)
+        assert await listed(page) == ids[::-1]
+        await expect(page.locator(f'[data-delivery="{oldest}"]')).to_contain_text("2 attempts")
+
+
+async def test_double_clicking_load_more_lists_the_next_page_once(stack: Api, receiver: Receiver) -> None:
+    # given 21 webhooks (the oldest, on the second page, with 22 deliveries): one page and one more of each
+    account, ids = await busy_webhook(stack, receiver, "Paged receiver", 22)
+    for n in range(20):
+        other = {"name": f"Other {n}", "url": receiver.url(f"/other/{n}"), "events": ["JOB_CLOSED"]}
+        created = await account.gql.execute(CREATE_WEBHOOK, {"input": other})
+        assert created["createWebhook"]["errors"] == [], created
+    session = await portal_url(account)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(session["url"])
+        cards = page.get_by_role("list", name="Webhooks").get_by_role("listitem")
+        await expect(cards).to_have_count(20)
+
+        # when the customer double-clicks "Load more webhooks" on a slow network
+        held = Held(lambda v: bool(v.get("after")))
+        await held.install(page)
+        more = page.get_by_role("button", name="Load more webhooks")
+        await more.dblclick()
+        # then the button is disabled while the page loads, and the next webhook is listed once
+        await expect(more).to_be_disabled()
+        await held.release(page)
+        await expect(more).to_have_count(0)
+        await expect(cards).to_have_count(21)
+        await expect(page.get_by_role("button", name="Paged receiver")).to_have_count(1)
+        assert len(held.requests) == 1, held.requests
+
+        # and the same for "Load older deliveries"
+        await page.get_by_role("button", name="Paged receiver").click()
+        rows = page.get_by_role("list", name="Deliveries").get_by_role("listitem")
+        await expect(rows).to_have_count(20)
+        held = Held(lambda v: bool(v.get("after")))
+        await held.install(page)
+        older = page.get_by_role("button", name="Load older deliveries")
+        await older.dblclick()
+        await expect(older).to_be_disabled()
+        await held.release(page)
+        await expect(older).to_have_count(0)
+        await expect(rows).to_have_count(22)
+        assert await listed(page) == ids[::-1]
+        assert len(held.requests) == 1, held.requests
+
+
+async def test_a_slow_answer_for_an_earlier_filter_does_not_replace_the_log(
+    stack: Api, receiver: Receiver
+) -> None:
+    # given a webhook with 21 succeeded deliveries and, newest, a failed one
+    account, ids = await busy_webhook(stack, receiver, "Filtered receiver", 21, then_failed=1)
+    session = await portal_url(account)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(session["url"])
+        await page.get_by_role("button", name="Filtered receiver").click()
+        rows = page.get_by_role("list", name="Deliveries").get_by_role("listitem")
+        await expect(rows).to_have_count(20)
+        await expect(rows.first).to_contain_text("failed")
+        status_filter = page.get_by_label("Status", exact=True)
+
+        # when the customer picks "failed", whose answer is slow, then "succeeded" at once
+        held = Held(lambda v: v.get("status") == "FAILED")
+        await held.install(page)
+        await status_filter.select_option("FAILED")
+        await status_filter.select_option("SUCCEEDED")
+        await expect(rows.first).to_contain_text("succeeded")
+        await expect(rows).to_have_count(20)
+        # and the slow answer for "failed" comes in after that
+        await held.release(page)
+        await rows.first.get_by_role("button", name="Details").click()
+        await expect(rows.first).to_contain_text("Attempt 1")
+        # then the log still shows the succeeded deliveries only
+        await expect(status_filter).to_have_value("SUCCEEDED")
+        await expect(rows).to_have_count(20)
+        await expect(rows.filter(has_text="failed")).to_have_count(0)
+
+        # when older deliveries are on their way (slow) and the customer picks "failed" meanwhile
+        held = Held(lambda v: bool(v.get("after")))
+        await held.install(page)
+        await page.get_by_role("button", name="Load older deliveries").click()
+        await status_filter.select_option("FAILED")
+        await expect(rows).to_have_count(1)
+        await held.release(page)
+        await rows.first.get_by_role("button", name="Details").click()
+        await expect(rows.first).to_contain_text("Attempt 1")
+        # then the older succeeded deliveries are not added to the failed ones
+        await expect(rows).to_have_count(1)
+        assert await listed(page) == [ids[-1]]

@@ -367,20 +367,44 @@ function WebhookList({ go }) {
   const [items, setItems] = useState(null);
   const [page, setPage] = useState({ hasNextPage: false, endCursor: null });
   const [error, setError] = useState('');
+  // As in the delivery log: a reload (after a reconnect) starts a new generation whose answers alone count,
+  // and "Load more webhooks" is disabled while its page is on its way.
+  const generation = useRef(0);
+  const moreFor = useRef(null);
+  const [loadingMore, setLoadingMore] = useState(false);
 
   const load = useCallback(async (after = null) => {
+    const mine = after ? generation.current : ++generation.current;
+    if (!after) {
+      moreFor.current = null;
+      setLoadingMore(false);
+    } else {
+      if (moreFor.current === mine) return;
+      moreFor.current = mine;
+      setLoadingMore(true);
+    }
     try {
       const data = await gql(
         `query($after: String) { webhooks(first: ${PAGE_SIZE}, after: $after) {
           edges { node { ${WEBHOOK_FIELDS} } } pageInfo { hasNextPage endCursor } } }`,
         { after },
       );
+      if (mine !== generation.current) return;
       const nodes = data.webhooks.edges.map((e) => e.node);
-      setItems((old) => (after && old ? [...old, ...nodes] : nodes));
+      setItems((old) => {
+        if (!after || !old) return nodes;
+        const shown = new Set(old.map((w) => w.id));
+        return [...old, ...nodes.filter((w) => !shown.has(w.id))];
+      });
       setPage(data.webhooks.pageInfo);
       setError('');
     } catch (err) {
-      setError(err.message);
+      if (mine === generation.current) setError(err.message);
+    } finally {
+      if (after && moreFor.current === mine) {
+        moreFor.current = null;
+        setLoadingMore(false);
+      }
     }
   }, []);
   useEffect(() => { load(); }, []);
@@ -407,7 +431,8 @@ function WebhookList({ go }) {
           <${WebhookFacts} webhook=${w} />
         </li>`)}
       </ul>`}
-    ${page.hasNextPage ? html`<div class="actions"><button type="button" onClick=${() => load(page.endCursor)}>Load more webhooks</button></div>` : ''}
+    ${page.hasNextPage ? html`<div class="actions"><button type="button" onClick=${() => load(page.endCursor)}
+      disabled=${loadingMore}>Load more webhooks</button></div>` : ''}
   </div>`;
 }
 
@@ -502,35 +527,79 @@ function DeliveryLog({ webhookId, eventTypes }) {
   const [page, setPage] = useState({ hasNextPage: false, endCursor: null });
   const [error, setError] = useState('');
   const [refresh, setRefresh] = useState(0);
+  // Every (re)load of the first page starts a new generation: an answer for an older one (another filter,
+  // before a reconnect) is ignored, whether it is a first page, an older page or a live delivery's row.
+  const generation = useRef(0);
+  const more = useRef(false); // the log has rows older than the loaded ones (mirrors page.hasNextPage)
+  // The generation an older page is being loaded for: its button is disabled until the answer is in.
+  const olderFor = useRef(null);
+  const [loadingOlder, setLoadingOlder] = useState(false);
   const query = `query($webhookId: ID, $status: DeliveryStatus, $event: String, $after: String) {
     deliveries(webhookId: $webhookId, status: $status, event: $event, first: ${PAGE_SIZE}, after: $after) {
       edges { node { id webhookId event status attemptCount createdAt } } pageInfo { hasNextPage endCursor } } }`;
   const load = async (after = null) => {
+    const mine = after ? generation.current : ++generation.current;
+    if (!after) {
+      olderFor.current = null;
+      setLoadingOlder(false);
+    } else {
+      if (olderFor.current === mine) return; // that page is on its way already
+      olderFor.current = mine;
+      setLoadingOlder(true);
+    }
     try {
       const data = await gql(query, { webhookId, status: status || null, event: event || null, after });
+      if (mine !== generation.current) return;
       const nodes = data.deliveries.edges.map((e) => e.node);
-      setItems((old) => (after && old ? [...old, ...nodes] : nodes));
+      setItems((old) => {
+        if (!after || !old) return nodes;
+        // a row shown live meanwhile can be on this page too: each delivery is listed once
+        const shown = new Set(old.map((d) => d.id));
+        return [...old, ...nodes.filter((d) => !shown.has(d.id))];
+      });
+      more.current = data.deliveries.pageInfo.hasNextPage;
       setPage(data.deliveries.pageInfo);
       setError('');
     } catch (err) {
-      setError(err.message);
+      if (mine === generation.current) setError(err.message);
+    } finally {
+      if (after && olderFor.current === mine) {
+        olderFor.current = null;
+        setLoadingOlder(false);
+      }
     }
   };
   useEffect(() => { load(); }, [status, event, webhookId]);
+  // A live attempt of a delivery that is not listed: the delivery is fetched and placed by its own time,
+  // newest first. Older than every listed row while older pages are not loaded: it is left for
+  // "Load older deliveries", which lists it in its place.
+  const place = async (attempt) => {
+    const mine = generation.current;
+    const data = await gql(`query($id: ID!) { delivery(id: $id) { id webhookId event status attemptCount createdAt } }`,
+      { id: attempt.deliveryId });
+    const found = data.delivery;
+    if (!found || mine !== generation.current) return;
+    const row = found.attemptCount >= attempt.number
+      ? found : { ...found, status: attempt.deliveryStatus, attemptCount: attempt.number };
+    if ((status && status !== row.status) || (event && event !== row.event)) return;
+    setItems((old) => {
+      if (!old) return old;
+      if (old.some((d) => d.id === row.id)) {
+        return old.map((d) => (d.id === row.id && row.attemptCount >= d.attemptCount ? { ...d, ...row } : d));
+      }
+      const at = Date.parse(row.createdAt);
+      const index = old.findIndex((d) => Date.parse(d.createdAt) < at);
+      if (index === -1) return more.current ? old : [...old, row];
+      return [...old.slice(0, index), row, ...old.slice(index)];
+    });
+  };
   useLive((kind, value) => {
     if (kind === 'state' && value.resynced) { load(); setRefresh((n) => n + 1); }
     if (kind !== 'attempt' || value.webhookId !== webhookId) return;
     setRefresh((n) => n + 1);
-    setItems((old) => {
-      if (!old) return old;
-      if (old.some((d) => d.id === value.deliveryId)) {
-        return old.map((d) => (d.id === value.deliveryId
-          ? { ...d, status: value.deliveryStatus, attemptCount: Math.max(d.attemptCount, value.number) } : d));
-      }
-      if ((status && status !== value.deliveryStatus) || (event && event !== value.event)) return old;
-      return [{ id: value.deliveryId, webhookId, event: value.event, status: value.deliveryStatus,
-        attemptCount: value.number, createdAt: value.startedAt }, ...old];
-    });
+    if (items && !items.some((d) => d.id === value.deliveryId)) place(value).catch(() => {});
+    setItems((old) => old && old.map((d) => (d.id === value.deliveryId
+      ? { ...d, status: value.deliveryStatus, attemptCount: Math.max(d.attemptCount, value.number) } : d)));
   });
   // A mutation's answer can be older than an attempt already shown live: never go back in attempts.
   const changed = (d) =>
@@ -555,7 +624,8 @@ function DeliveryLog({ webhookId, eventTypes }) {
       <ul class="log" aria-label="Deliveries">
         ${items.map((d) => html`<${DeliveryRow} key=${d.id} delivery=${d} onChanged=${changed} refreshKey=${refresh} />`)}
       </ul>`}
-    ${page.hasNextPage ? html`<div class="actions"><button type="button" onClick=${() => load(page.endCursor)}>Load older deliveries</button></div>` : ''}
+    ${page.hasNextPage ? html`<div class="actions"><button type="button" onClick=${() => load(page.endCursor)}
+      disabled=${loadingOlder}>Load older deliveries</button></div>` : ''}
   </section>`;
 }
 
