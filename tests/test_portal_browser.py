@@ -709,3 +709,45 @@ async def test_a_slow_answer_for_an_earlier_filter_does_not_replace_the_log(
         # then the older succeeded deliveries are not added to the failed ones
         await expect(rows).to_have_count(1)
         assert await listed(page) == [ids[-1]]
+
+
+async def test_a_webhook_that_cannot_be_loaded_says_so_and_offers_retry_and_a_way_back(
+    stack: Api, receiver: Receiver
+) -> None:
+    # given a webhook, and a network that fails the page's query for it (a 502 from a proxy)
+    account = await stack.account()
+    await create_webhook(account.gql, receiver.url("/flaky"), name="Flaky receiver")
+    session = await portal_url(account)
+    failing = True
+
+    async def bad_gateway(route: Route) -> None:
+        body = route.request.post_data or ""
+        if failing and "{ webhook(id: $id)" in body:
+            await route.fulfill(status=502, body="<html>Bad gateway</html>", content_type="text/html")
+        else:
+            await route.continue_()
+
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(session["url"])
+        await page.route("**/graphql", bad_gateway)
+
+        # when the customer opens it
+        await page.get_by_role("button", name="Flaky receiver").click()
+        # then the page says it could not be loaded, why, and offers Retry and the way back
+        failed = page.get_by_role("heading", name="The webhook could not be loaded", level=1)
+        await expect(failed).to_be_focused()
+        await expect(page.get_by_role("alert")).to_contain_text("HTTP 502")
+        await expect(page.get_by_role("button", name="Retry")).to_be_visible()
+        await check_accessibility(page, "portal-webhook-load-failed")
+        await page.get_by_role("button", name="← All webhooks").click()
+        await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_focused()
+
+        # and once the network is back, Retry shows the webhook
+        await page.get_by_role("button", name="Flaky receiver").click()
+        retry = page.get_by_role("button", name="Retry")
+        await expect(retry).to_be_visible()
+        failing = False
+        await retry.click()
+        await expect(page.get_by_role("heading", name="Flaky receiver", level=1)).to_be_focused()
+        await expect(page.locator("dl.meta")).to_contain_text("Enabled")

@@ -688,12 +688,19 @@ function WebhookDetail({ id, go, eventTypes }) {
   // Test attempts by delivery id: the attempt can arrive on the feed before testWebhook's answer does.
   const testAttempts = useRef(new Map());
 
+  // Why the webhook could not be loaded (shown, with Retry, while there is no webhook to show).
+  const [loadError, setLoadError] = useState('');
   const load = async () => {
     const data = await gql(`query($id: ID!) { webhook(id: $id) { ${WEBHOOK_FIELDS} } }`, { id });
+    setLoadError('');
     if (data.webhook) setWebhook(data.webhook);
     else setMissing(true);
   };
-  useEffect(() => { load().catch((e) => setMessage(e.message)); }, [id]);
+  const firstLoad = () => {
+    setLoadError('');
+    load().catch((e) => { setMessage(e.message); setLoadError(e.message); });
+  };
+  useEffect(firstLoad, [id]);
 
   const catchUpTest = async (current) => {
     if (!current || current.attempt || !current.deliveryId) return;
@@ -779,7 +786,16 @@ function WebhookDetail({ id, go, eventTypes }) {
     return html`<div><${Heading}>Webhook not found</${Heading}>
       <p>It may have been deleted.</p><button type="button" onClick=${() => go({ name: 'list' })}>All webhooks</button></div>`;
   }
-  if (!webhook) return html`<p>Loading…</p>`;
+  const back = html`<p class="crumb"><button type="button" class="link" onClick=${() => go({ name: 'list' })}>← All webhooks</button></p>`;
+  if (!webhook && loadError) {
+    return html`<div>
+      ${back}
+      <${Heading} key="failed">The webhook could not be loaded</${Heading}>
+      <p class="error" role="alert">${loadError}</p>
+      <div class="actions"><button type="button" class="primary" onClick=${firstLoad}>Retry</button></div>
+    </div>`;
+  }
+  if (!webhook) return html`<div>${back}<p>Loading…</p></div>`;
   if (mode === 'edit') {
     return html`<div><${Heading} key="edit">Edit ${webhook.name}</${Heading}>
       <${WebhookForm} eventTypes=${eventTypes} initial=${webhook} submitLabel="Save changes"
@@ -787,7 +803,7 @@ function WebhookDetail({ id, go, eventTypes }) {
         onCancel=${() => setMode('view')} /></div>`;
   }
   return html`<div>
-    <p class="crumb"><button type="button" class="link" onClick=${() => go({ name: 'list' })}>← All webhooks</button></p>
+    ${back}
     <${Heading} key="view">${webhook.name}</${Heading}>
     <${WebhookFacts} webhook=${webhook} />
     <div class="actions" role="group" aria-label="Webhook actions">
