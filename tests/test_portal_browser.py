@@ -14,6 +14,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -751,3 +752,25 @@ async def test_a_webhook_that_cannot_be_loaded_says_so_and_offers_retry_and_a_wa
         await retry.click()
         await expect(page.get_by_role("heading", name="Flaky receiver", level=1)).to_be_focused()
         await expect(page.locator("dl.meta")).to_contain_text("Enabled")
+
+
+async def test_a_browser_clock_that_is_fast_does_not_end_a_valid_session(stack: Api) -> None:
+    # given a 60-minute session, and a customer's computer whose clock is 65 minutes fast
+    account = await stack.account()
+    session = await portal_url(account, ttl=60)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.clock.install(time=datetime.now() + timedelta(minutes=65))
+
+        # when the portal opens, and 10 minutes pass
+        await page.goto(session["url"])
+        await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_focused()
+        await page.clock.fast_forward("10:00")
+        # then the session still works
+        await page.get_by_role("button", name="Add Webhook").click()
+        await expect(page.get_by_role("heading", name="Add Webhook", level=1)).to_be_focused()
+
+        # and it ends when the server's 60 minutes are over
+        await page.clock.fast_forward("50:01")
+        await expect(page.get_by_role("heading", name="Session expired", level=1)).to_be_visible()
+        assert await page.evaluate("sessionStorage.length") == 0

@@ -66,12 +66,17 @@ function expireSession() {
   session.onExpire();
 }
 
-function scheduleExpiry(expiresAt) {
+// The wait is timed against the server's clock, never the browser's: `serverNow` is the HTTP Date of the
+// answer that carried expiresAt (a browser clock that is fast or slow would end a valid session at once or
+// keep showing an ended one). Without a usable Date header it falls back to the browser's clock. The
+// server's own UNAUTHENTICATED answer and the WebSocket's 4403 close end a session that really ended.
+function scheduleExpiry(expiresAt, serverNow) {
   session.expiresAt = expiresAt;
   const saved = JSON.parse(store.getItem(STORAGE_KEY) || '{}');
   store.setItem(STORAGE_KEY, JSON.stringify({ ...saved, expiresAt }));
   clearTimeout(session.timer);
-  const wait = new Date(expiresAt).getTime() - Date.now();
+  const now = Number.isFinite(serverNow) ? serverNow : Date.now();
+  const wait = new Date(expiresAt).getTime() - now;
   // setTimeout overflows past ~24.8 days; sessions last at most 24 h.
   session.timer = setTimeout(expireSession, Math.max(0, wait));
 }
@@ -84,6 +89,12 @@ class ApiError extends Error {
 }
 
 async function gql(query, variables = {}) {
+  return (await gqlRequest(query, variables)).data;
+}
+
+// The answer's data and the server's clock at answering (ms since the epoch, from the HTTP Date header;
+// NaN when there is none).
+async function gqlRequest(query, variables = {}) {
   if (!session.token) throw new ApiError('The session has ended.', 'UNAUTHENTICATED');
   let response;
   try {
@@ -108,7 +119,7 @@ async function gql(query, variables = {}) {
     if (code === 'UNAUTHENTICATED') expireSession();
     throw new ApiError(body.errors[0].message, code);
   }
-  return body.data;
+  return { data: body.data, serverNow: Date.parse(response.headers.get('date') || '') };
 }
 
 // -------------------------------------------------------------------------------------- live feed
@@ -877,14 +888,14 @@ function App() {
     if (!session.token) return;
     (async () => {
       try {
-        const data = await gql('{ portalSession { id expiresAt } eventTypes { value name description } }');
+        const { data, serverNow } = await gqlRequest('{ portalSession { id expiresAt } eventTypes { value name description } }');
         if (!data.portalSession) {
           store.removeItem(STORAGE_KEY);
           session.token = null;
           setPhase('none');
           return;
         }
-        scheduleExpiry(data.portalSession.expiresAt);
+        scheduleExpiry(data.portalSession.expiresAt, serverNow);
         setEventTypes(data.eventTypes);
         live.start();
         setPhase('ready');
