@@ -774,3 +774,59 @@ async def test_a_browser_clock_that_is_fast_does_not_end_a_valid_session(stack: 
         await page.clock.fast_forward("50:01")
         await expect(page.get_by_role("heading", name="Session expired", level=1)).to_be_visible()
         assert await page.evaluate("sessionStorage.length") == 0
+
+
+REVOKE_FAILED = {
+    "data": {
+        "revokePortalSession": {
+            "revokedId": None,
+            "errors": [{"message": "The session could not be revoked: try again."}],
+        }
+    }
+}
+
+
+async def test_end_session_says_so_when_the_session_could_not_be_ended(stack: Api) -> None:
+    # given an open portal, on a network that drops the request to end the session
+    account = await stack.account()
+    session = await portal_url(account)
+    answer = "abort"
+
+    async def revoke(route: Route) -> None:
+        if "revokePortalSession" not in (route.request.post_data or "") or answer == "server":
+            await route.continue_()
+        elif answer == "abort":
+            await route.abort()
+        else:
+            await route.fulfill(json=REVOKE_FAILED)
+
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(session["url"])
+        await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_focused()
+        await page.route("**/graphql", revoke)
+
+        # when the customer clicks "End session"
+        await page.get_by_role("button", name="End session").click()
+        # then the page says the session could not be ended and is still active, with "Try again"
+        alert = page.get_by_role("alert")
+        await expect(alert).to_contain_text("The session could not be ended and is still active")
+        await expect(alert).to_contain_text("cannot be reached")
+        await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_visible()
+        await check_accessibility(page, "portal-end-session-failed")
+        assert session["token"] in await page.evaluate("JSON.stringify(sessionStorage)")
+        still = await GraphQLClient(stack.http, session["token"]).raw(WEBHOOKS)
+        assert "errors" not in still, still
+
+        # when trying again gets an answer with an error: that error is shown
+        answer = "errors"
+        await alert.get_by_role("button", name="Try again").click()
+        await expect(alert).to_contain_text("The session could not be revoked: try again.")
+        await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_visible()
+
+        # when trying again works: the session is ended, for the page and the API
+        answer = "server"
+        await alert.get_by_role("button", name="Try again").click()
+        await expect(page.get_by_role("heading", name="Session expired", level=1)).to_be_visible()
+        refused = await GraphQLClient(stack.http, session["token"]).raw(WEBHOOKS)
+        assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"

@@ -906,9 +906,23 @@ function App() {
   }, []);
 
   const go = (next) => setView(next);
+  // The page shows the session ended only once the server says it revoked it: a failure (no network, an
+  // error in the answer) leaves the session working, says so and offers to try again.
+  const [ending, setEnding] = useState({ busy: false, error: '' });
   const signOut = async () => {
-    try { await gql('mutation { revokePortalSession { revokedId errors { message } } }'); } catch { /* ends anyway */ }
-    expireSession();
+    setEnding({ busy: true, error: '' });
+    try {
+      const data = await gql('mutation { revokePortalSession { revokedId errors { message } } }');
+      const result = data.revokePortalSession;
+      if (result.errors.length || !result.revokedId) {
+        throw new Error(result.errors.map((e) => e.message).join(' ') || 'The service did not end it.');
+      }
+      expireSession();
+    } catch (err) {
+      // UNAUTHENTICATED: the session had already ended, and the page says so (gql ended it here too).
+      if (session.expired) return;
+      setEnding({ busy: false, error: err.message });
+    }
   };
 
   if (phase === 'expired') {
@@ -925,7 +939,11 @@ function App() {
   return html`<div>
     <header class="page bar">
       <${LiveStatus} />
-      <button type="button" class="link" onClick=${signOut}>End session</button>
+      <button type="button" class="link" onClick=${signOut} disabled=${ending.busy}>End session</button>
+      ${ending.error ? html`<div class="notice warning bar-notice" role="alert">
+        <p>The session could not be ended and is still active: ${ending.error}</p>
+        <button type="button" onClick=${signOut} disabled=${ending.busy}>Try again</button>
+      </div>` : ''}
     </header>
     <main class="page">
       ${view.name === 'list' ? html`<${WebhookList} go=${go} />` : ''}
