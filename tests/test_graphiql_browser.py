@@ -183,3 +183,37 @@ async def test_graphiql_subscription_with_a_refused_key_fails_at_once(browser_ap
         assert await page.title() == "HatchBeacon Webhooks · GraphiQL"
         assert len(requests.websockets()) == 1, requests.websockets()
         assert not requests.foreign(origin), requests.foreign(origin)
+
+
+STORED = "JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])"
+
+
+async def test_graphiql_keeps_the_api_key_out_of_the_browsers_storage(browser_api: Api) -> None:
+    account = await browser_api.account()
+    origin = browser_api.url
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=VIEWPORT)
+        await open_graphiql(page, origin)
+
+        # when a query runs with the API key in the Headers pane
+        query = "{ eventTypes { name } }"
+        await run_in_graphiql(page, query, {"Authorization": f"Bearer {account.api_key}"})
+        await result_containing(page, "job_application_created")
+        # then GraphiQL's history has the query (it is kept for the next visit)...
+        history = await poll(
+            page, "localStorage.getItem('graphiql:queries')", "the query history to be saved"
+        )
+        assert query in [item["query"] for item in json.loads(history)["queries"]]
+        # ...but no value in localStorage or sessionStorage holds the key
+        assert account.api_key not in await page.evaluate(STORED)
+
+        # and a key stored in the history by an earlier version of the page is gone once the page opens again
+        leaked = {"queries": [{"query": query, "headers": json.dumps({"Authorization": "Bearer hbk_old"})}]}
+        await page.evaluate("v => localStorage.setItem('graphiql:queries', v)", json.dumps(leaked))
+        await open_graphiql(page, origin)
+        stored = await page.evaluate(STORED)
+        assert "hbk_old" not in stored and account.api_key not in stored
+        assert query in [
+            item["query"]
+            for item in json.loads(await page.evaluate("localStorage.getItem('graphiql:queries')"))["queries"]
+        ]
