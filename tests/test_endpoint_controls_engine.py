@@ -121,6 +121,31 @@ async def test_per_resource_ordering_keeps_publish_order_and_numbers_without_gap
         assert sequences[r] == list(range(1, 21))
 
 
+async def test_concurrent_first_publishes_of_a_resource_are_all_accepted_and_numbered_without_gaps(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a PER_RESOURCE webhook
+    account = await stack.account()
+    p = path()
+    await create(account, receiver.url(p), ordering="PER_RESOURCE")
+    # when, for each of 10 resources never published before, 4 events are published at once
+    resources = [f"{0xF00 + r:024x}" for r in range(10)]
+    answers = []
+    for resource in resources:
+        log = audit_log(resourceId=resource)
+        answers += await asyncio.gather(
+            *(account.gql.raw(PUBLISH, {"input": publish_input(log=log)}) for _ in range(4))
+        )
+    # then every publish is accepted, and each resource's deliveries are numbered 1 to 4
+    assert [a for a in answers if a.get("errors") or a["data"]["publishEvent"]["errors"]] == []
+    await receiver.wait_for(p, 40, timeout=60)
+    numbers: dict[str, list[int]] = defaultdict(list)
+    for request in receiver.received[p]:
+        resource = request.json()["data"]["log"]["resourceId"]  # type: ignore[index]
+        numbers[resource].append(int(request.headers["X-Webhook-Sequence"]))
+    assert {r: sorted(n) for r, n in numbers.items()} == {r: [1, 2, 3, 4] for r in resources}
+
+
 async def test_a_failing_webhook_is_announced_to_another_webhook_of_the_account(
     stack: Stack, receiver: Receiver
 ) -> None:

@@ -8,8 +8,11 @@ the receiver sees a number skipped, never one used twice.)
 
 from __future__ import annotations
 
+import contextlib
+
 from bson import ObjectId
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from webhooks.db import Collections
 
@@ -19,11 +22,18 @@ class SequenceRepository:
         self._col = cols.sequences
 
     async def next(self, webhook_id: ObjectId, resource: str) -> int:
-        doc = await self._col.find_one_and_update(
-            {"_id": f"{webhook_id}:{resource}"},
-            {"$inc": {"seq": 1}, "$setOnInsert": {"webhook_id": webhook_id}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        assert doc is not None  # upserted
-        return int(doc["seq"])
+        """The resource's next number. Its counter is created first if it has none (at 0): an upsert that
+        also increments could, on SecantusDB, count for two racing publishes and answer one of them with
+        nothing (the number lost, the publish failed); an increment of a counter that exists cannot."""
+        key = f"{webhook_id}:{resource}"
+        for _ in range(2):
+            doc = await self._col.find_one_and_update(
+                {"_id": key}, {"$inc": {"seq": 1}}, return_document=ReturnDocument.AFTER
+            )
+            if doc is not None:
+                return int(doc["seq"])
+            with contextlib.suppress(DuplicateKeyError):  # another publish created it meanwhile
+                await self._col.update_one(
+                    {"_id": key}, {"$setOnInsert": {"seq": 0, "webhook_id": webhook_id}}, upsert=True
+                )
+        raise RuntimeError(f"the sequence counter {key} could not be created")
