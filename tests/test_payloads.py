@@ -189,6 +189,17 @@ def test_given_a_log_timestamp_in_another_zone_when_built_then_it_is_written_in_
     assert payload["data"]["log"]["timestamp"] == "2024-01-20T08:00:00.007Z"
 
 
+@pytest.mark.parametrize(("year", "shown"), [(999, "0999"), (42, "0042"), (1, "0001")])
+def test_given_a_log_timestamp_before_the_year_1000_when_built_then_its_year_has_four_digits(
+    year: int, shown: str
+) -> None:
+    log = _log(timestamp=datetime(year, 3, 4, 5, 6, 7, tzinfo=UTC))
+
+    payload = json.loads(_body(log=log))
+
+    assert payload["data"]["log"]["timestamp"] == f"{shown}-03-04T05:06:07.000Z"
+
+
 def test_given_naive_datetimes_when_built_then_they_are_taken_as_utc() -> None:
     naive = datetime(2024, 1, 20, 10, 30)
 

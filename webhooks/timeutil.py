@@ -19,4 +19,9 @@ def as_utc(value: datetime) -> datetime:
 def iso_ms(value: datetime) -> str:
     """``2024-01-20T10:30:00.000Z``: the timestamp format of every payload."""
     value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # not strftime("%Y"): glibc does not pad a year below 1000 to four digits ("999-03-04T..."), which is
+    # no ISO-8601 timestamp
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond // 1000:03d}Z"
+    )
