@@ -182,6 +182,45 @@ async def test_a_failing_webhook_is_announced_to_another_webhook_of_the_account(
     assert all(r.json()["event"] == "job_application_created" for r in receiver.received[failing])
 
 
+RETRY = "mutation($id: ID!) { retryDelivery(id: $id) { delivery { id } errors { code message } } }"
+OPS_LOG = "query($w: ID!) { deliveries(webhookId: $w) { edges { node { id event } } } }"
+
+
+async def test_delivery_recovered_is_sent_for_a_failed_delivery_retried_not_for_a_succeeded_one_resent(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a webhook whose endpoint failed one delivery and then answered another, and an operations
+    # webhook subscribed to delivery.recovered
+    account = await stack.account()
+    endpoint, ops = path(), path()
+    failing = {"now": True}
+
+    async def switchable(request: web.Request, n: int) -> web.StreamResponse:
+        return await (status(500) if failing["now"] else ok)(request, n)
+
+    hook_id = await create(account, receiver.url(endpoint, switchable))
+    ops_id = await create(account, receiver.url(ops), events=["DELIVERY_RECOVERED"])
+
+    async def one_delivery(wanted: str) -> str:
+        published = (await account.gql.execute(PUBLISH, {"input": publish_input()}))["publishEvent"]
+        (delivery,) = [d for d in published["event"]["deliveries"] if d["webhookId"] == hook_id]
+        await wait_for_status(account.gql, delivery["id"], wanted)
+        return str(delivery["id"])
+
+    failed = await one_delivery("FAILED")
+    failing["now"] = False
+    succeeded = await one_delivery("SUCCEEDED")
+    # when the succeeded one is sent again by hand, and then the failed one is retried by hand
+    for delivery_id in (succeeded, failed):
+        assert (await account.gql.execute(RETRY, {"id": delivery_id}))["retryDelivery"]["errors"] == []
+        await wait_for_attempt_count(account.gql, delivery_id, 2 if delivery_id == succeeded else 3)
+    # then the operations webhook hears that the failed one recovered, and nothing about the one resent
+    (notice,) = await receiver.wait_for(ops, 1, timeout=20)
+    assert notice.json()["data"]["deliveryId"] == failed  # type: ignore[index]
+    told = (await account.gql.execute(OPS_LOG, {"w": ops_id}))["deliveries"]["edges"]
+    assert [e["node"]["event"] for e in told] == ["delivery.recovered"]
+
+
 async def test_the_sweeper_rebuilds_ordering_gates_after_redis_loses_them(
     mongodb_url: str, tmp_path: Path, receiver: Receiver, redis_client: Redis
 ) -> None:

@@ -204,6 +204,7 @@ class Delivery:
     updated_at: datetime
     run_start: int = 1  # the first attempt number of the current run (a manual retry starts a new run)
     run_trigger: AttemptTrigger = AttemptTrigger.AUTOMATIC
+    run_from: DeliveryStatus | None = None  # a manual run: the status it started from
     resource: str | None = None  # PER_RESOURCE ordering (see ``Planned``)
     seq: int | None = None
 
@@ -228,6 +229,7 @@ class Delivery:
             updated_at=doc.get("updated_at") or doc["created_at"],
             run_start=int(doc.get("run_start", 1)),
             run_trigger=AttemptTrigger(doc.get("run_trigger", AttemptTrigger.AUTOMATIC.value)),
+            run_from=DeliveryStatus(doc["run_from"]) if doc.get("run_from") else None,
             resource=doc.get("resource"),
             seq=doc.get("seq"),
         )
@@ -242,6 +244,15 @@ class Delivery:
 
     def attempt_in_run(self, number: int) -> int:
         return number - self.run_start + 1
+
+    @property
+    def recovering(self) -> bool:
+        """In a manual run started from FAILED or HELD: its success is a recovery (``delivery.recovered``);
+        a delivery resent after it had succeeded recovers nothing."""
+        return self.run_trigger is AttemptTrigger.MANUAL and self.run_from in (
+            DeliveryStatus.FAILED,
+            DeliveryStatus.HELD,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ from webhooks.events import EventName
 from webhooks.handoff import EventHandoff
 from webhooks.lanes import Claimed, ClaimRequest, Enqueue, Finished, Kind, LaneItem, Lanes, LateReason
 from webhooks.lanes import Outcome as BreakerOutcome
-from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, Event, OutboxRef, Webhook
+from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, OutboxRef, Webhook
 from webhooks.outcomes import UNREACHABLE
 from webhooks.pubsub import Publisher
 from webhooks.repositories.deliveries import DeliveryRepository, Recorded, Unsent
@@ -444,7 +444,7 @@ class DeliveryEngine:
                 after.hooks[p.webhook.id] = p.webhook
                 if status is DeliveryStatus.FAILED:
                     after.notices.append((EventName.DELIVERY_EXHAUSTED, p))
-                elif r.delivery.run_trigger is AttemptTrigger.MANUAL:
+                elif r.delivery.recovering:
                     after.notices.append((EventName.DELIVERY_RECOVERED, p))
         after.attempts.extend(r.attempt for r, ok in zip(recorded, took, strict=True) if ok)
         settling = asyncio.create_task(self._settle(self._settling, after))

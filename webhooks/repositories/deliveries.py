@@ -52,6 +52,8 @@ def delivery_doc(delivery: Delivery, *, expires_at: datetime, attempts: Sequence
         "expires_at": expires_at,
         "attempts": [a.to_doc() for a in attempts],
     }
+    if delivery.run_from is not None:
+        doc["run_from"] = delivery.run_from.value
     if delivery.ordered:
         doc["resource"] = delivery.resource
         doc["seq"] = delivery.seq
@@ -195,6 +197,7 @@ class DeliveryRepository:
                         "status": DeliveryStatus.PENDING.value,
                         "run_start": doc["attempt_count"] + 1,
                         "run_trigger": AttemptTrigger.MANUAL.value,
+                        "run_from": doc["status"],
                         "run_id": run_id,
                         "next_attempt_at": now,
                         "updated_at": now,
@@ -214,6 +217,7 @@ class DeliveryRepository:
                     "status": DeliveryStatus.PENDING.value,
                     "run_start": d["attempt_count"] + 1,
                     "run_trigger": AttemptTrigger.MANUAL.value,
+                    "run_from": d["status"],
                     "next_attempt_at": now,
                 }
             )
