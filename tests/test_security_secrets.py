@@ -84,6 +84,47 @@ async def test_rotating_the_encryption_key_keeps_every_secret_readable(
             assert found is not None and core.box.decrypt(found.secret_enc) == current
 
 
+async def test_a_signing_secret_rotated_while_the_encryption_key_is_rotated_is_re_encrypted_too(
+    mongodb_url: str, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a webhook whose signing secret is encrypted with the old key
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    before = make_settings(mongodb_url, tmp_path_factory.mktemp("race"), secret_keys=(old,))
+    both = before.model_copy(update={"secret_keys": (new, old)})
+    async with open_core(before) as core:
+        account = await core.accounts.create("race")
+        secret_enc = core.box.encrypt(new_signing_secret())
+        webhook = await core.webhook_repo.insert(
+            account, "w", "https://hooks.example.com/", ["candidate_hired"], secret_enc
+        )
+    async with open_core(both) as core:
+        repo = core.webhook_repo
+        real_update = repo._col.update_one
+        rotated = False
+
+        async def update_after_a_customer_rotation(*args: Any, **kwargs: Any) -> Any:
+            nonlocal rotated
+            if not rotated:  # the customer rotates the signing secret between the command's read and write
+                rotated = True
+                current = await repo.get(account, webhook.id)
+                assert current is not None
+                grace = [PreviousSecret(current.secret_enc, datetime.now(UTC) + timedelta(hours=24))]
+                fresh = core.box.encrypt(new_signing_secret())
+                await repo.replace_secret(account, webhook.id, current.secret_enc, fresh, grace)
+            return await real_update(*args, **kwargs)
+
+        monkeypatch.setattr(repo._col, "update_one", update_after_a_customer_rotation)
+        # when the encryption key is rotated
+        changed = await repo.reencrypt_all(core.box.rewrap)
+        doc = await raw_collections(core).webhooks.find_one({"_id": webhook.id})
+    # then the webhook is re-encrypted after all, its old secret (kept for the grace period) included: the
+    # newest key alone reads every one of them
+    assert rotated and changed == 1 and doc is not None
+    new_box = SecretBox([new])
+    for token in [doc["secret_enc"], *(p["secret_enc"] for p in doc["previous_secrets"])]:
+        new_box.decrypt(token)
+
+
 def test_a_secret_encrypted_with_an_unknown_key_is_an_error_not_garbage() -> None:
     token = SecretBox([Fernet.generate_key().decode()]).encrypt("whsec_x")
     with pytest.raises(RuntimeError, match="cannot be decrypted"):

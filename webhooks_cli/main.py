@@ -62,7 +62,16 @@ async def rotate_encryption_key(settings: Settings) -> int:
 
 
 def cmd_rotate_encryption_key(args: argparse.Namespace) -> int:
-    count = asyncio.run(rotate_encryption_key(get_settings()))
+    from webhooks.repositories.webhooks import ReencryptionIncomplete
+
+    try:
+        count = asyncio.run(rotate_encryption_key(get_settings()))
+    except ReencryptionIncomplete as exc:
+        print(
+            f"not every secret was re-encrypted ({exc}); keep the old key until a run completes",
+            file=sys.stderr,
+        )
+        return 1
     print(f"re-encrypted the signing secrets of {count} webhook(s) with the newest key")
     return 0
 

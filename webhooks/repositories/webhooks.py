@@ -164,36 +164,27 @@ class WebhookRepository:
         how many webhooks changed.
 
         Each update is conditional on the current secret and headers being unchanged since they were read
-        (every signing secret rotation changes the secret), so a concurrent change is never overwritten.
-        """
+        (every signing secret rotation changes the secret), so a concurrent change is never overwritten; a
+        webhook that changed meanwhile is read again and re-encrypted then (a rotation during the command
+        moves the old secret, still under the old key, into ``previous_secrets``: skipping it would leave a
+        secret that no key but the retired one can read). Raises ``ReencryptionIncomplete`` if a webhook
+        kept changing."""
         changed = 0
-        async for doc in self._col.find({}, {"secret_enc": 1, "previous_secrets": 1, "headers": 1}):
-            previous = list(doc.get("previous_secrets") or [])
-            headers = list(doc.get("headers") or [])
-            new_current = rewrap(doc["secret_enc"])
-            new_previous = [{**p, "secret_enc": rewrap(p["secret_enc"])} for p in previous]
-            new_headers = [rewrap(h["value_enc"]) for h in headers]
-            if (
-                new_current is None
-                and all(p["secret_enc"] is None for p in new_previous)
-                and all(h is None for h in new_headers)
-            ):
-                continue
-            update = {
-                "secret_enc": new_current or doc["secret_enc"],
-                "previous_secrets": [
-                    {**p, "secret_enc": n["secret_enc"] or p["secret_enc"]}
-                    for p, n in zip(previous, new_previous, strict=True)
-                ],
-            }
-            condition: Doc = {"_id": doc["_id"], "secret_enc": doc["secret_enc"]}
-            if headers:
-                update["headers"] = [
-                    {**h, "value_enc": n or h["value_enc"]} for h, n in zip(headers, new_headers, strict=True)
-                ]
-                condition["headers"] = headers
-            result = await self._col.update_one(condition, {"$set": update})
-            changed += result.modified_count
+        async for doc in self._col.find({}, _KEY_FIELDS):
+            for _ in range(REENCRYPT_TRIES):
+                planned = _rewrapped(doc, rewrap)
+                if planned is None:
+                    break
+                condition, update = planned
+                if (await self._col.update_one(condition, {"$set": update})).modified_count:
+                    changed += 1
+                    break
+                found = await self._col.find_one({"_id": doc["_id"]}, _KEY_FIELDS)
+                if found is None:  # deleted meanwhile
+                    break
+                doc = found
+            else:
+                raise ReencryptionIncomplete(f"webhook {doc['_id']} kept changing: run the command again")
         return changed
 
     async def delete(self, account_id: ObjectId, webhook_id: ObjectId) -> bool:
@@ -239,3 +230,38 @@ class WebhookRepository:
             {"$set": {"consecutive_failures": 0}},
         )
         return result.modified_count
+
+
+REENCRYPT_TRIES = 10
+_KEY_FIELDS = {"secret_enc": 1, "previous_secrets": 1, "headers": 1}
+
+
+class ReencryptionIncomplete(RuntimeError):
+    """A webhook changed every time it was about to be re-encrypted."""
+
+
+def _rewrapped(doc: Doc, rewrap: Callable[[str], str | None]) -> tuple[Doc, Doc] | None:
+    """The condition and ``$set`` that re-encrypt ``doc``'s secrets and header values, or None if every
+    one of them is under the newest key already."""
+    previous = list(doc.get("previous_secrets") or [])
+    headers = list(doc.get("headers") or [])
+    new_current = rewrap(doc["secret_enc"])
+    new_previous = [rewrap(p["secret_enc"]) for p in previous]
+    new_headers = [rewrap(h["value_enc"]) for h in headers]
+    if new_current is None and all(n is None for n in new_previous) and all(n is None for n in new_headers):
+        return None
+    update: Doc = {
+        "secret_enc": new_current or doc["secret_enc"],
+        "previous_secrets": [
+            {**p, "secret_enc": n or p["secret_enc"]} for p, n in zip(previous, new_previous, strict=True)
+        ],
+    }
+    condition: Doc = {"_id": doc["_id"], "secret_enc": doc["secret_enc"]}
+    if previous:
+        condition["previous_secrets"] = previous
+    if headers:
+        update["headers"] = [
+            {**h, "value_enc": n or h["value_enc"]} for h, n in zip(headers, new_headers, strict=True)
+        ]
+        condition["headers"] = headers
+    return condition, update
