@@ -56,34 +56,30 @@ LOG_SCHEMA: dict[str, Any] = {
 }
 
 
-def _shape_of(example: object) -> dict[str, Any]:
-    if isinstance(example, bool):
-        return {"type": "boolean"}
-    if isinstance(example, int):
-        return {"type": "integer"}
-    if isinstance(example, float):
-        return {"type": "number"}
-    if isinstance(example, str):
-        return {"type": "string"}
-    if isinstance(example, list):
-        items = {"items": _shape_of(example[0])} if example else {}
-        return {"type": "array", **items}
-    if isinstance(example, dict):
-        return {"type": "object"}
-    return {}
+def _kind_of(example: object) -> str:
+    """What the spec's example shows a field to be, in words."""
+    kinds: list[tuple[type, str]] = [(bool, "a boolean"), (int, "an integer"), (float, "a number")]
+    kinds += [(str, "a string"), (list, "a list"), (dict, "an object")]
+    return next((word for kind, word in kinds if isinstance(example, kind)), "a JSON value")
 
 
 def _details_schema(spec: EventSpec) -> dict[str, Any]:
     shown = {"method": spec.method, "path": spec.path, **spec.extra}
+    # publishEvent takes ``details`` as any JSON object, so these fields are described by example and not
+    # constrained: a schema that typed them would make receivers that validate refuse real deliveries (a
+    # "jobTitle" sent as null, say).
+    method = "The HTTP method of the API call behind the event."
     properties: dict[str, Any] = {
-        "method": {"type": "string", "description": "The HTTP method of the API call behind the event."},
-        "path": {"type": "string", "description": "The API path of that call."},
+        "method": {"description": method, "examples": [spec.method]},
+        "path": {"description": "The API path of that call.", "examples": [spec.path]},
     }
     for key, value in spec.extra.items():
-        properties[key] = {**_shape_of(value), "examples": [value]}
+        described = f"Usually {_kind_of(value)}, as in the spec's example."
+        properties[key] = {"description": described, "examples": [value]}
     return {
         "type": "object",
-        "description": "Event-specific fields (the spec's example shows these); more may be present.",
+        "description": "Event-specific fields, as the publisher sent them: any JSON object. The spec's "
+        "example shows these; their types are not enforced, and more may be present.",
         "properties": properties,
         "examples": [shown],
         "additionalProperties": True,
