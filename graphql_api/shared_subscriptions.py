@@ -42,7 +42,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from graphql import GraphQLError, OperationType, get_operation_ast, parse
+from bson import ObjectId
+from graphql import (
+    FieldNode,
+    GraphQLError,
+    NullValueNode,
+    OperationType,
+    StringValueNode,
+    VariableNode,
+    get_operation_ast,
+    parse,
+)
 from graphql.error import GraphQLSyntaxError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     Operation,
@@ -55,6 +65,8 @@ from graphql_api import feed as feed_module
 from graphql_api.context import Context
 from graphql_api.transport import NullPayloadTransportWS
 from webhooks import metrics
+from webhooks.ids import is_object_id
+from webhooks.models import Scope
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +143,14 @@ class Outbox:
             member.pending += 1
         self._frames.append((member, frame, done))
         self._wake.set()
+
+    def discard(self, member: Member) -> None:
+        """Drop the frames still queued for ``member``: it has left (completed by its client, or dropped as
+        too slow). Sent after, they went out under an operation id the client may have reused (another
+        subscription's), and a client that never read kept them in memory, cycle after cycle."""
+        if member.pending:
+            self._frames = deque(f for f in self._frames if f[0] is not member)
+            member.pending = 0
 
     async def send(self, frame: RawFrame) -> None:
         """Queue ``frame`` behind everything queued before it, and wait until it is written."""
@@ -239,16 +259,20 @@ class Group:
             else:
                 member.outbox.push(member, RawFrame(member.prefix + payload + "}"))
         for member in slow:
-            self.leave(member)
             self.hub.dropped(member, self.feed_stats)
+            self.leave(member, discard=True)
             if not member.ended.done():
                 member.ended.set_result(Ending(last_next=too_slow_payload(self.field_name)))
 
     def join(self, member: Member) -> None:
         self.members.add(member)
 
-    def leave(self, member: Member) -> None:
+    def leave(self, member: Member, *, discard: bool = False) -> None:
+        """``member`` leaves; with ``discard``, its frames not yet written are dropped (a member whose
+        stream ended keeps them: they go out before its ``complete``)."""
         self.members.discard(member)
+        if discard:
+            member.outbox.discard(member)
         if not self.members and not self.closed:
             self.closed = True
             self.hub.forget(self)
@@ -297,7 +321,7 @@ class Hub:
 # --------------------------------------------------------------------------------------------- handler
 
 
-def _subscription_field(query: str, operation_name: str | None) -> str | None:
+def _subscription_field(query: str, operation_name: str | None) -> FieldNode | None:
     """The root field of ``query`` if it is a subscription operation, else None (ordinary path)."""
     try:
         document = parse(query)
@@ -308,8 +332,21 @@ def _subscription_field(query: str, operation_name: str | None) -> str | None:
         return None
     selections = operation.selection_set.selections
     first = selections[0] if selections else None
-    name = getattr(first, "alias", None) or getattr(first, "name", None)
-    return name.value if name is not None else None
+    return first if isinstance(first, FieldNode) else None
+
+
+def _webhook_argument(root: FieldNode, variables: Mapping[str, Any] | None) -> tuple[bool, object]:
+    """Whether the root field is given a ``webhookId``, and its value (a literal, or the variable's)."""
+    for argument in root.arguments or ():
+        if argument.name.value != "webhookId":
+            continue
+        value = argument.value
+        if isinstance(value, VariableNode):
+            return True, (variables or {}).get(value.name.value)
+        if isinstance(value, StringValueNode):
+            return True, value.value
+        return True, None if isinstance(value, NullValueNode) else value
+    return False, None
 
 
 class SharedSubscriptionsHandler(NullPayloadTransportWS):
@@ -330,9 +367,10 @@ class SharedSubscriptionsHandler(NullPayloadTransportWS):
     async def _share_key(self, operation: Operation[Context, None]) -> tuple[Key, str] | None:
         if not isinstance(operation.query, str):
             return None
-        field_name = _subscription_field(operation.query, operation.operation_name)
-        if field_name is None:
+        root = _subscription_field(operation.query, operation.operation_name)
+        if root is None:
             return None
+        field_name = (root.alias or root.name).value
         who = await self.context.principal()
         if who is None:
             return None
@@ -341,7 +379,26 @@ class SharedSubscriptionsHandler(NullPayloadTransportWS):
         except TypeError:
             return None
         scopes = tuple(sorted(s.value for s in who.scopes))
-        return (str(who.account_id), scopes, operation.query, operation.operation_name, variables), field_name
+        key = (str(who.account_id), scopes, operation.query, operation.operation_name, variables)
+        existing = self.hub.groups.get(key)
+        if existing is not None and not existing.closed and not await self._may_join(root, operation):
+            return None  # the ordinary path runs the resolver, which answers with the error
+        return key, field_name
+
+    async def _may_join(self, root: FieldNode, operation: Operation[Context, None]) -> bool:
+        """What the resolver checks of a caller, for one joining a running group (which never runs it for
+        the joiner): still allowed, and the webhook it filters by still exists in its account. A webhook
+        deleted since the group started made an identical subscription live, where a new one was NOT_FOUND."""
+        try:
+            who = await self.context.require(Scope.MANAGE_WEBHOOKS)
+        except GraphQLError:
+            return False
+        given, webhook_id = _webhook_argument(root, operation.variables)
+        if not given or webhook_id is None:
+            return True
+        if not is_object_id(webhook_id):
+            return False
+        return await self.context.core.webhook_repo.get(who.account_id, ObjectId(webhook_id)) is not None
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         shared = await self._share_key(operation)
@@ -360,6 +417,9 @@ class SharedSubscriptionsHandler(NullPayloadTransportWS):
         metrics.subscription_opened()
         try:
             ending = await member.ended
+        except asyncio.CancelledError:  # the client completed it (or left): nothing more goes out for it
+            group.leave(member, discard=True)
+            raise
         finally:
             group.leave(member)
             metrics.subscription_closed()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import gc
 import json
 import logging
 import socket
@@ -31,6 +33,7 @@ from websockets.typing import Subprotocol
 from graphql_api import feed as feed_module
 from graphql_api.app import create_app
 from graphql_api.feed import Feed
+from graphql_api.shared_subscriptions import Outbox
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import Receiver, status
@@ -757,3 +760,94 @@ async def test_a_document_that_does_not_parse_is_an_error_over_legacy_graphql_ws
     # then that operation gets the syntax error
     assert answer["type"] == "error", answer
     assert answer["payload"]["message"].startswith("Syntax Error"), answer
+
+
+def _outboxes() -> list[Outbox]:
+    """The API process's per-connection outboxes (what the server still holds for each socket)."""
+    found: list[Outbox] = []
+    for candidate in gc.get_objects():
+        with contextlib.suppress(ReferenceError):  # a dead weak proxy among the process's objects
+            if isinstance(candidate, Outbox) and not candidate.closed:
+                found.append(candidate)
+    return found
+
+
+async def _unread_socket(api: Api, api_key: str) -> ClientConnection:
+    """A graphql-transport-ws client with a tiny receive buffer that reads only when told: a busy client."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(api.url.rsplit(":", 1)[1])))
+    url = api.url.replace("http://", "ws://") + "/graphql"
+    ws = await websockets.connect(
+        url, subprotocols=[Subprotocol(TRANSPORT_WS)], sock=sock, max_queue=1, compression=None, max_size=None
+    )
+    await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {api_key}"}}))
+    assert json.loads(await ws.recv())["type"] == "connection_ack"
+    return ws
+
+
+async def test_a_completed_subscription_sends_nothing_more_even_when_its_id_is_reused(
+    api: Api, receiver: Receiver, redis: aioredis.Redis
+) -> None:
+    # given a busy client subscribed as "x" to webhook A, with a backlog of A's attempts queued for it
+    account = await api.account()
+    hook_a, _ = await create_webhook(account.gql, receiver.url(path()))
+    hook_b, _ = await create_webhook(account.gql, receiver.url(path()))
+    ws = await _unread_socket(api, account.api_key)
+
+    def subscribe(webhook_id: str) -> str:
+        payload = {"query": ATTEMPTS, "variables": {"w": webhook_id}}
+        return json.dumps({"id": "x", "type": "subscribe", "payload": payload})
+
+    try:
+        await ws.send(subscribe(hook_a))
+        await wait_until(lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 1, what="live")
+        big = dataclasses.replace(
+            fake_attempt(account.id, hook_a, event="load", body="x" * 4096),
+            response_headers={f"X-H{i}": "h" * 700 for i in range(11)},
+        )
+        for i in range(600):
+            await redis.publish(ATTEMPTS_CHANNEL, attempt_message(big))
+            if i % 20 == 0:
+                await asyncio.sleep(0.01)
+        await wait_until(lambda: any(len(o._frames) > 50 for o in _outboxes()), what="a backlog")
+        # when it completes "x", and reuses the id for webhook B (the protocol allows it after complete)
+        await ws.send(json.dumps({"id": "x", "type": "complete"}))
+        await wait_until(lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 0, what="left")
+        unsent = max((len(o._frames) for o in _outboxes()), default=0)
+        await ws.send(subscribe(hook_b))
+        await wait_until(lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 1, what="B live")
+        await redis.publish(ATTEMPTS_CHANNEL, attempt_message(fake_attempt(account.id, hook_b, event="B")))
+        # then, reading on, "x" carries nothing of A but what had reached the socket before the complete
+        seen: list[str] = []
+        async with asyncio.timeout(60):
+            while True:
+                message = json.loads(await ws.recv())
+                if message.get("id") == "x" and message["type"] == "next":
+                    got = message["payload"]["data"]["deliveryAttempts"]
+                    seen.append(got["webhookId"])
+                    if got["event"] == "B":
+                        break
+    finally:
+        await ws.close()
+    assert unsent == 0, "frames of the completed subscription were still queued"
+    assert seen[-1] == hook_b
+
+
+async def test_an_identical_subscription_to_a_deleted_webhook_is_not_found_too(
+    api: Api, receiver: Receiver, redis: aioredis.Redis
+) -> None:
+    # given a live subscription to one webhook's attempts, and then that webhook deleted
+    account = await api.account()
+    hook, _ = await create_webhook(account.gql, receiver.url(path()))
+    async with gql_socket(api.url, account.api_key) as first, gql_socket(api.url, account.api_key) as second:
+        await subscribe_live(redis, first, account.id, hook)
+        deleted = await account.gql.execute(
+            "mutation($id: ID!) { deleteWebhook(id: $id) { errors { code } } }", {"id": hook}
+        )
+        assert deleted["deleteWebhook"]["errors"] == []
+        # when another client subscribes with the very same query and variables
+        joined = await second.subscribe(ATTEMPTS, {"w": hook})
+        answer = await second.message(joined)
+    # then it is told the webhook does not exist, as any new subscription to it is
+    assert answer["type"] == "error" and answer["payload"][0]["extensions"]["code"] == "NOT_FOUND", answer
