@@ -189,6 +189,20 @@ async def test_recover_deliveries_refuses_dates_outside_what_ids_can_hold(accoun
         assert payload["errors"] == [{"field": field, "code": "INVALID"}]
 
 
+@pytest.mark.parametrize("hex_id", ["0" * 24, "00000001" + "a" * 16, "ffffffff" + "0" * 16])
+async def test_well_formed_ids_at_the_ends_of_time_are_not_found_not_an_error(
+    account: Account, hex_id: str
+) -> None:
+    # when a delivery is asked for, or retried, by an id of 1970 or 2106 (a "null id" placeholder, say)
+    found = await account.gql.raw("query($id: ID!) { delivery(id: $id) { id } }", {"id": hex_id})
+    retried = await account.gql.raw(
+        "mutation($id: ID!) { retryDelivery(id: $id) { errors { field code } } }", {"id": hex_id}
+    )
+    # then there is no such delivery, as for any other unknown id
+    assert found == {"data": {"delivery": None}}
+    assert retried == {"data": {"retryDelivery": {"errors": [{"field": "id", "code": "NOT_FOUND"}]}}}
+
+
 @pytest.mark.parametrize(
     "since", ["1970-01-01T00:00:00Z", "1970-01-01T00:00:00.5Z", "1970-01-01T01:00:00+01:00"]
 )

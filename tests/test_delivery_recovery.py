@@ -274,6 +274,27 @@ async def test_held_and_failed_deliveries_are_recovered_after_re_enabling(
     assert again["count"] == 0
 
 
+async def test_a_recovery_of_more_deliveries_than_one_read_holds_restarts_every_one(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given 60 deliveries held while their webhook was disabled (more than one chunk of the store's reads)
+    account = await stack.account()
+    p = path()
+    webhook_id, _ = await create_webhook(account.gql, receiver.url(p))
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    await set_enabled(account.gql, webhook_id, False)
+    held = await publish_many(account.gql, 60)
+    await all_final(account.gql, held, "HELD")
+    await set_enabled(account.gql, webhook_id, True)
+    # when they are recovered
+    variables = {"webhookId": webhook_id, "since": iso(since), "until": None, "dryRun": False}
+    real = (await account.gql.execute(RECOVER, variables))["recoverDeliveries"]
+    # then every one is counted, restarted and delivered once
+    assert (real["count"], real["errors"]) == (60, [])
+    await all_final(account.gql, held, "SUCCEEDED")
+    assert sorted(r.headers["X-Webhook-Delivery"] for r in receiver.received[p]) == sorted(held)
+
+
 async def test_retry_delivery_makes_a_new_manual_attempt_of_a_failed_delivery(
     stack: Stack, receiver: Receiver
 ) -> None:

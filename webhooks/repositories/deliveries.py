@@ -30,6 +30,7 @@ DueKey = tuple[datetime, ObjectId]
 # The list query looks at a bounded window of ids (ObjectIds start with their creation time) and widens it
 # only while it finds too few: on SecantusDB a sort+limit reads every match, so the window keeps it flat.
 FIRST_WINDOW = timedelta(hours=1)
+RESTART_BATCH = 500  # updates per bulk write of a recovery
 WINDOW_GROWTH = 8
 CLOCK_SKEW = timedelta(minutes=1)
 
@@ -182,12 +183,13 @@ class DeliveryRepository:
         Each update is conditional on the state just read, and only the deliveries this call moved (marked
         with its own run id) are returned: a delivery that changed meanwhile is neither counted nor queued.
         """
-        query: Doc = {
-            "_id": {"$in": ids},
-            "account_id": account_id,
-            "status": {"$in": [s.value for s in statuses]},
-        }
-        docs = await self._col.find(query, {"attempts": 0}).to_list()
+        wanted = {s.value for s in statuses}
+        # read in chunks (``find_by_ids``): one $in of 10,000 ids took SecantusDB close to a minute
+        docs = [
+            d
+            async for d in find_by_ids(self._col, ids, {"attempts": 0})
+            if d["account_id"] == account_id and d["status"] in wanted
+        ]
         run_id = ObjectId()
         updates = [
             UpdateOne(
@@ -208,8 +210,10 @@ class DeliveryRepository:
         ]
         if not updates:
             return []
-        await self._col.bulk_write(updates, ordered=False)
-        moved = {d["_id"] async for d in self._col.find({"_id": {"$in": ids}, "run_id": run_id}, {"_id": 1})}
+        for start in range(0, len(updates), RESTART_BATCH):
+            await self._col.bulk_write(updates[start : start + RESTART_BATCH], ordered=False)
+        read = find_by_ids(self._col, [d["_id"] for d in docs], {"run_id": 1})
+        moved = {d["_id"] async for d in read if d.get("run_id") == run_id}
         return [
             Delivery.from_doc(
                 {

@@ -196,7 +196,7 @@ class EventRepository:
             query = {
                 "account_id": account_id,
                 "open": True,
-                "_id": {"$gte": ObjectId.from_datetime(lower), "$lt": ObjectId.from_datetime(upper)},
+                "_id": {"$gte": id_at(lower), "$lt": id_at(upper)},  # clamped: any id may be asked about
             }
             async for doc in self._col.find(query, _projection()):
                 for event in _open_events(doc):
