@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -45,8 +46,9 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 1000
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
-# Seconds between PINGs on an idle subscriber connection (detects half-open connections).
+# Seconds between PINGs on an idle subscriber connection; no answer for two of them means it is dead.
 HEALTH_CHECK_INTERVAL = 15.0
+LIVENESS_PING = "webhooks-feed-alive"  # our own PING's payload (redis-py swallows the PONG of its own)
 # Seconds the API lifespan waits for the first subscription before serving anyway.
 READY_TIMEOUT = 5.0
 
@@ -302,7 +304,12 @@ class Feed:
                     "not delivered (clients re-query `deliveries`)"
                 )
             self.connected.set()
-            await _pump(pubsub.get_message, self.dispatch, self.health_check_interval)
+            await _pump(
+                pubsub.get_message,
+                self.dispatch,
+                self.health_check_interval,
+                ping=lambda: pubsub.ping(LIVENESS_PING),
+            )
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -314,9 +321,24 @@ async def _pump(
     get_message: Callable[..., Awaitable[dict[str, Any] | None]],
     dispatch: Callable[[str, bytes | str], None],
     idle_timeout: float,
+    ping: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
+    """Hand every message to ``dispatch``. With ``ping``: an idle connection is pinged every ``idle_timeout``
+    seconds, and one that has not answered anything for two of them raises ``TimeoutError`` (the caller
+    reconnects). redis-py's own health check sends a PING but never waits for the PONG, so a Redis that
+    stopped answering (a partition, a hung host) left the feed subscribed to nothing for as long as TCP took
+    to give up: many minutes in which every subscriber of this process silently got nothing."""
+    heard = time.monotonic()
     while True:
         message = await get_message(ignore_subscribe_messages=True, timeout=idle_timeout)
+        now = time.monotonic()
+        if message is not None:
+            heard = now
+        elif ping is not None:
+            if now - heard > 2 * idle_timeout:
+                raise TimeoutError(f"no answer from Redis for {now - heard:.0f} s")
+            async with asyncio.timeout(idle_timeout):
+                await ping()
         if message is None or message.get("type") != "message":
             continue
         channel = message["channel"]

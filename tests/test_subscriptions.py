@@ -851,3 +851,55 @@ async def test_an_identical_subscription_to_a_deleted_webhook_is_not_found_too(
         answer = await second.message(joined)
     # then it is told the webhook does not exist, as any new subscription to it is
     assert answer["type"] == "error" and answer["payload"][0]["extensions"]["code"] == "NOT_FOUND", answer
+
+
+class SilentProxy:
+    """A TCP relay to Redis that can stop relaying without closing anything: a peer that no longer answers
+    (a partition, a hung host)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.silent = False
+        self.server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if not self.silent:
+                writer.write(data)
+                await writer.drain()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await asyncio.gather(
+            self._relay(reader, upstream_writer), self._relay(upstream_reader, writer), return_exceptions=True
+        )
+
+    async def __aenter__(self) -> SilentProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_the_feed_notices_a_redis_that_stopped_answering_and_not_an_idle_one(api: Api) -> None:
+    # given a feed reading Redis through a relay, pinging an idle connection every second
+    port = int(str(api.settings.redis_url).rsplit(":", 1)[1].split("/")[0])
+    async with SilentProxy(port) as relay:
+        parsers = {ATTEMPTS_CHANNEL: lambda m: m["event"]}
+        feed = Feed(f"redis://127.0.0.1:{relay.port}/0", parsers, health_check_interval=1.0)
+        async with feed:
+            assert feed.connected.is_set()
+            # when nothing is published for a while, it stays subscribed (an idle Redis answers its pings)
+            await asyncio.sleep(4)
+            assert feed.connected.is_set() and feed.stats.reconnects == 0
+            # and when Redis stops answering, it notices within a few intervals and connects again
+            relay.silent = True
+            await wait_until(lambda: not feed.connected.is_set(), timeout=15, what="the silence noticed")
