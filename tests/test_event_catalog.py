@@ -25,6 +25,7 @@ from webhooks.operational import (
     webhook_disabled_body,
     webhook_failing_body,
 )
+from webhooks.payloads import AuditLog, build_event_body
 
 CATALOG_QUERY = "{ eventTypes { value name description example schema } }"
 OPERATIONAL = {"webhook.failing", "webhook.disabled", "delivery.exhausted", "delivery.recovered"}
@@ -55,21 +56,26 @@ async def test_every_event_type_carries_a_json_schema_its_example_satisfies(acco
             assert data["details"]["additionalProperties"] is True
 
 
+def audit_log_record(**overrides: str) -> AuditLog:
+    """The test audit log as publishEvent's own code holds it (before building the body)."""
+    given = {**audit_log(), **overrides}
+    return AuditLog(
+        action=given["action"],
+        resource_type=given["resourceType"],
+        resource_id=given["resourceId"],
+        user_id=given["userId"],
+        user_name=given["userName"],
+        user_email=given["userEmail"],
+    )
+
+
 async def test_a_published_body_satisfies_its_schema(account: Account) -> None:
     # given the schema of offer_sent and a receiver-shaped body built by publishEvent's own code
     types = (await account.gql.execute(CATALOG_QUERY))["eventTypes"]
     schema = next(t["schema"] for t in types if t["name"] == "offer_sent")
-    from webhooks.payloads import AuditLog, build_event_body
-
     given = audit_log()
-    log = AuditLog(
-        action=given["action"],
-        resource_type=given["resourceType"],
-        resource_id=given["resourceId"].upper(),  # accepted in either case, sent in lowercase
-        user_id=given["userId"],
-        user_name=f"  {given['userName']} ",  # trimmed
-        user_email=given["userEmail"],
-    )
+    # the id accepted in either case and sent in lowercase, the name trimmed
+    log = audit_log_record(resourceId=given["resourceId"].upper(), userName=f"  {given['userName']} ")
     body = build_event_body(
         "offer_sent", log, {"method": "POST", "path": "/offers"}, now=datetime.now(UTC), max_bytes=65536
     )
@@ -82,17 +88,7 @@ async def test_a_published_body_with_details_of_other_types_still_satisfies_its_
     # given the schema of job_application_created, whose example shows candidateName and jobTitle as text
     types = (await account.gql.execute(CATALOG_QUERY))["eventTypes"]
     schema = next(t["schema"] for t in types if t["name"] == "job_application_created")
-    from webhooks.payloads import AuditLog, build_event_body
-
-    given = audit_log()
-    log = AuditLog(
-        action=given["action"],
-        resource_type=given["resourceType"],
-        resource_id=given["resourceId"],
-        user_id=given["userId"],
-        user_name=given["userName"],
-        user_email=given["userEmail"],
-    )
+    log = audit_log_record()
     # when publishEvent's own code builds a body whose details hold other types (details are any JSON)
     details = {"method": "POST", "path": "/x", "candidateName": 42, "jobTitle": None, "extra": [1]}
     body = build_event_body("job_application_created", log, details, now=datetime.now(UTC), max_bytes=65536)
