@@ -53,6 +53,7 @@ LIVENESS_PING = "webhooks-feed-alive"  # our own PING's payload (redis-py swallo
 READY_TIMEOUT = 5.0
 
 TOO_SLOW: Final = "subscriber too slow; re-query deliveries to catch up"
+INTERRUPTED: Final = "the live feed was interrupted; re-query deliveries to catch up, and subscribe again"
 
 # Turns one decoded message into the value handed to subscribers (built once per message).
 Parser = Callable[[dict[str, Any]], Any]
@@ -67,6 +68,13 @@ class SubscriberTooSlow(Exception):
 
 class FeedClosed(Exception):
     """The feed was stopped (the API is shutting down)."""
+
+
+class FeedInterrupted(Exception):
+    """The feed lost Redis and is back: what was published meanwhile never reached this subscriber."""
+
+    def __init__(self) -> None:
+        super().__init__(INTERRUPTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,7 @@ class _Signal:
 
 _DROPPED = _Signal(SubscriberTooSlow)
 _CLOSED = _Signal(FeedClosed)
+_INTERRUPTED = _Signal(FeedInterrupted)
 
 
 class Subscriber:
@@ -252,6 +261,18 @@ class Feed:
         for sub in dropped:
             self._drop(sub)
 
+    def _interrupt_subscribers(self) -> int:
+        """End every subscription with ``FeedInterrupted``: each may have missed messages, and a feed that
+        went on as if nothing happened left clients showing stale state with no sign of the gap."""
+        ended = 0
+        for by_account in self._index.values():
+            for subscribers in by_account.values():
+                for sub in subscribers:
+                    sub._end(_INTERRUPTED)
+                    ended += 1
+            by_account.clear()
+        return ended
+
     def _drop(self, sub: Subscriber) -> None:
         self._remove(sub)
         sub.dropped = True
@@ -299,9 +320,11 @@ class Feed:
             await pubsub.subscribe(*self._index)
             if not first:
                 self.stats.reconnects += 1
+                ended = self._interrupt_subscribers()
                 log.warning(
-                    "live feed: resubscribed to Redis; messages published during the gap were "
-                    "not delivered (clients re-query `deliveries`)"
+                    "live feed: resubscribed to Redis; messages published during the gap were not delivered: "
+                    "%d subscriptions ended so that their clients re-query `deliveries`",
+                    ended,
                 )
             self.connected.set()
             await _pump(

@@ -30,7 +30,7 @@ from bson import ObjectId
 from graphql import GraphQLError
 
 from graphql_api.context import Info
-from graphql_api.feed import Feed, FeedClosed, SubscriberTooSlow
+from graphql_api.feed import INTERRUPTED, Feed, FeedClosed, FeedInterrupted, SubscriberTooSlow
 from graphql_api.shared_subscriptions import IN_SHARED_STREAM
 from graphql_api.types import DeliveryAttempt, Webhook
 from webhooks import metrics, pubsub
@@ -40,6 +40,7 @@ from webhooks.models import Principal, Scope
 from webhooks.pubsub import ATTEMPTS_CHANNEL, STATUS_CHANNEL
 
 TOO_SLOW_CODE = "SUBSCRIBER_TOO_SLOW"
+INTERRUPTED_CODE = "FEED_INTERRUPTED"
 
 
 def attempt_from_message(message: dict[str, Any]) -> DeliveryAttempt:
@@ -89,6 +90,8 @@ async def _envelopes(
                     envelope = await sub.get()
                 except SubscriberTooSlow:
                     raise _too_slow() from None
+                except FeedInterrupted:
+                    raise GraphQLError(INTERRUPTED, extensions={"code": INTERRUPTED_CODE}) from None
                 except FeedClosed:
                     return
                 yield envelope.value
@@ -120,7 +123,8 @@ async def _statuses(
 class Subscription:
     @strawberry.subscription(
         description="Every attempt of the account's deliveries as it finishes (or of one webhook). "
-        "Live only: after a gap (reconnect, `subscriber too slow`), re-query `deliveries`."
+        "Live only: after a gap (reconnect, `SUBSCRIBER_TOO_SLOW`, `FEED_INTERRUPTED`), re-query "
+        "`deliveries`."
     )
     async def delivery_attempts(
         self, info: Info, webhook_id: strawberry.ID | None = None

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from playwright.async_api import Page, Request, Route, ViewportSize, expect
 
 from tests.browser import Requests, check_accessibility, chromium, require_tools, screenshot
@@ -830,3 +831,33 @@ async def test_end_session_says_so_when_the_session_could_not_be_ended(stack: Ap
         await expect(page.get_by_role("heading", name="Session expired", level=1)).to_be_visible()
         refused = await GraphQLClient(stack.http, session["token"]).raw(WEBHOOKS)
         assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_the_portal_catches_up_and_stays_live_when_the_feed_was_interrupted(
+    stack: Api, receiver: Receiver
+) -> None:
+    # given the portal open on a webhook, live
+    account, ids = await busy_webhook(stack, receiver, "Interrupted receiver", 1)
+    session = await portal_url(account)
+    redis = aioredis.Redis.from_url(str(stack.settings.redis_url))
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(session["url"])
+        await page.get_by_role("button", name="Interrupted receiver").click()
+        live = page.get_by_test_id("live-status")
+        await expect(live).to_have_text("Live updates on", timeout=LIVE_TIMEOUT)
+        # when the API process's feed loses Redis and comes back (its subscriptions end: FEED_INTERRUPTED)
+        reconnects = stack.feed.stats.reconnects
+        await redis.client_kill_filter(_type="pubsub")
+        await redis.aclose()
+        async with asyncio.timeout(15):
+            while stack.feed.stats.reconnects == reconnects:  # noqa: ASYNC110 - the feed resubscribes
+                await asyncio.sleep(0.05)
+        # then the page subscribes again and re-queries what it shows: it stays live
+        await expect(live).to_contain_text("reconnected and refreshed", timeout=20_000)
+        async with asyncio.timeout(15):
+            while stack.feed.subscriber_count(account_id=account.id) < 2:  # noqa: ASYNC110 - the page's two
+                await asyncio.sleep(0.05)
+        later = (await publish(account.gql))["event"]["deliveries"][0]["id"]
+        await expect(page.locator(f'[data-delivery="{later}"]')).to_contain_text("succeeded")
+        assert await listed(page) == [later, *ids]

@@ -593,7 +593,14 @@ async def test_the_feed_survives_a_redis_restart(
                             what="the feed to resubscribe",
                         )
                         assert api.feed.connected.is_set()
-                        # the subscription stayed open: attempts made after the restart arrive on it
+                        # the subscription is ended, saying why (what was published during the gap never
+                        # reached it), so its client re-queries and subscribes again
+                        ended = await client.message(op)
+                        assert ended["type"] == "next", ended
+                        assert ended["payload"]["errors"][0]["extensions"]["code"] == "FEED_INTERRUPTED"
+                        assert (await client.message(op))["type"] == "complete"
+                        op = await subscribe_live(redis, client, account.id)
+                        # and attempts made after the restart arrive on the new subscription
                         async with run_worker(settings, sweeper=False):
                             published = await publish(account.gql)
                             after = (await client.next(op))["deliveryAttempts"]

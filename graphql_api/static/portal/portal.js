@@ -167,12 +167,35 @@ const live = {
         },
       },
     });
-    const subscribe = (query, kind) =>
-      this.client.subscribe({ query }, {
-        next: (result) => result.data && this.emit(kind, Object.values(result.data)[0]),
-        error: () => {},
-        complete: () => {},
-      });
+    // A subscription the server ends while the socket stays up (this page too slow to keep up, or the
+    // feed interrupted: it says so in a last `next`) may have missed messages: every screen re-queries,
+    // as after a reconnect, and the subscription starts again.
+    // It subscribes again first and re-queries after, so that nothing falls between the two; a server that
+    // keeps ending it at once is asked again at most every 2 s.
+    const subscribe = (query, kind) => {
+      let stopped = false;
+      let stop = () => {};
+      let lastStart = 0;
+      const start = () => {
+        lastStart = Date.now();
+        stop = this.client.subscribe({ query }, {
+          next: (result) => result.data && this.emit(kind, Object.values(result.data)[0]),
+          error: () => {},
+          complete: () => {
+            const again = () => {
+              if (stopped || session.expired || !this.client) return;
+              start();
+              this.resyncs += 1;
+              this.emit('state', { state: 'live', resynced: true });
+            };
+            if (Date.now() - lastStart < 2000) setTimeout(again, 2000);
+            else again();
+          },
+        });
+      };
+      start();
+      return () => { stopped = true; stop(); };
+    };
     this.stops = [
       subscribe(`subscription { deliveryAttempts { ${ATTEMPT_FIELDS} } }`, 'attempt'),
       subscribe(`subscription { webhookStatusChanged { ${WEBHOOK_FIELDS} } }`, 'webhook'),
