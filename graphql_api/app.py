@@ -79,7 +79,7 @@ class GraphQLView(GraphQLOverHTTP):
         who = await context.principal()
         if who is None:
             raise ConnectionRejectionError()
-        if who.expires_at is not None and isinstance(context.request, WebSocket):  # a portal session
+        if isinstance(context.request, WebSocket):  # closed when the key is revoked or the session ends
             end_socket_with_session(context.request, who.expires_at, context.still_authenticated)
         return None
 

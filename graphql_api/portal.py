@@ -165,10 +165,13 @@ def portal_routes(settings: Settings, vendor: Path | None = None) -> list[BaseRo
 
 
 def end_socket_with_session(
-    websocket: WebSocket, expires_at: datetime, still_valid: Callable[[], Awaitable[bool]]
+    websocket: WebSocket, expires_at: datetime | None, still_valid: Callable[[], Awaitable[bool]]
 ) -> None:
-    """Close a portal session's WebSocket (code 4403) when the session expires or is revoked, so a live
-    feed never outlives its session. Re-checks every ``SESSION_RECHECK_SECONDS``; ends with the socket."""
+    """Close a WebSocket (code 4403) when its credentials end: a portal session that expires or is revoked,
+    an API key that is revoked (``expires_at`` None), so a live feed never outlives them. Re-checks every
+    ``SESSION_RECHECK_SECONDS`` (through the authentication cache, which revocations reach at once); ends
+    with the socket."""
+    reason = "The portal session has ended" if expires_at is not None else "The API key is no longer valid"
 
     def connected() -> bool:
         return (
@@ -178,13 +181,13 @@ def end_socket_with_session(
 
     async def guard() -> None:
         while connected():
-            left = (expires_at - utcnow()).total_seconds()
+            left = (expires_at - utcnow()).total_seconds() if expires_at else SESSION_RECHECK_SECONDS
             await asyncio.sleep(max(0.0, min(SESSION_RECHECK_SECONDS, left)))
             if not connected():
                 return
-            if expires_at <= utcnow() or not await still_valid():
+            if (expires_at is not None and expires_at <= utcnow()) or not await still_valid():
                 with contextlib.suppress(Exception):  # the client may be gone at this very moment
-                    await websocket.close(SESSION_ENDED_CLOSE_CODE, "The portal session has ended")
+                    await websocket.close(SESSION_ENDED_CLOSE_CODE, reason)
                 return
 
     task = asyncio.get_running_loop().create_task(guard())

@@ -15,9 +15,10 @@ import websockets
 from graphql_api.app import create_app
 from graphql_api.portal import frame_ancestors
 from tests.browser import require_tools
-from tests.conftest import make_settings
+from tests.conftest import make_settings, new_account
 from tests.receiver import Receiver
 from tests.support import Account, GraphQLClient, serve_asgi
+from webhooks.core import Core
 
 SESSION = """mutation($ttl: Int) { createPortalSession(ttlMinutes: $ttl) {
   url token expiresAt session { id expiresAt } errors { field code message } } }"""
@@ -215,3 +216,28 @@ async def test_revoking_a_session_closes_its_open_live_feed(account: Account, ap
                 while True:
                     await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+
+async def test_revoking_an_api_key_closes_its_open_live_feed(core: Core, http: Any, api_url: str) -> None:
+    # given a subscription opened with an API key, live
+    holder = await new_account(core, http)
+    who = await core.api_keys.authenticate(holder.api_key)
+    assert who is not None
+    url = api_url.replace("http", "ws") + "/graphql"
+    async with websockets.connect(url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]) as ws:
+        auth = {"Authorization": f"Bearer {holder.api_key}"}
+        await ws.send(json.dumps({"type": "connection_init", "payload": auth}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        query = "subscription { deliveryAttempts { id } }"
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await ws.recv())["type"] == "pong"
+        # when the key is revoked
+        assert await core.api_keys.revoke(who.account_id, who.key_id)
+        # then the server closes the socket: the feed does not outlive the key
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(30):
+                while True:
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+        assert closed.value.rcvd.reason == "The API key is no longer valid"
