@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,8 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+import websockets.frames
+from websockets.asyncio.client import ClientConnection
 
 from graphql_api.app import create_app
 from graphql_api.portal import frame_ancestors
@@ -196,26 +200,39 @@ def test_a_bad_frame_ancestors_setting_is_refused_at_start(value: str) -> None:
         frame_ancestors(value)
 
 
-async def test_revoking_a_session_closes_its_open_live_feed(account: Account, api_url: str) -> None:
-    # given a session's subscription, live
-    created = await session_of(account)
+@contextlib.asynccontextmanager
+async def live_feed(api_url: str, token: str) -> AsyncIterator[ClientConnection]:
+    """A graphql-transport-ws connection authenticated with ``token``, with a subscription in place."""
     url = api_url.replace("http", "ws") + "/graphql"
     async with websockets.connect(url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]) as ws:
-        auth = {"Authorization": f"Bearer {created['token']}"}
+        auth = {"Authorization": f"Bearer {token}"}
         await ws.send(json.dumps({"type": "connection_init", "payload": auth}))
         assert json.loads(await ws.recv())["type"] == "connection_ack"
         query = "subscription { deliveryAttempts { id } }"
         await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
         await ws.send(json.dumps({"type": "ping"}))
         assert json.loads(await ws.recv())["type"] == "pong"
+        yield ws
+
+
+async def closed_by_the_server(ws: ClientConnection) -> websockets.frames.Close:
+    """The close frame the server ends ``ws`` with (read until then)."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async with asyncio.timeout(30):
+            while True:
+                await ws.recv()
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd
+
+
+async def test_revoking_a_session_closes_its_open_live_feed(account: Account, api_url: str) -> None:
+    # given a session's subscription, live
+    created = await session_of(account)
+    async with live_feed(api_url, created["token"]) as ws:
         # when the product's backend revokes it
         await account.gql.execute(REVOKE, {"id": created["session"]["id"]})
         # then the server closes the socket: the feed does not outlive the session
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            async with asyncio.timeout(30):
-                while True:
-                    await ws.recv()
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+        assert (await closed_by_the_server(ws)).code == 4403
 
 
 async def test_revoking_an_api_key_closes_its_open_live_feed(core: Core, http: Any, api_url: str) -> None:
@@ -223,21 +240,9 @@ async def test_revoking_an_api_key_closes_its_open_live_feed(core: Core, http: A
     holder = await new_account(core, http)
     who = await core.api_keys.authenticate(holder.api_key)
     assert who is not None
-    url = api_url.replace("http", "ws") + "/graphql"
-    async with websockets.connect(url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]) as ws:
-        auth = {"Authorization": f"Bearer {holder.api_key}"}
-        await ws.send(json.dumps({"type": "connection_init", "payload": auth}))
-        assert json.loads(await ws.recv())["type"] == "connection_ack"
-        query = "subscription { deliveryAttempts { id } }"
-        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
-        await ws.send(json.dumps({"type": "ping"}))
-        assert json.loads(await ws.recv())["type"] == "pong"
+    async with live_feed(api_url, holder.api_key) as ws:
         # when the key is revoked
         assert await core.api_keys.revoke(who.account_id, who.key_id)
         # then the server closes the socket: the feed does not outlive the key
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            async with asyncio.timeout(30):
-                while True:
-                    await ws.recv()
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
-        assert closed.value.rcvd.reason == "The API key is no longer valid"
+        ended = await closed_by_the_server(ws)
+    assert (ended.code, ended.reason) == (4403, "The API key is no longer valid")
