@@ -263,9 +263,16 @@ async def _scenario(stack: Any, receiver: Receiver, cluster: dict[str, Any], bas
         done = await asyncio.gather(*(wait_for_status(account.gql, i, "SUCCEEDED", timeout=120) for i in ids))
         assert all(d["status"] == "SUCCEEDED" for d in done)
         assert {r.headers["X-Webhook-Delivery"] for r in receiver.received[path]} == set(ids)
-        # and the live feed, subscribed before the failover, comes back: once it has reconnected, the attempts
-        # of a newly published event show on it (what was published while it reconnected is not replayed:
-        # clients re-query), so probes are published until one shows
+        # and the live feed comes back: the subscription made before the failover is ended, saying why
+        # (what was published while the feed reconnected is not replayed: clients re-query), and one made
+        # again shows the attempts of newly published events (probes are published until one shows)
+        async with asyncio.timeout(90):
+            while True:
+                message = await live.message(op, timeout=90)
+                if message["type"] != "next" or message["payload"].get("errors"):
+                    break
+        assert message["payload"]["errors"][0]["extensions"]["code"] == "FEED_INTERRUPTED", message
+        op = await live.subscribe(LIVE)
         probes: set[str] = set()
         async with asyncio.timeout(90):
             while not await _shows_one_of(live, op, probes):
