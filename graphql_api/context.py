@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bson import ObjectId
 from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,6 +14,8 @@ from strawberry.dataloader import DataLoader
 from strawberry.types import Info as _Info
 
 from webhooks.core import Core
+from webhooks.errors import ErrorCode, UserErrors
+from webhooks.ids import parse_id
 from webhooks.lanes import LaneState
 from webhooks.models import Attempt, Delivery, Principal, Scope
 from webhooks.timeutil import utcnow
@@ -93,6 +96,21 @@ class Context:
         """Whether the caller's credentials are still accepted now (not cached): for long connections."""
         token = bearer_token(self._authorization())
         return token is not None and await self.core.api_keys.authenticate(token) is not None
+
+    async def webhook_filter(self, who: Principal, webhook_id: object) -> ObjectId | None:
+        """The webhook a subscription filters by, checked against the caller's account (unknown and foreign
+        ids alike); None for no filter. Raises the GraphQL error its subscriber gets."""
+        if webhook_id is None:
+            return None
+        try:
+            oid = parse_id(str(webhook_id), "webhookId")
+            webhook = await self.core.webhook_repo.get(who.account_id, oid)
+        except UserErrors as exc:
+            raise GraphQLError(exc.errors[0].message, extensions={"code": "BAD_USER_INPUT"}) from exc
+        if webhook is None:
+            not_found = {"code": ErrorCode.NOT_FOUND.value}
+            raise GraphQLError(f"no webhook with id {webhook_id}", extensions=not_found)
+        return oid
 
     async def require(self, scope: Scope) -> Principal:
         """The caller, if authenticated and allowed ``scope``; else a top-level GraphQL error."""

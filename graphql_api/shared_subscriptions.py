@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from bson import ObjectId
 from graphql import (
     FieldNode,
     GraphQLError,
@@ -65,7 +64,6 @@ from graphql_api import feed as feed_module
 from graphql_api.context import Context
 from graphql_api.transport import NullPayloadTransportWS
 from webhooks import metrics
-from webhooks.ids import is_object_id
 from webhooks.models import Scope
 
 log = logging.getLogger(__name__)
@@ -335,18 +333,18 @@ def _subscription_field(query: str, operation_name: str | None) -> FieldNode | N
     return first if isinstance(first, FieldNode) else None
 
 
-def _webhook_argument(root: FieldNode, variables: Mapping[str, Any] | None) -> tuple[bool, object]:
-    """Whether the root field is given a ``webhookId``, and its value (a literal, or the variable's)."""
+def _webhook_argument(root: FieldNode, variables: Mapping[str, Any] | None) -> object:
+    """The root field's ``webhookId`` (a literal, or the variable's value), None if not given."""
     for argument in root.arguments or ():
         if argument.name.value != "webhookId":
             continue
         value = argument.value
         if isinstance(value, VariableNode):
-            return True, (variables or {}).get(value.name.value)
+            return (variables or {}).get(value.name.value)
         if isinstance(value, StringValueNode):
-            return True, value.value
-        return True, None if isinstance(value, NullValueNode) else value
-    return False, None
+            return value.value
+        return None if isinstance(value, NullValueNode) else value
+    return None
 
 
 class SharedSubscriptionsHandler(NullPayloadTransportWS):
@@ -391,14 +389,10 @@ class SharedSubscriptionsHandler(NullPayloadTransportWS):
         deleted since the group started made an identical subscription live, where a new one was NOT_FOUND."""
         try:
             who = await self.context.require(Scope.MANAGE_WEBHOOKS)
+            await self.context.webhook_filter(who, _webhook_argument(root, operation.variables))
         except GraphQLError:
             return False
-        given, webhook_id = _webhook_argument(root, operation.variables)
-        if not given or webhook_id is None:
-            return True
-        if not is_object_id(webhook_id):
-            return False
-        return await self.context.core.webhook_repo.get(who.account_id, ObjectId(webhook_id)) is not None
+        return True
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         shared = await self._share_key(operation)

@@ -26,7 +26,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import strawberry
-from bson import ObjectId
 from graphql import GraphQLError
 
 from graphql_api.context import Info
@@ -34,8 +33,6 @@ from graphql_api.feed import INTERRUPTED, Feed, FeedClosed, FeedInterrupted, Sub
 from graphql_api.shared_subscriptions import IN_SHARED_STREAM
 from graphql_api.types import DeliveryAttempt, Webhook
 from webhooks import metrics, pubsub
-from webhooks.errors import ErrorCode, UserErrors
-from webhooks.ids import parse_id
 from webhooks.models import Principal, Scope
 from webhooks.pubsub import ATTEMPTS_CHANNEL, STATUS_CHANNEL
 
@@ -56,20 +53,6 @@ def feed_of(info: Info) -> Feed:
     if feed is None:
         raise GraphQLError("The live feed is not available", extensions={"code": "UNAVAILABLE"})
     return feed
-
-
-async def _webhook_filter(info: Info, who: Principal, webhook_id: strawberry.ID | None) -> ObjectId | None:
-    """The webhook to filter by, checked against the caller's account (unknown and foreign ids alike)."""
-    if webhook_id is None:
-        return None
-    try:
-        oid = parse_id(str(webhook_id), "webhookId")
-        webhook = await info.context.core.webhook_repo.get(who.account_id, oid)
-    except UserErrors as exc:
-        raise GraphQLError(exc.errors[0].message, extensions={"code": "BAD_USER_INPUT"}) from exc
-    if webhook is None:
-        raise GraphQLError(f"no webhook with id {webhook_id}", extensions={"code": ErrorCode.NOT_FOUND.value})
-    return oid
 
 
 def _too_slow() -> GraphQLError:
@@ -130,7 +113,7 @@ class Subscription:
         self, info: Info, webhook_id: strawberry.ID | None = None
     ) -> AsyncIterator[DeliveryAttempt]:
         who = await info.context.require(Scope.MANAGE_WEBHOOKS)
-        oid = await _webhook_filter(info, who, webhook_id)
+        oid = await info.context.webhook_filter(who, webhook_id)
         return _attempts(feed_of(info), str(who.account_id), str(oid) if oid else None)
 
     @strawberry.subscription(
@@ -141,5 +124,5 @@ class Subscription:
         self, info: Info, webhook_id: strawberry.ID | None = None
     ) -> AsyncIterator[Webhook]:
         who = await info.context.require(Scope.MANAGE_WEBHOOKS)
-        oid = await _webhook_filter(info, who, webhook_id)
+        oid = await info.context.webhook_filter(who, webhook_id)
         return _statuses(info, feed_of(info), who, str(oid) if oid else None)
