@@ -10,13 +10,14 @@ import unicodedata
 from datetime import UTC, datetime
 
 from webhooks.errors import ErrorCode, UserError, UserErrors
+from webhooks.ids import FIRST_ID_TIME
 
 # Control (Cc), format (Cf: zero-width and bidi controls), surrogate (Cs), private-use (Co), unassigned (Cn),
 # and line/paragraph separators: never part of a name a person reads.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # What BSON datetimes (milliseconds since 1970 in a signed 64-bit integer) and Python both represent; the
 # ObjectId time range (1970 to 2106) is narrower still.
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST = FIRST_ID_TIME
 LATEST_OBJECT_ID_TIME = datetime(2106, 2, 7, tzinfo=UTC)
 ANY_TIME = (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
 
