@@ -31,6 +31,7 @@ from webhooks.errors import ErrorCode, UserError, UserErrors
 from webhooks.events import OPERATIONAL_WIRE_NAMES, TEST_EVENT, TEST_MESSAGE, WIRE_NAMES
 from webhooks.ids import is_object_id
 from webhooks.timeutil import as_utc, iso_ms
+from webhooks.validation import surrogate_problem
 
 JsonValue: TypeAlias = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
 
@@ -133,14 +134,13 @@ def _printable(text: str) -> str:
 
 
 def _surrogate_problem(text: str) -> str | None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return (
-            f"contains a lone surrogate (U+{ord(text[exc.start]):04X}) at position {exc.start}, which is "
-            "not valid Unicode text and cannot be encoded as UTF-8 JSON"
-        )
-    return None
+    """validation's reason, with why it matters for a payload."""
+    problem = surrogate_problem(text)
+    return (
+        None
+        if problem is None
+        else f"{problem}, which is not valid Unicode text and cannot be encoded as UTF-8 JSON"
+    )
 
 
 def _child_path(path: str, key: str | int) -> str:
