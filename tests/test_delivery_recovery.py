@@ -44,7 +44,7 @@ mutation($id: ID!) {
 RECOVER = """
 mutation($webhookId: ID!, $since: DateTime!, $until: DateTime, $dryRun: Boolean!) {
   recoverDeliveries(webhookId: $webhookId, since: $since, until: $until, dryRun: $dryRun) {
-    count dryRun errors { field code message }
+    count dryRun hasMore errors { field code message }
   }
 }"""
 
@@ -291,6 +291,34 @@ async def test_a_recovery_of_more_deliveries_than_one_read_holds_restarts_every_
     real = (await account.gql.execute(RECOVER, variables))["recoverDeliveries"]
     # then every one is counted, restarted and delivered once
     assert (real["count"], real["errors"]) == (60, [])
+    await all_final(account.gql, held, "SUCCEEDED")
+    assert sorted(r.headers["X-Webhook-Delivery"] for r in receiver.received[p]) == sorted(held)
+
+
+async def test_a_recovery_larger_than_one_call_says_so_and_the_next_call_goes_on(
+    stack: Stack, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given one call recovers at most 4 deliveries (scaled down from 10,000) and 6 are held
+    monkeypatch.setattr("webhooks.services.deliveries.MAX_RECOVER", 4)
+    account = await stack.account()
+    p = path()
+    webhook_id, _ = await create_webhook(account.gql, receiver.url(p))
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    await set_enabled(account.gql, webhook_id, False)
+    held = await publish_many(account.gql, 6)
+    await all_final(account.gql, held, "HELD")
+    await set_enabled(account.gql, webhook_id, True)
+    variables = {"webhookId": webhook_id, "since": iso(since), "until": None}
+    # when the user asks what a recovery would send
+    dry = (await account.gql.execute(RECOVER, {**variables, "dryRun": True}))["recoverDeliveries"]
+    # then it counts one call's worth and says that more remain
+    assert (dry["count"], dry["hasMore"], dry["errors"]) == (4, True, [])
+    # and a recovery restarts those, and says more remain
+    first = (await account.gql.execute(RECOVER, {**variables, "dryRun": False}))["recoverDeliveries"]
+    assert (first["count"], first["hasMore"]) == (4, True)
+    # and the next call restarts the rest and says nothing remains
+    second = (await account.gql.execute(RECOVER, {**variables, "dryRun": False}))["recoverDeliveries"]
+    assert (second["count"], second["hasMore"]) == (2, False)
     await all_final(account.gql, held, "SUCCEEDED")
     assert sorted(r.headers["X-Webhook-Delivery"] for r in receiver.received[p]) == sorted(held)
 

@@ -71,6 +71,11 @@ class RetryDeliveryPayload:
 class RecoverDeliveriesPayload:
     count: int = 0
     dry_run: bool = False
+    has_more: bool = strawberry.field(
+        default=False,
+        description="More deliveries matched than one call restarts (10,000, newest first): call again to "
+        "recover the rest (a dry run counts the same first 10,000 each time).",
+    )
     errors: list[UserError] = strawberry.field(default_factory=list)
 
 
@@ -125,8 +130,8 @@ async def recover_deliveries(
     since = utc_in_range("since", since, EARLIEST, LATEST_OBJECT_ID_TIME)
     if until is not None:
         until = utc_in_range("until", until, EARLIEST, LATEST_OBJECT_ID_TIME)
-    count = await ctx.core.deliveries.recover(ctx.caller, str(webhook_id), since, until, dry_run)
-    return RecoverDeliveriesPayload(count=count, dry_run=dry_run)
+    done = await ctx.core.deliveries.recover(ctx.caller, str(webhook_id), since, until, dry_run)
+    return RecoverDeliveriesPayload(count=done.count, dry_run=dry_run, has_more=done.has_more)
 
 
 MUTATIONS = {

@@ -34,7 +34,15 @@ from webhooks.validation import check_replay
 log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY = 200
-MAX_RECOVER = 10_000
+MAX_RECOVER = 10_000  # deliveries one recoverDeliveries call restarts
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What one recovery restarted (or would restart), and whether more deliveries matched than it took."""
+
+    count: int
+    has_more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +263,9 @@ class DeliveryService:
 
     async def recover(
         self, who: Principal, webhook_id: str, since: datetime, until: datetime | None, dry_run: bool
-    ) -> int:
-        """Re-send every failed or held delivery of one webhook created in ``[since, until)``."""
+    ) -> Recovery:
+        """Re-send the failed or held deliveries of one webhook created in ``[since, until)``: the newest
+        ``MAX_RECOVER`` of them (the ones it restarts are pending, so the next call goes on with the rest)."""
         oid = parse_id(webhook_id, "webhookId")
         if await self._webhooks.get(who.account_id, oid) is None:
             raise not_found("webhook", webhook_id, "webhookId")
@@ -264,10 +273,12 @@ class DeliveryService:
         if since >= until:
             raise UserErrors.one("since", ErrorCode.INVALID, "since must be earlier than until")
         statuses = [DeliveryStatus.FAILED, DeliveryStatus.HELD]
-        ids = await self._deliveries.ids_in_window(who.account_id, oid, statuses, since, until, MAX_RECOVER)
+        cap = MAX_RECOVER
+        ids = await self._deliveries.ids_in_window(who.account_id, oid, statuses, since, until, cap + 1)
+        more, ids = len(ids) > cap, ids[:cap]
         if dry_run:
-            return len(ids)
-        return len(await self._restart(who, oid, ids, statuses))
+            return Recovery(len(ids), more)
+        return Recovery(len(await self._restart(who, oid, ids, statuses)), more)
 
     async def _restart(
         self, who: Principal, webhook_id: ObjectId, ids: list[ObjectId], statuses: list[DeliveryStatus]
