@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import uuid
@@ -25,6 +27,7 @@ from tests.delivery_support import (
 from tests.receiver import Receiver, sequence, status
 from tests.support import Stack, run_stack
 from webhooks.db import raw_collections
+from webhooks_cli.embedded import free_port
 
 SCHEDULE = 0.0, 0.2, 0.4
 
@@ -272,6 +275,70 @@ async def test_the_response_is_recorded_with_at_most_4_kib_of_body(stack: Stack,
     assert len(attempt["responseBody"].encode("utf-8")) <= 4096
     assert attempt["responseBody"].startswith("éé")
     assert attempt["responseHeaders"]["X-Receiver"] == "yes"
+
+
+@contextlib.asynccontextmanager
+async def cut_short(answer: bytes) -> AsyncIterator[str]:
+    """A raw HTTP receiver that reads each request whole, writes ``answer`` (a status line and headers
+    announcing more body than follows) and closes the connection; yields its URL."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    try:
+        yield f"http://127.0.0.1:{port}/cut-short"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: 100\r\n\r\nAccepted", b"Transfer-Encoding: chunked\r\n\r\n8\r\nAccepted\r\n"],
+    ids=["content-length", "chunked"],
+)
+async def test_a_2xx_whose_body_is_cut_short_is_a_success_with_its_status_recorded(
+    stack: Stack, framing: bytes
+) -> None:
+    # given a receiver that answers 202 but closes the connection before the body it announced is complete
+    # (as a process that dies after answering does)
+    account = await stack.account()
+    async with cut_short(b"HTTP/1.1 202 Accepted\r\n" + framing) as url:
+        await create_webhook(account.gql, url)
+        # when an event is published
+        published = await publish(account.gql)
+        done = await wait_for_status(
+            account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED", "FAILED"
+        )
+    # then the receiver's 2xx counts: the delivery succeeded on its one attempt, which records the status
+    # (a body cut after 4 KiB was already a success: the rest is never read)
+    assert done["status"] == "SUCCEEDED", done["attempts"]
+    (attempt,) = done["attempts"]
+    assert (attempt["statusCode"], attempt["errorClass"]) == (202, None)
+
+
+async def test_a_5xx_whose_body_is_cut_short_is_recorded_as_that_status(stack: Stack) -> None:
+    # given a receiver that answers 500 and closes the connection before the body it announced is complete
+    account = await stack.account()
+    async with cut_short(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100\r\n\r\nBoom") as url:
+        await create_webhook(account.gql, url)
+        # when an event is published
+        published = await publish(account.gql)
+        done = await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "FAILED")
+    # then every attempt failed with the receiver's status, not as if it had never answered
+    assert [(a["statusCode"], a["errorClass"]) for a in done["attempts"]] == [(500, "http_status")] * len(
+        SCHEDULE
+    )
 
 
 async def test_the_response_headers_are_recorded_within_bounds(stack: Stack, receiver: Receiver) -> None:

@@ -190,11 +190,18 @@ def _find_cause(exc: BaseException, kind: type[E]) -> E | None:
 
 
 async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
-    """Up to ``limit`` bytes of the body; the rest is never read (the connection is dropped instead)."""
+    """Up to ``limit`` bytes of the body; the rest is never read (the connection is dropped instead).
+
+    The status decides the outcome, so a body cut short (the receiver closed the connection before the
+    length it announced, or before the last chunk) gives what arrived: the receiver has answered, and a
+    2xx must not be sent again, exactly as one cut after ``limit`` bytes (which is never read) is not."""
     parts: list[bytes] = []
     size = 0
     while size < limit:
-        chunk = await stream.read(limit - size)
+        try:
+            chunk = await stream.read(limit - size)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+            break
         if not chunk:
             break
         parts.append(chunk)
