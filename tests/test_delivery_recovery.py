@@ -371,6 +371,47 @@ async def test_retry_delivery_refuses_a_pending_delivery_and_hides_other_account
     assert len(receiver.received[p]) == 1  # nothing was sent for the refused retries
 
 
+async def test_retry_and_recovery_are_refused_while_the_webhook_cannot_receive_them(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given two failed deliveries: one of a webhook then disabled, one of a webhook then deleted
+    account = await stack.account()
+    off, gone = path(), path()
+    off_id, _ = await create_webhook(account.gql, receiver.url(off, status(500)))
+    gone_id, _ = await create_webhook(account.gql, receiver.url(gone, status(500)))
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    published = (await publish(account.gql))["event"]["deliveries"]
+    by_webhook = {d["webhookId"]: d["id"] for d in published}
+    off_delivery, gone_delivery = by_webhook[off_id], by_webhook[gone_id]
+    await all_final(account.gql, [off_delivery, gone_delivery], "FAILED")
+    await set_enabled(account.gql, off_id, False)
+    deleted = await account.gql.execute(
+        "mutation($id: ID!) { deleteWebhook(id: $id) { errors { code } } }", {"id": gone_id}
+    )
+    assert deleted["deleteWebhook"]["errors"] == []
+    # when the user retries them, and recovers the disabled webhook's deliveries
+    retries = [
+        (await account.gql.execute(RETRY, {"id": i}))["retryDelivery"] for i in (off_delivery, gone_delivery)
+    ]
+    variables = {"webhookId": off_id, "since": iso(since), "until": None, "dryRun": False}
+    recovery = (await account.gql.execute(RECOVER, variables))["recoverDeliveries"]
+    # then each is refused as a conflict (nothing could be sent), rather than answered as restarted
+    for refused in retries:
+        assert refused["delivery"] is None
+        assert [(e["field"], e["code"]) for e in refused["errors"]] == [("id", "CONFLICT")]
+    assert recovery["count"] == 0
+    assert [(e["field"], e["code"]) for e in recovery["errors"]] == [("webhookId", "CONFLICT")]
+    # and the deliveries are left as they were
+    assert [(await delivery(account.gql, i))["status"] for i in (off_delivery, gone_delivery)] == [
+        "FAILED",
+        "FAILED",
+    ]
+    # and once the webhook is enabled again, its delivery is retried
+    await set_enabled(account.gql, off_id, True)
+    retried = (await account.gql.execute(RETRY, {"id": off_delivery}))["retryDelivery"]
+    assert retried["errors"] == [] and retried["delivery"]["status"] == "PENDING"
+
+
 # -- the spec's Node.js receiver ---------------------------------------------------------------------
 
 

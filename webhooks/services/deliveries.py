@@ -256,7 +256,14 @@ class DeliveryService:
             raise UserErrors.one(
                 "id", ErrorCode.CONFLICT, "this delivery is already pending; wait for it to finish"
             )
-        restarted = await self._restart(who, delivery.webhook_id, [oid], [delivery.status])
+        webhook = await self._webhooks.get(who.account_id, delivery.webhook_id)
+        if webhook is None:
+            raise UserErrors.one("id", ErrorCode.CONFLICT, "the webhook of this delivery was deleted")
+        if not webhook.enabled and not delivery.test:  # the worker would only hold it again
+            raise UserErrors.one(
+                "id", ErrorCode.CONFLICT, "the webhook of this delivery is disabled; enable it, then retry"
+            )
+        restarted = await self._restart(who, webhook, [oid], [delivery.status])
         if not restarted:
             raise UserErrors.one("id", ErrorCode.CONFLICT, "this delivery changed meanwhile; try again")
         return restarted[0]
@@ -265,9 +272,11 @@ class DeliveryService:
         self, who: Principal, webhook_id: str, since: datetime, until: datetime | None, dry_run: bool
     ) -> Recovery:
         """Re-send the failed or held deliveries of one webhook created in ``[since, until)``: the newest
-        ``MAX_RECOVER`` of them (the ones it restarts are pending, so the next call goes on with the rest)."""
+        ``MAX_RECOVER`` of them (the ones it restarts are pending, so the next call goes on with the rest). An
+        enabled webhook only: a disabled one's would be held again (a dry run counts them all the same)."""
         oid = parse_id(webhook_id, "webhookId")
-        if await self._webhooks.get(who.account_id, oid) is None:
+        webhook = await self._webhooks.get(who.account_id, oid)
+        if webhook is None:
             raise not_found("webhook", webhook_id, "webhookId")
         since, until = as_utc(since), as_utc(until) if until else utcnow()  # naive means UTC
         if since >= until:
@@ -278,16 +287,18 @@ class DeliveryService:
         more, ids = len(ids) > cap, ids[:cap]
         if dry_run:
             return Recovery(len(ids), more)
-        return Recovery(len(await self._restart(who, oid, ids, statuses)), more)
+        if not webhook.enabled:  # the worker would only hold them again
+            raise UserErrors.one(
+                "webhookId", ErrorCode.CONFLICT, "the webhook is disabled; enable it, then recover"
+            )
+        return Recovery(len(await self._restart(who, webhook, ids, statuses)), more)
 
     async def _restart(
-        self, who: Principal, webhook_id: ObjectId, ids: list[ObjectId], statuses: list[DeliveryStatus]
+        self, who: Principal, webhook: Webhook, ids: list[ObjectId], statuses: list[DeliveryStatus]
     ) -> list[Delivery]:
         now = utcnow()
         restarted = await self._deliveries.restart(who.account_id, ids, statuses, now)
-        webhook = await self._webhooks.get(who.account_id, webhook_id)
-        default = self._settings.webhook_max_in_flight
-        limit = webhook.in_flight_limit(default) if webhook is not None else default
+        limit = webhook.in_flight_limit(self._settings.webhook_max_in_flight)
         await self._enqueue([Enqueue(stored_attempt(d), due=now, limit=limit) for d in restarted])
         return restarted
 
