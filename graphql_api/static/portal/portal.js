@@ -686,13 +686,14 @@ function Recover({ webhookId }) {
     try {
       const data = await gql(
         `mutation($id: ID!, $since: DateTime!, $dry: Boolean!) {
-          recoverDeliveries(webhookId: $id, since: $since, dryRun: $dry) { count dryRun errors { field message } } }`,
+          recoverDeliveries(webhookId: $id, since: $since, dryRun: $dry) { count dryRun hasMore errors { field message } } }`,
         { id: webhookId, since: new Date(since).toISOString(), dry: dryRun },
       );
       const result = data.recoverDeliveries;
       if (result.errors.length) { setMessage(result.errors.map((e) => e.message).join(' ')); return; }
-      if (dryRun) { setCount(result.count); setMessage(`${result.count} failed or held deliveries since then would be sent again.`); }
-      else { setCount(null); setMessage(`${result.count} deliveries are being sent again.`); }
+      const more = result.hasMore ? ' More match than one recovery sends: recover again for the rest.' : '';
+      if (dryRun) { setCount(result.count); setMessage(`${result.count} failed or held deliveries since then would be sent again.${more}`); }
+      else { setCount(null); setMessage(`${result.count} deliveries are being sent again.${more}`); }
     } catch (err) {
       setMessage(err.message);
     }
