@@ -6,15 +6,19 @@ holds, while ``limits``' async Redis storage opens its own client (coredis or a 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from enum import Enum
 
 from bson import ObjectId
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from webhooks.errors import ErrorCode, UserErrors
 from webhooks.settings import Settings
+
+log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
 KEY_PREFIX = "webhooks:ratelimit"
@@ -56,8 +60,16 @@ class RateLimiter:
         return Verdict(allowed=int(count) <= limit, limit=limit, count=int(count), retry_after=retry_after)
 
     async def check(self, action: Action, account_id: ObjectId) -> None:
-        """Count one call; raise ``RATE_LIMITED`` when the account is over its limit for this minute."""
-        verdict = await self.hit(action, account_id)
+        """Count one call; raise ``RATE_LIMITED`` when the account is over its limit for this minute.
+
+        Without Redis the call is let through uncounted: what it protects (a publish, a test) is written to
+        MongoDB first and queued by the sweeper once Redis is back, so refusing it would turn a Redis outage
+        into lost events on the caller's side."""
+        try:
+            verdict = await self.hit(action, account_id)
+        except (RedisError, OSError) as exc:
+            log.warning("rate limit of %s not counted: Redis failed (%s)", action.value, type(exc).__name__)
+            return
         if not verdict.allowed:
             raise UserErrors.one(
                 None,
