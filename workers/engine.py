@@ -506,7 +506,7 @@ class DeliveryEngine:
             log.warning("could not clear %d recording marks; they expire", len(after.items), exc_info=True)
         await self._advance(after.done)
         try:  # the wake-up lets a sleeping dispatcher time the retry itself
-            await self._lanes.add(after.retries)
+            await self._lanes.add(await self._with_current_limits(after.retries))
         except Exception:
             log.warning("could not queue %d retries; the sweeper will", len(after.retries), exc_info=True)
         try:
@@ -520,6 +520,26 @@ class DeliveryEngine:
                 for event, p in after.notices
             )
         )
+
+    async def _with_current_limits(self, retries: list[Enqueue]) -> list[Enqueue]:
+        """Retries with their webhooks' in-flight limits as they are now. An enqueue writes its webhook's
+        limit in the lanes, and the one an attempt was planned with may predate a ``maxInFlight`` update
+        made while it was in flight: written back, it would undo the update until the next publish. A
+        webhook deleted meanwhile keeps the planned limit (its retry is failed when claimed)."""
+        if not retries:
+            return retries
+        try:
+            current = await self._webhook_cache.get_many({ObjectId(e.item.webhook_id) for e in retries})
+        except Exception:
+            log.warning("could not read the limits of %d retries", len(retries), exc_info=True)
+            return retries
+        default = self._settings.webhook_max_in_flight
+        return [
+            replace(e, limit=webhook.in_flight_limit(default))
+            if (webhook := current.get(ObjectId(e.item.webhook_id))) is not None
+            else e
+            for e in retries
+        ]
 
     async def _reset_failures(self, webhook_ids: list[ObjectId]) -> None:
         """A success ends its webhook's streak of failures. Only webhooks that have one are written: the
