@@ -16,6 +16,7 @@ cheap windows.
 Deliveries of ordered webhooks (with a sequence number) go back through their resource's gate
 (``webhooks.lanes``), with the written PENDING deliveries of the same gates, so a rebuilt gate keeps the
 sequence order. A gate whose active delivery is final in MongoDB (its ``advance`` was lost) is moved on.
+A delivery in a manual run (sent outside the order) goes back to its lane like an unordered one.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import cast
 from bson import ObjectId
 
 from webhooks.lanes import Enqueue, Kind, LaneItem, Lanes
-from webhooks.models import Delivery, DeliveryStatus
+from webhooks.models import AttemptTrigger, Delivery, DeliveryStatus
 from webhooks.repositories.deliveries import DeliveryRepository, DueKey
 from webhooks.repositories.events import EventRepository
 from webhooks.repositories.expiry import ExpiryRepository
@@ -278,7 +279,9 @@ class Sweeper:
         # a rebuilt gate also takes its written PENDING delivery (one mid-retry), so the order holds
         gates = sorted({(d.webhook_id, d.resource or "") for d in lost})
         pending = await self.deliveries.pending_in_gates(gates, SWEEP_BATCH)
-        every = {d.id: (d, True) for d in pending if d.ordered} | {d.id: (d, d.id in written) for d in lost}
+        every = {d.id: (d, True) for d in pending if _through_gate(d)} | {
+            d.id: (d, d.id in written) for d in lost
+        }
         limits = await self._limits({d.webhook_id for d, _ in every.values()})
         entries = [
             Enqueue(
@@ -296,8 +299,8 @@ class Sweeper:
         self, lower: datetime, upper: datetime, after: DueKey | None
     ) -> tuple[int, int, DueKey | None]:
         found, more = await self.deliveries.due_between(lower, upper, SWEEP_BATCH, after)
-        requeued = await self._gated([(d, True) for d in found if d.ordered])
-        overdue = [d for d in found if not d.ordered]
+        requeued = await self._gated([(d, True) for d in found if _through_gate(d)])
+        overdue = [d for d in found if not _through_gate(d)]
         limits = await self._limits({d.webhook_id for d in overdue})
         entries = [
             Enqueue(
@@ -314,6 +317,14 @@ class Sweeper:
             return {}
         found = await self.webhooks.get_many(list(webhook_ids))
         return {i: w.in_flight_limit(self.settings.webhook_max_in_flight) for i, w in found.items()}
+
+
+def _through_gate(delivery: Delivery) -> bool:
+    """Whether the delivery's attempts go through its resource's ordering gate: an ordered one in its
+    automatic run. A manual run (``retryDelivery``, ``recoverDeliveries``) is sent outside the order, in the
+    lane only; taken for a lost member of its gate, it would hold up the later deliveries of its resource
+    until it is final, and be queued a second time when it became the gate's active delivery."""
+    return delivery.ordered and delivery.run_trigger is not AttemptTrigger.MANUAL
 
 
 def _next_attempt(delivery: Delivery, written: bool) -> LaneItem:
