@@ -19,6 +19,7 @@ from graphql import GraphQLError
 from strawberry.extensions.field_extension import FieldExtension
 from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.types import Info as StrawberryInfo
+from strawberry.types.nodes import SelectedField, Selection
 
 from graphql_api.types import user_errors
 from webhooks.errors import UserErrors
@@ -69,6 +70,35 @@ class ErrorsAsBadInput(FieldExtension):
             return await next_(source, info, **kwargs)
         except UserErrors as exc:
             raise bad_input(exc) from exc
+
+
+class SelectionNeeds(FieldExtension):
+    """A mutation whose answer may select a field that needs another scope (a ``Delivery``'s ``attempts``
+    needs webhooks:manage): checked before the mutation runs, so a caller refused that field is refused the
+    whole mutation (``FORBIDDEN``) and nothing is written. Refused only after the write, a client would not
+    know that its event was stored, and would publish it again."""
+
+    def __init__(self, field: str, scope: Scope) -> None:
+        super().__init__()
+        self.field = field
+        self.scope = scope
+
+    async def resolve_async(
+        self, next_: Callable[..., Awaitable[Any]], source: Any, info: StrawberryInfo[Any, Any], **kwargs: Any
+    ) -> Any:
+        if any(self.field in _names_below(selected) for selected in info.selected_fields):
+            await info.context.require(self.scope)
+        return await next_(source, info, **kwargs)
+
+
+def _names_below(node: Selection) -> set[str]:
+    """The names of every field selected under ``node`` (through fragments too)."""
+    names: set[str] = set()
+    for child in node.selections:
+        if isinstance(child, SelectedField):
+            names.add(child.name)
+        names |= _names_below(child)
+    return names
 
 
 def _guard(scope: Scope) -> PermissionExtension:

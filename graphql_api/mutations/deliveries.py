@@ -8,7 +8,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from graphql_api.context import Info
-from graphql_api.permissions import scoped_mutation
+from graphql_api.permissions import SelectionNeeds, scoped_mutation
 from graphql_api.security import RateLimit
 from graphql_api.types import Delivery, UserError, WebhookEvent
 from webhooks.models import Scope
@@ -145,7 +145,8 @@ MUTATIONS = {
         publish_event,
         scope=Scope.PUBLISH_EVENTS,
         payload=PublishEventPayload,
-        extensions=[RateLimit(Action.PUBLISH_EVENT)],
+        # the last extension runs first: a publish refused for its selection is not counted
+        extensions=[RateLimit(Action.PUBLISH_EVENT), SelectionNeeds("attempts", Scope.MANAGE_WEBHOOKS)],
     ),
     "retry_delivery": scoped_mutation(
         retry_delivery, scope=Scope.MANAGE_WEBHOOKS, payload=RetryDeliveryPayload
