@@ -281,6 +281,30 @@ async def test_a_reused_idempotency_key_replays_the_same_event_and_refuses_anoth
     assert "job_application_created" in other["errors"][0]["message"]
 
 
+async def test_a_reused_idempotency_key_with_other_content_is_refused_not_replayed(account: Account) -> None:
+    # given an event published with a key (its log's timestamp left to the service)
+    def publish(**details: Any) -> dict[str, Any]:
+        return {
+            "input": {
+                "event": "CANDIDATE_HIRED",
+                "log": audit_log(),
+                "details": {"candidateName": "Jane Smith", **details},
+                "idempotencyKey": "key-content",
+            }
+        }
+
+    first = (await account.gql.execute(PUBLISH, publish()))["publishEvent"]
+    # when the same key comes with other details (a bug in the caller, not a retry)
+    other = (await account.gql.execute(PUBLISH, publish(jobTitle="CTO")))["publishEvent"]
+    # then it is refused, naming the key, rather than answered with the first event as if it were that one
+    assert other["event"] is None
+    assert [(e["field"], e["code"]) for e in other["errors"]] == [("idempotencyKey", "CONFLICT")]
+    # and a true retry, a moment later (its default timestamps would differ), is still a replay
+    again = (await account.gql.execute(PUBLISH, publish()))["publishEvent"]
+    assert again["errors"] == [] and again["event"]["replayed"] is True
+    assert again["event"]["id"] == first["event"]["id"]
+
+
 # --- 5. operation selection -----------------------------------------------------------------------
 
 

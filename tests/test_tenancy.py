@@ -177,7 +177,14 @@ async def test_operator_shaped_input_is_stored_as_plain_data(account: Account, c
     again = (
         await account.gql.execute(
             PUBLISH,
-            {"input": publish_input(event="CANDIDATE_HIRED", details=details, idempotencyKey="$where")},
+            {
+                "input": publish_input(
+                    event="CANDIDATE_HIRED",
+                    details=details,
+                    idempotencyKey="$where",
+                    log=audit_log(action="$set", userName="$ne"),
+                )
+            },
         )
     )["publishEvent"]
     assert again["event"]["replayed"] is True and again["event"]["id"] == first["event"]["id"]

@@ -371,6 +371,20 @@ def build_event_body(event: str, log: AuditLog, details: object, *, now: datetim
     return body
 
 
+def same_content(stored: bytes, requested: bytes, *, log_time_given: bool) -> bool:
+    """Whether two event bodies say the same, apart from the times the service filled in when they were
+    built: the body's own ``timestamp``, and ``data.log.timestamp`` unless the publisher gave it."""
+
+    def content(body: bytes) -> object:
+        parsed = orjson.loads(body)
+        parsed.pop("timestamp", None)
+        if not log_time_given:
+            parsed["data"]["log"].pop("timestamp", None)
+        return parsed
+
+    return content(stored) == content(requested)
+
+
 def build_test_body(webhook_id: str, webhook_name: str, *, now: datetime) -> bytes:
     """The exact body of a test delivery (the spec's ``webhook.test`` event)."""
     return dumps_js(

@@ -37,7 +37,8 @@ class PublishEventInput:
     details: JSON | None = None
     idempotency_key: str | None = strawberry.field(
         default=None,
-        description="The same key within 24 hours returns the first event and delivers nothing new.",
+        description="The same key within 24 hours returns the first event and delivers nothing new; with "
+        "another event, log or details (times the service filled in aside) it is a CONFLICT error.",
     )
 
 

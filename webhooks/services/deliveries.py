@@ -20,7 +20,7 @@ from webhooks.lanes import Enqueue, Kind, LaneItem, Lanes
 from webhooks.models import Attempt, Delivery, DeliveryStatus, Event, Ordering, Planned, Principal, Webhook
 from webhooks.operational import recipients
 from webhooks.pagination import Page, check_page_size, decode_cursor
-from webhooks.payloads import AuditLog, build_event_body, build_test_body
+from webhooks.payloads import AuditLog, build_event_body, build_test_body, same_content
 from webhooks.repositories.deliveries import DeliveryRepository
 from webhooks.repositories.events import EventRepository
 from webhooks.repositories.sequences import SequenceRepository
@@ -118,7 +118,7 @@ class DeliveryService:
         if idempotency_key is not None:
             earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, window_start)
             if earlier is not None:
-                return await self._replay(earlier, event.value)
+                return await self._replay(earlier, event.value, body, log.timestamp is not None)
             await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
         targets = await self._webhook_cache.subscribed(who.account_id, event.value)
         targets = [w for w in targets if w.accepts(body)]  # payload filters (webhooks.filters)
@@ -132,7 +132,7 @@ class DeliveryService:
                 raise UserErrors.one(
                     "idempotencyKey", ErrorCode.CONFLICT, "idempotencyKey is in use, try again"
                 )
-            return await self._replay(earlier, event.value)
+            return await self._replay(earlier, event.value, body, log.timestamp is not None)
         return Published(
             stored.id, stored.event, [stored.pending_delivery(p) for p in planned], replayed=False
         )
@@ -207,13 +207,21 @@ class DeliveryService:
             await asyncio.gather(self._handoff.put([e for _, e in kept]), queue)
         return [e is not None for e in stored]
 
-    async def _replay(self, event: Event, requested: str) -> Published:
+    async def _replay(self, event: Event, requested: str, body: bytes, log_time_given: bool) -> Published:
         """A repeated idempotency key: complete a fan-out that was cut short; send nothing new.
 
         (A first attempt that was planned but never queued is put back in its lane by the sweeper.) The
-        key answers only for the event it was first used with: another event name is a CONFLICT.
+        key answers only for the event it was first used with: another event name, or another log or
+        details (a caller reusing a key by mistake, not retrying), is a CONFLICT, as Stripe's keys do.
         """
         check_replay(event.event, requested)
+        if not same_content(event.body, body, log_time_given=log_time_given):
+            raise UserErrors.one(
+                "idempotencyKey",
+                ErrorCode.CONFLICT,
+                "idempotencyKey was already used for an event with another log or details; "
+                "use a new key for this one",
+            )
         await self._deliveries.insert_unsent(_held(event), self._retention)
         ids = [p.delivery_id for p in event.planned]
         stored = await self._deliveries.stored_by_ids(ids)
