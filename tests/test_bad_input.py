@@ -163,6 +163,21 @@ async def test_lone_surrogates_are_user_errors_naming_the_field(account: Account
     assert body["errors"][0]["extensions"]["field"] == "event"
 
 
+@pytest.mark.parametrize("name", ["JOB_APPLICATION_CREATED", "job_application_create", "webhook.tset"])
+async def test_a_delivery_log_filter_on_an_unknown_event_name_is_refused_not_an_empty_page(
+    account: Account, name: str
+) -> None:
+    # when the delivery log is filtered on a name no delivery can have (the enum's spelling, a typo)
+    body = await account.gql.raw(DELIVERIES, {"event": name})
+    # then the error says so, naming the field, instead of an empty log that looks like "nothing sent"
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert body["errors"][0]["extensions"]["field"] == "event"
+    assert "job_application_created" in body["errors"][0]["message"]
+    # and the wire names filter as before
+    for known in ("job_application_created", "webhook.test", "webhook.disabled"):
+        assert "errors" not in await account.gql.raw(DELIVERIES, {"event": known})
+
+
 @pytest.mark.parametrize("hex_id", ["0" * 24, "f" * 24])
 async def test_forged_cursors_are_refused_as_bad_input(account: Account, hex_id: str) -> None:
     import base64

@@ -13,7 +13,7 @@ from bson import ObjectId
 from webhooks import metrics
 from webhooks.coalesce import Coalescer
 from webhooks.errors import ErrorCode, UserErrors
-from webhooks.events import TEST_EVENT, EventName
+from webhooks.events import DELIVERED_NAMES, TEST_EVENT, EventName
 from webhooks.handoff import EventHandoff
 from webhooks.ids import parse_id
 from webhooks.lanes import Enqueue, Kind, LaneItem, Lanes
@@ -323,6 +323,13 @@ class DeliveryService:
         after: str | None,
     ) -> Page[Delivery]:
         oid = parse_id(webhook_id, "webhookId") if webhook_id is not None else None
+        if event is not None and event not in DELIVERED_NAMES:  # the enum's spelling, a typo: say so
+            raise UserErrors.one(
+                "event",
+                ErrorCode.INVALID,
+                f"event {event[:100]!r} is not an event name; use a wire name, such as "
+                f"job_application_created or {TEST_EVENT} (eventTypes lists them)",
+            )
         oldest = utcnow() - self._retention - timedelta(days=1)
         return await self._deliveries.page(
             who.account_id,
