@@ -473,3 +473,34 @@ async def test_the_limit_holds_across_two_worker_processes(
     # then the endpoint got every delivery, never more than 3 at once, and the limit was used
     assert len(receiver.received[path]) >= 24
     assert counter.peak == 3
+
+
+async def test_a_deleted_webhook_leaves_no_lane_state_once_its_attempts_are_over(
+    mongodb_url: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    # given a webhook whose endpoint hangs past the deadline, with attempts in flight, retried soon after
+    settings = make_settings(
+        mongodb_url,
+        tmp_path,
+        delivery_timeout=DEADLINE,
+        retry_schedule=(0.0, 0.5, 0.5),
+        webhook_max_in_flight=3,
+        breaker_open_after=3,
+    )
+    async with run_stack(settings) as stack:
+        account = await stack.account()
+        webhook_id, _ = await create_webhook(
+            account.gql, receiver.url(f"/dropped/{uuid.uuid4().hex[:6]}", sleep(DEADLINE * 4))
+        )
+        published = [await publish(account.gql) for _ in range(6)]
+        ids = [p["event"]["deliveries"][0]["id"] for p in published]
+        await breaker_becomes(account.gql, webhook_id, lambda s: s != "CLOSED")
+        # when it is deleted while an attempt is in flight (its retry is queued after the deletion)
+        deleted = (await account.gql.execute(DELETE, {"id": webhook_id}))["deleteWebhook"]
+        assert deleted["errors"] == []
+        # and every one of its deliveries has ended (failed: the webhook is gone)
+        for i in ids:
+            await wait_for_status(account.gql, i, "FAILED", timeout=30)
+        # then the lanes hold no in-flight limit of it any more (nothing would ever remove it later)
+        limits = await stack.core.redis.hgetall(f"{settings.queue_name}:limits")
+        assert webhook_id.encode() not in limits

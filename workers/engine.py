@@ -285,6 +285,7 @@ class DeliveryEngine:
         webhooks = await self._webhook_cache.get_many({ObjectId(c.item.webhook_id) for c in batch})
         now = utcnow()
         unsent: list[Unsent] = []
+        gone: set[str] = set()  # webhooks deleted: their lane state goes too
         answers: list[Planned | None] = []
         for c in batch:
             item = c.item
@@ -296,6 +297,8 @@ class DeliveryEngine:
                 continue
             webhook = webhooks.get(delivery.webhook_id)
             if webhook is None or event is None:  # webhook deleted, or event past its retention
+                if webhook is None:
+                    gone.add(item.webhook_id)
                 unsent.append(Unsent(delivery, DeliveryStatus.FAILED, stored=item.kind is Kind.STORED))
                 answers.append(None)
             elif not webhook.enabled and not delivery.test:  # recoverable after re-enabling
@@ -303,6 +306,7 @@ class DeliveryEngine:
                 answers.append(None)
             else:
                 answers.append(self._planned(c, delivery, webhook, event.body))
+        await self._forget(gone)
         if unsent:
             try:
                 written = await self._deliveries.record_unsent(unsent, now, self._retention)
@@ -322,6 +326,17 @@ class DeliveryEngine:
             await self._close_events([u.delivery for u in unsent if u.delivery.id in written])
             await self._advance([u.delivery for u in unsent])
         return answers
+
+    async def _forget(self, webhook_ids: set[str]) -> None:
+        """Drop the lane state (in-flight limit, breaker) of deleted webhooks. The deletion dropped it once,
+        but an attempt in flight then wrote it again (a retry's enqueue writes its limit, an unreachable
+        attempt its breaker): every later attempt of a deleted webhook comes here, so the last one leaves
+        nothing behind. Best effort: a breaker left expires within a day."""
+        for webhook_id in sorted(webhook_ids):
+            try:
+                await self._lanes.forget(webhook_id)
+            except Exception:
+                log.warning("could not drop the lane state of deleted webhook %s", webhook_id, exc_info=True)
 
     async def _read_ahead(self, webhook_ids: set[str], wanted: set[ObjectId]) -> set[ObjectId]:
         """The events of the first attempts waiting next in these webhooks' lanes that are not cached: read
