@@ -11,6 +11,8 @@ service does not enable) and then runs them like a query, which fails deep insid
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -28,6 +30,10 @@ from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ConnectionInitMessage as LegacyConnectionInitMessage,
+)
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
@@ -85,6 +91,37 @@ class NullPayloadTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
         if not isinstance(error, GraphQLSyntaxError):
             return None
         return error.message.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
+
+
+class LegacyTransportWS(BaseGraphQLWSHandler[Context, None]):
+    """Legacy graphql-ws (subscriptions-transport-ws), held to the rules graphql-transport-ws already keeps:
+
+    - ``connection_init`` must arrive within the view's ``connection_init_wait_timeout`` (else close 4408):
+      Strawberry's legacy handler waited for ever, so an unauthenticated socket stayed open as long as its
+      client liked.
+    """
+
+    _init_received = False
+    _init_timeout: asyncio.Task[None] | None = None
+
+    async def handle(self) -> None:
+        self._init_timeout = asyncio.create_task(self._close_without_init())
+        try:
+            await super().handle()
+        finally:
+            self._init_timeout.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._init_timeout
+
+    async def _close_without_init(self) -> None:
+        await asyncio.sleep(self.view.connection_init_wait_timeout.total_seconds())
+        if not self._init_received:
+            with contextlib.suppress(Exception):  # the client may be gone at this very moment
+                await self.websocket.close(code=4408, reason="Connection initialisation timeout")
+
+    async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
+        self._init_received = True
+        await super().handle_connection_init(message)
 
 
 # --- GraphQL over HTTP --------------------------------------------------------------------------
@@ -185,10 +222,12 @@ class GraphQLOverHTTP(GraphQL[Context, None]):
       400 with a JSON ``{"errors": [...]}`` body, like every transport error, never a 500.
     * ``Accept: application/graphql-response+json`` is honoured: a request error (parse, validation or
       variables) is a 400 without ``data``; with ``application/json`` it stays a 200.
-    * graphql-transport-ws ``connection_init`` may carry ``"payload": null``.
+    * graphql-transport-ws ``connection_init`` may carry ``"payload": null``; legacy graphql-ws gets the same
+      ``connection_init`` timeout (:class:`LegacyTransportWS`).
     """
 
     graphql_transport_ws_handler_class = NullPayloadTransportWS
+    graphql_ws_handler_class = LegacyTransportWS
 
     def decode_json(self, data: str | bytes) -> object:
         return decode_json(data)

@@ -396,6 +396,19 @@ async def test_connection_init_without_a_valid_api_key_is_closed_with_4403(api: 
     assert (await close_code_of(api.url, {"Authorization": "Basic abc"}))[0] == 4403
 
 
+async def test_a_legacy_graphql_ws_socket_without_connection_init_is_closed(api: Api) -> None:
+    # given a legacy graphql-ws socket that never sends connection_init
+    url = api.url.replace("http://", "ws://") + "/graphql"
+    async with websockets.connect(url, subprotocols=[Subprotocol(LEGACY_WS)], open_timeout=10) as ws:
+        # then the server closes it (as graphql-transport-ws does after 10 s), rather than holding an
+        # unauthenticated socket open for as long as the client likes
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(60):
+                while True:
+                    await ws.recv()
+        assert ws.close_code == 4408
+
+
 async def test_websocket_origins_and_subscription_limit(api: Api) -> None:
     account = await api.account()
     # a foreign browser origin is refused at the handshake; same-origin and no Origin are fine
