@@ -98,7 +98,10 @@ class LegacyTransportWS(BaseGraphQLWSHandler[Context, None]):
 
     - ``connection_init`` must arrive within the view's ``connection_init_wait_timeout`` (else close 4408):
       Strawberry's legacy handler waited for ever, so an unauthenticated socket stayed open as long as its
-      client liked.
+      client liked;
+    - one ``connection_init`` per socket (a second closes it with 4429). Strawberry's accepted any number, and
+      each replaced the credentials the socket's revocation check reads while the caller stayed the one the
+      first authenticated: a second init with any valid key kept a revoked key's live feed open for good.
     """
 
     _init_received = False
@@ -120,6 +123,9 @@ class LegacyTransportWS(BaseGraphQLWSHandler[Context, None]):
                 await self.websocket.close(code=4408, reason="Connection initialisation timeout")
 
     async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
+        if self._init_received:
+            await self.websocket.close(code=4429, reason="Too many initialisation requests")
+            return
         self._init_received = True
         await super().handle_connection_init(message)
 
@@ -223,7 +229,7 @@ class GraphQLOverHTTP(GraphQL[Context, None]):
     * ``Accept: application/graphql-response+json`` is honoured: a request error (parse, validation or
       variables) is a 400 without ``data``; with ``application/json`` it stays a 200.
     * graphql-transport-ws ``connection_init`` may carry ``"payload": null``; legacy graphql-ws gets the same
-      ``connection_init`` timeout (:class:`LegacyTransportWS`).
+      ``connection_init`` timeout and one-init rule (:class:`LegacyTransportWS`).
     """
 
     graphql_transport_ws_handler_class = NullPayloadTransportWS

@@ -246,3 +246,31 @@ async def test_revoking_an_api_key_closes_its_open_live_feed(core: Core, http: A
         # then the server closes the socket: the feed does not outlive the key
         ended = await closed_by_the_server(ws)
     assert (ended.code, ended.reason) == (4403, "The API key is no longer valid")
+
+
+async def test_a_second_connection_init_over_legacy_graphql_ws_does_not_keep_a_revoked_key_s_feed(
+    core: Core, http: Any, api_url: str, other_account: Account
+) -> None:
+    # given a legacy graphql-ws socket opened with an API key, with a live subscription of its account
+    holder = await new_account(core, http)
+    who = await core.api_keys.authenticate(holder.api_key)
+    assert who is not None
+    url = api_url.replace("http", "ws") + "/graphql"
+
+    def init(key: str) -> str:
+        return json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {key}"}})
+
+    async with websockets.connect(url, subprotocols=[websockets.Subprotocol("graphql-ws")]) as ws:
+        await ws.send(init(holder.api_key))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        query = "subscription { deliveryAttempts { id } }"
+        await ws.send(json.dumps({"id": "1", "type": "start", "payload": {"query": query}}))
+        # when the client sends connection_init again, with a valid key of another account
+        await ws.send(init(other_account.api_key))
+        # and the first key is revoked
+        assert await core.api_keys.revoke(who.account_id, who.key_id)
+        # then the socket the revoked key opened does not stay open: the second init kept nothing alive
+        with pytest.raises(websockets.ConnectionClosed):
+            async with asyncio.timeout(30):
+                while True:
+                    await ws.recv()
