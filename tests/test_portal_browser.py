@@ -861,3 +861,32 @@ async def test_the_portal_catches_up_and_stays_live_when_the_feed_was_interrupte
         later = (await publish(account.gql))["event"]["deliveries"][0]["id"]
         await expect(page.locator(f'[data-delivery="{later}"]')).to_contain_text("succeeded")
         assert await listed(page) == [later, *ids]
+
+
+DELETE_WEBHOOK = "mutation($id: ID!) { deleteWebhook(id: $id) { deletedId errors { code } } }"
+
+
+async def test_saving_an_edit_of_a_webhook_deleted_meanwhile_says_why_it_failed(
+    stack: Api, receiver: Receiver
+) -> None:
+    # given a webhook open in the portal's edit form
+    account = await stack.account()
+    webhook_id, _ = await create_webhook(account.gql, receiver.url("/gone"), name="Soon gone")
+    session = await portal_url(account)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        await page.goto(session["url"])
+        await page.get_by_role("button", name="Soon gone").click()
+        await page.get_by_role("button", name="Edit").click()
+        await expect(page.get_by_role("heading", name="Edit Soon gone", level=1)).to_be_focused()
+        # when the product's backend deletes it meanwhile, and the customer saves a new name
+        deleted = (await account.gql.execute(DELETE_WEBHOOK, {"id": webhook_id}))["deleteWebhook"]
+        assert deleted["errors"] == []
+        await page.get_by_label("Name").fill("Renamed")
+        await page.get_by_role("button", name="Save changes").click()
+        # then the form says why nothing was saved (the server's NOT_FOUND error), rather than nothing at all
+        await expect(page.get_by_role("alert")).to_contain_text(f"no webhook with id {webhook_id}")
+        await expect(page.get_by_role("heading", name="Edit Soon gone", level=1)).to_be_visible()
+        assert problems == []

@@ -225,12 +225,15 @@ function useLive(handler) {
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : '');
 const eventName = (value) => value.toLowerCase();
 
+// Errors by the form field that shows them; the rest (no field, or one the form has no input for, such as
+// the webhook's `id` when it was deleted meanwhile) are shown above the form, never dropped.
+const FORM_FIELDS = ['name', 'url', 'events'];
 function fieldErrors(errors) {
   const byField = {};
   const general = [];
   for (const error of errors || []) {
     const field = (error.field || '').split('.').pop();
-    if (field) (byField[field] = byField[field] || []).push(error.message);
+    if (FORM_FIELDS.includes(field)) (byField[field] = byField[field] || []).push(error.message);
     else general.push(error.message);
   }
   return { byField, general };
@@ -338,7 +341,7 @@ function WebhookForm({ eventTypes, initial, submitLabel, onSubmit, onCancel }) {
       const found = fieldErrors(result);
       setErrors(found);
       if (result && result.length) {
-        const first = ['name', 'url', 'events'].find((f) => found.byField[f]);
+        const first = FORM_FIELDS.find((f) => found.byField[f]);
         const target = first && formRef.current.querySelector(first === 'events' ? '#select-all' : `#webhook-${first}`);
         if (target) target.focus();
       }
