@@ -890,3 +890,39 @@ async def test_saving_an_edit_of_a_webhook_deleted_meanwhile_says_why_it_failed(
         await expect(page.get_by_role("alert")).to_contain_text(f"no webhook with id {webhook_id}")
         await expect(page.get_by_role("heading", name="Edit Soon gone", level=1)).to_be_visible()
         assert problems == []
+
+
+async def test_a_webhook_whose_endpoint_stopped_answering_shows_its_delivery_paused_live(
+    mongodb_url: str, tmp_path: Path
+) -> None:
+    # given a deployment whose breaker opens at the first unreachable attempt, and a webhook whose endpoint
+    # refuses connections, open in the portal while everything is still fine
+    settings = make_settings(
+        mongodb_url, tmp_path, breaker_open_after=1, retry_schedule=(0.0, 60.0), disable_after_failures=100
+    )
+    async with run_api(settings, worker=True) as api:
+        account = await api.account()
+        await create_webhook(account.gql, f"http://127.0.0.1:{free_port()}/down", name="Down endpoint")
+        session = await portal_url(account)
+        async with chromium() as browser:
+            page = await browser.new_page(viewport=DESKTOP)
+            await page.goto(session["url"])
+            await page.get_by_role("button", name="Down endpoint").click()
+            facts = page.locator("dl.meta")
+            await expect(facts).to_contain_text("Enabled")
+            await expect(page.get_by_test_id("live-status")).to_have_text(
+                "Live updates on", timeout=LIVE_TIMEOUT
+            )
+            await expect(facts).not_to_contain_text("Paused")
+            # when an event is published and its attempt cannot connect
+            published = await publish(account.gql)
+            await wait_for_attempt_count(account.gql, published["event"]["deliveries"][0]["id"], 1)
+            # then the page says, live, that delivery is paused and why, while the webhook stays enabled
+            await expect(facts).to_contain_text("Paused", timeout=LIVE_TIMEOUT)
+            await expect(facts).to_contain_text("refused the connection")
+            await expect(facts).to_contain_text("Enabled")
+            # and its pending delivery offers no Retry (it is being sent already)
+            row = page.locator(f"li[data-delivery='{published['event']['deliveries'][0]['id']}']")
+            await expect(row).to_contain_text("pending")
+            await expect(row.get_by_role("button", name="Retry")).to_have_count(0)
+            await check_accessibility(page, "portal-webhook-paused")

@@ -128,7 +128,8 @@ async function gqlRequest(query, variables = {}) {
 // is live only: what happened while disconnected is caught up from the queries.
 const ATTEMPT_FIELDS = `id deliveryId webhookId event number trigger startedAt durationMs statusCode
   responseBody error errorClass deliveryStatus nextAttemptAt`;
-const WEBHOOK_FIELDS = 'id name url events enabled disabledReason disabledAt createdAt updatedAt consecutiveFailures';
+const WEBHOOK_FIELDS = 'id name url events enabled disabledReason disabledAt createdAt updatedAt consecutiveFailures '
+  + 'breaker { state since unreachableStreak }';
 
 const live = {
   client: null,
@@ -247,6 +248,10 @@ function useFocusOnMount() {
   return ref;
 }
 
+// An enabled webhook whose circuit breaker is open (or probing): its attempts wait for the probe.
+const paused = (webhook) => webhook.enabled && webhook.breaker && webhook.breaker.state !== 'CLOSED';
+const streak = (n) => (n === 1 ? 'once' : `${n} times in a row`);
+
 function StatusBadge({ webhook }) {
   if (webhook.enabled) return html`<span class="badge ok">Enabled</span>`;
   return html`<span class="badge off">Disabled</span>`;
@@ -266,6 +271,11 @@ function WebhookFacts({ webhook }) {
       ${!webhook.enabled && webhook.disabledReason ? html` ${webhook.disabledReason}` : ''}
       ${!webhook.enabled && webhook.disabledAt ? html` <span class="muted">(since ${when(webhook.disabledAt)})</span>` : ''}
     </dd>
+    ${paused(webhook) ? html`<dt>Delivery</dt>
+    <dd><span class="badge held">Paused</span>${' '}
+      ${`Your endpoint timed out or refused the connection ${streak(webhook.breaker.unreachableStreak)}`}
+      ${webhook.breaker.since ? html` <span class="muted">(since ${when(webhook.breaker.since)})</span>` : ''}.
+      One attempt at a time checks it; the others wait and go out once it answers.</dd>` : ''}
     <dt>Failures in a row</dt><dd>${webhook.consecutiveFailures}</dd>
   </dl>`;
 }
@@ -546,7 +556,7 @@ function DeliveryRow({ delivery, onChanged, refreshKey }) {
       <span>${delivery.attemptCount} attempt${delivery.attemptCount === 1 ? '' : 's'}</span>
       <button type="button" aria-expanded=${open ? 'true' : 'false'} aria-controls=${panel}
         onClick=${() => setOpen(!open)}>${open ? 'Hide' : 'Details'}<span class="sr-only"> of ${delivery.event} delivery</span></button>
-      <button type="button" onClick=${retry}>Retry<span class="sr-only"> ${delivery.event} delivery</span></button>
+      ${delivery.status === 'PENDING' ? '' : html`<button type="button" onClick=${retry}>Retry<span class="sr-only"> ${delivery.event} delivery</span></button>`}
     </div>
     <p role="status" class="hint">${message}</p>
     <div id=${panel} hidden=${!open}>
