@@ -368,6 +368,24 @@ async def test_an_empty_egress_proxy_setting_keeps_the_connect_time_check(
     assert result.outcome is OutcomeClass.BLOCKED_DESTINATION
 
 
+@pytest.mark.parametrize("host", ["\uff3b127.0.0.1\uff3d", "\uff3b127.0.0.1"])
+async def test_a_loopback_literal_that_only_the_http_client_reads_as_one_is_blocked(
+    local_server: int, host: str
+) -> None:
+    # given a server listening on 127.0.0.1, and a URL whose host is written with fullwidth brackets: the
+    # standard URL parser reads it as a name, while aiohttp's URL parser (yarl) takes "［127.0.0.1］" for the
+    # bracketed address 127.0.0.1 and connects to it without asking any resolver
+    sender = Sender(timeout=5, allow_private=False)
+    try:
+        # when a delivery goes to it
+        result = await sender.send(f"http://{host}:{local_server}/", b"{}", {})
+    finally:
+        await sender.close()
+    # then the attempt ends without reaching the server: the address aiohttp would connect to was checked
+    assert result.status_code is None, result
+    assert result.outcome is OutcomeClass.BLOCKED_DESTINATION, result
+
+
 async def test_names_that_resolve_slowly_do_not_hold_up_other_names(
     local_server: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

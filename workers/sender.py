@@ -8,10 +8,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import yarl
+from aiohttp.helpers import is_ip_address
 
 from webhooks.outcomes import OutcomeClass, classify_status
 from webhooks.ssrf import (
@@ -86,13 +86,15 @@ class Sender:
         await self._session.close()
 
     async def _check_host(self, url: str) -> None:
-        """aiohttp skips the resolver for IP literals, so check those here (and every host when proxied)."""
+        """aiohttp skips the resolver for hosts that look like IP literals, so check those here (and every
+        host when proxied). The host is read as aiohttp reads it (yarl), not with ``urllib``: the two disagree
+        on some URLs (``https://［127.0.0.1］/`` is a name to ``urlsplit`` and 127.0.0.1 to yarl)."""
         if self._allow_private:
             return
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if self._proxy is not None or parse_host_ip(host) is not None:
-            await resolve_checked(host, parts.port or 443, self._resolver)
+        target = yarl.URL(url)
+        host = target.raw_host or ""
+        if self._proxy is not None or is_ip_address(host) or parse_host_ip(host) is not None:
+            await resolve_checked(host, target.port or 443, self._resolver)
 
     async def send(self, url: str, body: bytes, headers: dict[str, str]) -> SendResult:
         started = time.perf_counter()
