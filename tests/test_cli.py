@@ -273,3 +273,62 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str
         if marker in line:
             return "".join(lines)
     raise AssertionError("".join(lines) or f"no output; exit code {proc.poll()}")
+
+
+def _cli(settings: Settings, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "WEBHOOKS_MONGODB_URL": str(settings.mongodb_url),
+        "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "webhooks_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=60,
+    )
+
+
+async def _auth_code(http: httpx.AsyncClient, key: str) -> str | None:
+    """The error code ``{ webhooks }`` gets with ``key`` (None when it succeeds)."""
+    response = await http.post(
+        "/graphql",
+        json={"query": "{ webhooks { edges { node { id } } } }"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    errors = response.json().get("errors") or []
+    return errors[0]["extensions"]["code"] if errors else None
+
+
+async def test_an_operator_can_add_a_publish_only_key_and_revoke_a_leaked_one(
+    settings: Settings, http: httpx.AsyncClient
+) -> None:
+    # given an account made with `webhooks create-account`, whose key works against the running API
+    created = _cli(settings, "create-account", "Leaky Corp")
+    assert created.returncode == 0, created.stderr
+    account = json.loads(created.stdout)
+    leaked = account["apiKey"]
+    assert await _auth_code(http, leaked) is None
+    # when the operator adds a publish-only key for the account's backend
+    added = _cli(settings, "create-api-key", account["accountId"], "--scope", "events:publish")
+    assert added.returncode == 0, added.stderr
+    publish_only = json.loads(added.stdout)
+    assert publish_only["scopes"] == ["events:publish"]
+    # and revokes the first key (given on standard input, never on the command line)
+    revoked = _cli(settings, "revoke-api-key", stdin=leaked + "\n")
+    assert revoked.returncode == 0, revoked.stderr
+    assert leaked not in revoked.stdout + revoked.stderr
+    # then the API stops accepting the revoked key (within the authentication cache's lifetime) ...
+    deadline = time.monotonic() + 30
+    while await _auth_code(http, leaked) != "UNAUTHENTICATED":
+        assert time.monotonic() < deadline, "the revoked key is still accepted"
+        await asyncio.sleep(0.2)
+    # ... while the new key authenticates, with only its scope
+    assert await _auth_code(http, publish_only["apiKey"]) == "FORBIDDEN"
+    # and revoking it again, or an unknown account, is refused with a clear message
+    again = _cli(settings, "revoke-api-key", stdin=leaked + "\n")
+    assert again.returncode == 1 and "no active API key" in again.stderr
+    unknown = _cli(settings, "create-api-key", "0123456789abcdef01234567")
+    assert unknown.returncode == 1 and "no account" in unknown.stderr

@@ -1,4 +1,5 @@
-"""The ``webhooks`` command: dev, serve, worker, create-account, rotate-encryption-key, export-schema.
+"""The ``webhooks`` command: dev, serve, worker, create-account, create-api-key, revoke-api-key,
+rotate-encryption-key, export-schema.
 
 This package is the composition root: it sits above ``webhooks`` (the core), ``graphql_api`` and
 ``workers`` and is the only place that wires them together.
@@ -36,6 +37,57 @@ def cmd_create_account(args: argparse.Namespace) -> int:
         print("error: NAME must not be empty", file=sys.stderr)
         return 2
     print(json.dumps(asyncio.run(create_account(get_settings(), name))))
+    return 0
+
+
+async def create_api_key(settings: Settings, account: str, scopes: list[str]) -> dict[str, object] | None:
+    """A new key of an existing account with ``scopes`` (all when empty); None if there is no such account."""
+    from bson import ObjectId
+
+    from webhooks.core import open_store
+    from webhooks.models import Scope
+    from webhooks.repositories.accounts import AccountRepository, ApiKeyRepository
+
+    chosen = frozenset(Scope(s) for s in scopes) if scopes else frozenset(Scope)
+    async with open_store(settings) as cols:
+        account_id = ObjectId(account)
+        if not await AccountRepository(cols).exists(account_id):
+            return None
+        key = await ApiKeyRepository(cols).issue(account_id, chosen)
+    return {"accountId": account, "apiKey": key, "scopes": sorted(s.value for s in chosen)}
+
+
+def cmd_create_api_key(args: argparse.Namespace) -> int:
+    from bson import ObjectId
+
+    if not ObjectId.is_valid(args.account_id):
+        print("error: ACCOUNT_ID must be an account id (24 hex digits)", file=sys.stderr)
+        return 2
+    created = asyncio.run(create_api_key(get_settings(), args.account_id, args.scope or []))
+    if created is None:
+        print("error: there is no account with this id", file=sys.stderr)
+        return 1
+    print(json.dumps(created))
+    return 0
+
+
+async def revoke_api_key(settings: Settings, key: str) -> bool:
+    from webhooks.core import open_store
+    from webhooks.repositories.accounts import ApiKeyRepository
+
+    async with open_store(settings) as cols:
+        return await ApiKeyRepository(cols).revoke_by_key(key)
+
+
+def cmd_revoke_api_key(args: argparse.Namespace) -> int:
+    key = sys.stdin.readline().strip()  # read from stdin: never on the command line (shell history, ps)
+    if not key:
+        print("error: give the API key to revoke on standard input", file=sys.stderr)
+        return 2
+    if not asyncio.run(revoke_api_key(get_settings(), key)):
+        print("error: no active API key matches", file=sys.stderr)
+        return 1
+    print("revoked the API key")
     return 0
 
 
@@ -138,6 +190,29 @@ def build_parser() -> argparse.ArgumentParser:
     account = sub.add_parser("create-account", help="create an account and print its first API key as JSON")
     account.add_argument("name")
     account.set_defaults(run=cmd_create_account)
+
+    from webhooks.models import Scope
+
+    api_key = sub.add_parser(
+        "create-api-key",
+        help="create another API key of an account and print it as JSON (e.g. a publish-only key)",
+    )
+    api_key.add_argument("account_id", metavar="ACCOUNT_ID")
+    api_key.add_argument(
+        "--scope",
+        action="append",
+        choices=[s.value for s in Scope],
+        help="a scope of the key (repeat for several; default: all)",
+    )
+    api_key.set_defaults(run=cmd_create_api_key)
+
+    revoke = sub.add_parser(
+        "revoke-api-key",
+        help="revoke the API key read from standard input (e.g. a leaked one)",
+        description="Reads the key from standard input, so that it stays out of shell history and process "
+        "lists. API processes stop accepting it within WEBHOOKS_AUTH_CACHE_TTL seconds.",
+    )
+    revoke.set_defaults(run=cmd_revoke_api_key)
 
     rotate = sub.add_parser(
         "rotate-encryption-key",

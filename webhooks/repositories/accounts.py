@@ -20,6 +20,9 @@ class AccountRepository:
         result = await self._cols.accounts.insert_one({"name": name, "created_at": utcnow()})
         return ObjectId(result.inserted_id)
 
+    async def exists(self, account_id: ObjectId) -> bool:
+        return await self._cols.accounts.find_one({"_id": account_id}, {"_id": 1}) is not None
+
 
 class ApiKeyRepository:
     def __init__(self, cols: Collections) -> None:
@@ -80,6 +83,13 @@ class ApiKeyRepository:
         result = await self._cols.api_keys.update_one(
             {"_id": session_id, "account_id": account_id, "kind": PORTAL_SESSION, "revoked_at": None},
             {"$set": {"revoked_at": utcnow()}},
+        )
+        return result.modified_count == 1
+
+    async def revoke_by_key(self, key: str) -> bool:
+        """Revoke the API key (or portal session) whose value is ``key``; False if none is active."""
+        result = await self._cols.api_keys.update_one(
+            {"key_hash": hash_api_key(key), "revoked_at": None}, {"$set": {"revoked_at": utcnow()}}
         )
         return result.modified_count == 1
 
