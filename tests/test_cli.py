@@ -280,6 +280,8 @@ def _cli(settings: Settings, *args: str, stdin: str | None = None) -> subprocess
         **os.environ,
         "WEBHOOKS_MONGODB_URL": str(settings.mongodb_url),
         "WEBHOOKS_MONGODB_DATABASE": settings.mongodb_database,
+        "WEBHOOKS_REDIS_URL": str(settings.redis_url),  # a revocation is published to the API processes
+        "WEBHOOKS_QUEUE_NAME": settings.queue_name,
     }
     return subprocess.run(
         [sys.executable, "-m", "webhooks_cli", *args],

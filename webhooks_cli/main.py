@@ -72,11 +72,13 @@ def cmd_create_api_key(args: argparse.Namespace) -> int:
 
 
 async def revoke_api_key(settings: Settings, key: str) -> bool:
-    from webhooks.core import open_store
-    from webhooks.repositories.accounts import ApiKeyRepository
+    """Revoke the active key ``key``; every API process drops it at once (the revocation is published to
+    them as the API's own revocations are), or within ``WEBHOOKS_AUTH_CACHE_TTL`` if that message is lost."""
+    from webhooks.core import open_core
 
-    async with open_store(settings) as cols:
-        return await ApiKeyRepository(cols).revoke_by_key(key)
+    async with open_core(settings) as core:
+        principal = await core.api_keys.authenticate(key)
+        return principal is not None and await core.api_keys.revoke(principal.account_id, principal.key_id)
 
 
 def cmd_revoke_api_key(args: argparse.Namespace) -> int:
@@ -210,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "revoke-api-key",
         help="revoke the API key read from standard input (e.g. a leaked one)",
         description="Reads the key from standard input, so that it stays out of shell history and process "
-        "lists. API processes stop accepting it within WEBHOOKS_AUTH_CACHE_TTL seconds.",
+        "lists. Every API process stops accepting it at once (through Redis), or within "
+        "WEBHOOKS_AUTH_CACHE_TTL seconds if that message is lost.",
     )
     revoke.set_defaults(run=cmd_revoke_api_key)
 

@@ -86,13 +86,6 @@ class ApiKeyRepository:
         )
         return result.modified_count == 1
 
-    async def revoke_by_key(self, key: str) -> bool:
-        """Revoke the API key (or portal session) whose value is ``key``; False if none is active."""
-        result = await self._cols.api_keys.update_one(
-            {"key_hash": hash_api_key(key), "revoked_at": None}, {"$set": {"revoked_at": utcnow()}}
-        )
-        return result.modified_count == 1
-
     async def revoke(self, account_id: ObjectId, key_id: ObjectId) -> bool:
         result = await self._cols.api_keys.update_one(
             {"_id": key_id, "account_id": account_id, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}}
