@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings
-from tests.delivery_support import PUBLISH, publish_input, wait_for_status
+from tests.delivery_support import PUBLISH, audit_log, publish_input, wait_for_status
 from tests.receiver import Receiver
 from tests.support import Account, GraphQLClient, Stack, run_stack
 from webhooks.crypto import SecretBox
@@ -115,6 +115,35 @@ async def test_a_publish_creates_deliveries_only_for_webhooks_whose_filter_match
     assert len(receiver.received[combined]) == 1
     sales_log = await account.gql.execute(DELIVERIES, {"id": sal["webhook"]["id"]})
     assert len(sales_log["deliveries"]["edges"]) == 1
+
+
+async def test_a_filter_on_a_log_id_written_in_capitals_matches_the_events_published_with_it(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a webhook filtered on a resourceId written in capitals, as the publisher also writes it
+    account = await stack.account()
+    resource = "507F1F77BCF86CD799439AB1"
+    hook = await create(
+        account.gql,
+        receiver.url(path()),
+        filter={
+            "any": [{"path": "log.resourceId", "eq": resource}, {"path": "log.userId", "in": [resource]}]
+        },
+    )
+    assert hook["errors"] == []
+    # when an event about that resource is published (its ids are sent in lower case: publishEvent
+    # normalises them)
+    log = audit_log(resourceId=resource)
+    published = (await account.gql.execute(PUBLISH, {"input": publish_input(log=log)}))["publishEvent"]
+    # then the webhook gets a delivery, and its filter is shown with the ids as they are sent
+    assert published["errors"] == []
+    assert [d["webhookId"] for d in published["event"]["deliveries"]] == [hook["webhook"]["id"]]
+    assert hook["webhook"]["filter"] == {
+        "any": [
+            {"path": "log.resourceId", "eq": resource.lower()},
+            {"path": "log.userId", "in": [resource.lower()]},
+        ]
+    }
 
 
 async def test_a_filter_can_be_replaced_kept_or_cleared(stack: Stack, receiver: Receiver) -> None:

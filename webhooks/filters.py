@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar, cast
 import orjson
 
 from webhooks.errors import ErrorCode, UserError, UserErrors
+from webhooks.ids import is_object_id
 from webhooks.payloads import JsonValue, dumps_js, normalize_json
 from webhooks.validation import surrogate_problem
 
@@ -44,6 +45,8 @@ MAX_VALUE_DEPTH = 5
 """How deeply an ``eq``/``in`` value may nest."""
 
 LOG_FIELDS = ("action", "resourceType", "resourceId", "userId", "userName", "userEmail", "timestamp")
+ID_PATHS = ("log.resourceId", "log.userId")
+"""Ids that publishEvent sends in lower case, whatever case the publisher wrote them in."""
 ROOTS = ("log", "details")
 OPERATORS = ("eq", "in", "exists")
 COMBINATORS = ("all", "any")
@@ -125,6 +128,8 @@ class _Walker:
         operand = self.operand(str(op), value[op], f"{field}.{op}")
         if path is None or operand is _MISSING:
             return None
+        if path in ID_PATHS:
+            operand = _as_sent_id(operand)
         return {"path": path, str(op): cast(JsonValue, operand)}
 
     def path(self, raw: object, field: str) -> str | None:
@@ -183,6 +188,14 @@ class _Walker:
                 )
                 return _MISSING
         return value
+
+
+def _as_sent_id(operand: object) -> object:
+    """An ``eq``/``in`` operand of an id path with its ids in lower case, as events carry them: an id the
+    publisher writes in capitals would otherwise never match its own events."""
+    if isinstance(operand, list):
+        return [_as_sent_id(item) for item in operand]
+    return operand.lower() if is_object_id(operand) else operand
 
 
 def validate_filter(raw: object, field: str = "filter") -> JsonValue:
