@@ -118,8 +118,8 @@ class Subscription:
 
     @strawberry.subscription(
         description="The webhook, as stored now, each time it is disabled (automatically after "
-        "consecutive failed deliveries, or by a user) or re-enabled, when it starts failing (webhook.failing), "
-        "and when its circuit breaker opens or closes."
+        "consecutive failed deliveries, or by a user) or re-enabled, when it starts failing "
+        "(webhook.failing), and when its circuit breaker opens or closes."
     )
     async def webhook_status_changed(
         self, info: Info, webhook_id: strawberry.ID | None = None

@@ -126,10 +126,16 @@ REFUSED_AS_FORBIDDEN = [
     ("https://10.0.0.1:8443/hook", "private"),
     ("https://192.168.1.1/", "private"),
     ("https://100.64.0.1/", "CGNAT"),
-    ("https://metadata.google.internal/computeMetadata/v1/", "169.254.169.254"),
-    ("https://intranet.example.com/", "10.1.2.3"),
-    ("https://dual.example.com/", "fd00::1"),  # one bad address is enough
+    # names: the reason, never the address (customers must not learn what internal names resolve to)
+    ("https://metadata.google.internal/computeMetadata/v1/", "cloud metadata address"),
+    ("https://intranet.example.com/", "private address"),
+    ("https://dual.example.com/", "unique local (private) address"),  # one bad address is enough
 ]
+RESOLVED = {
+    "metadata.google.internal": "169.254.169.254",
+    "intranet.example.com": "10.1.2.3",
+    "dual": "fd00::1",
+}
 
 
 @pytest.mark.parametrize(("url", "mentioned"), REFUSED_AS_FORBIDDEN)
@@ -142,6 +148,7 @@ async def test_non_public_destinations_are_refused_at_creation(
     assert (error["field"], error["code"]) == ("url", "FORBIDDEN_DESTINATION")
     assert "forbidden webhook destination" in error["message"]
     assert mentioned in error["message"]
+    assert not any(name in url and address in error["message"] for name, address in RESOLVED.items())
     assert await raw_collections(stack.core).webhooks.count_documents({"account_id": ObjectId(acct.id)}) == 0
 
 
@@ -261,7 +268,8 @@ async def test_dns_rebinding_to_a_private_address_is_blocked_at_send_time(
     [attempt] = delivery["attempts"]
     assert delivery["status"] == "FAILED"
     assert attempt["errorClass"] == "blocked_destination"
-    assert "127.0.0.1" in attempt["error"] and "forbidden webhook destination" in attempt["error"]
+    assert "loopback address" in attempt["error"] and "forbidden webhook destination" in attempt["error"]
+    assert "127.0.0.1" not in attempt["error"]  # the log does not tell what a name resolves to
     assert attempt["statusCode"] is None and attempt["responseBody"] is None
     assert not attempt["responseHeaders"]
 
@@ -321,4 +329,5 @@ async def test_with_an_egress_proxy_destinations_are_still_checked_before_sendin
     finally:
         await sender.close()
     assert result.outcome is OutcomeClass.BLOCKED_DESTINATION
-    assert "10.0.0.7" in (result.error or "")
+    assert "forbidden webhook destination" in (result.error or "")
+    assert "10.0.0.7" not in (result.error or "")  # what internal names resolve to is not told

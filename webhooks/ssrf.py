@@ -271,8 +271,8 @@ class BlockedDestination(OSError):
     """
 
     def __init__(self, host: str, address: IPAddress, reason: str, *, resolved: bool) -> None:
-        if resolved:
-            message = f"host {host} resolves to {address}, a forbidden webhook destination: {reason}"
+        if resolved:  # which address is not said: customers must not learn what internal names resolve to
+            message = f"host {host} resolves to a forbidden webhook destination: {reason}"
         elif host.strip("[]") == str(address):
             message = f"host {host} is a forbidden webhook destination: {reason}"
         else:
