@@ -642,10 +642,10 @@ class DeliveryEngine:
             return
         if count == added:  # a streak starts: no cache may go on saying it has no failures
             await self._webhook_cache.changed(webhook_id, webhook.account_id)
-        level = operational.failing_warning_due(count - added, count, threshold)
-        if level is not None:
-            log.warning("webhook %s has %d consecutive failed deliveries", webhook_id, level)
-            body = operational.webhook_failing_body(webhook.id, webhook.name, level, threshold, now=utcnow())
+        # a batch may cross a warning level by more than one: the notice tells the count, not the level
+        if operational.failing_warning_due(count - added, count, threshold) is not None:
+            log.warning("webhook %s has %d consecutive failed deliveries", webhook_id, count)
+            body = operational.webhook_failing_body(webhook.id, webhook.name, count, threshold, now=utcnow())
             await self._emit(webhook, EventName.WEBHOOK_FAILING, body)
             try:
                 await self._publisher.webhook_status(webhook)
