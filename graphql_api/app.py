@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from graphql_api.after_response import AfterResponse
@@ -33,7 +34,7 @@ from graphql_api.transport import GraphQLOverHTTP
 from webhooks import heap, metrics
 from webhooks.core import Core, open_core
 from webhooks.redis_conn import RedisTarget
-from webhooks.settings import Settings, get_settings
+from webhooks.settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,12 @@ def middleware(settings: Settings) -> list[Middleware]:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
+    """The app; a bad API setting raises :class:`SettingsError` here, before anything starts."""
     settings = settings or get_settings()
+    try:
+        normalize_allowed_origins(settings.allowed_origins)
+    except ValueError as exc:
+        raise SettingsError(f"WEBHOOKS_ALLOWED_ORIGINS: {exc}") from None
     view = GraphQLView(settings)
 
     @contextlib.asynccontextmanager

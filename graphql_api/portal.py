@@ -37,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
 from graphql_api import graphiql
-from webhooks.settings import Settings
+from webhooks.settings import Settings, SettingsError
 from webhooks.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -68,15 +68,17 @@ def frame_ancestors(value: str) -> str:
     """Validate ``WEBHOOKS_PORTAL_FRAME_ANCESTORS`` (space-separated CSP sources) and return it normalized."""
     sources = value.split()
     if not sources:
-        raise ValueError("WEBHOOKS_PORTAL_FRAME_ANCESTORS must not be empty (use 'none' to forbid embedding)")
+        raise SettingsError(
+            "WEBHOOKS_PORTAL_FRAME_ANCESTORS must not be empty (use 'none' to forbid embedding)"
+        )
     bad = [s for s in sources if not _SOURCE_RE.match(s)]
     if bad:
-        raise ValueError(
+        raise SettingsError(
             "WEBHOOKS_PORTAL_FRAME_ANCESTORS must be space-separated CSP sources such as "
             f"'self' https://app.example.com; not valid: {' '.join(bad)}"
         )
     if "'none'" in sources and len(sources) > 1:
-        raise ValueError("WEBHOOKS_PORTAL_FRAME_ANCESTORS: 'none' cannot be combined with other sources")
+        raise SettingsError("WEBHOOKS_PORTAL_FRAME_ANCESTORS: 'none' cannot be combined with other sources")
     return " ".join(sources)
 
 

@@ -23,10 +23,10 @@ from arq.connections import RedisSettings
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
-from webhooks.settings import Settings
+from webhooks.settings import Settings, SettingsError
 
 
-class RedisConfigError(ValueError):
+class RedisConfigError(SettingsError):
     """The Redis settings are incomplete or malformed (the message names the variable)."""
 
 

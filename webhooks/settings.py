@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import binascii
+import math
+from base64 import urlsafe_b64decode
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RETRY_SCHEDULE = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or out of range; the message names its variable, in one line, and
+    never quotes a value that may be secret. The ``webhooks`` command prints it and exits non-zero."""
+
+    @classmethod
+    def of(cls, exc: ValidationError) -> SettingsError:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            message = error["msg"].removeprefix("Value error, ")
+            loc = error["loc"]
+            problems.append(f"WEBHOOKS_{str(loc[0]).upper()}: {message}" if loc else message)
+        return cls("; ".join(problems))
 
 
 def _split_csv(value: object) -> object:
@@ -19,7 +37,8 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WEBHOOKS_", extra="ignore")
+    # No setting is infinite or NaN: every number is a count, a size or seconds.
+    model_config = SettingsConfigDict(env_prefix="WEBHOOKS_", extra="ignore", allow_inf_nan=False)
 
     # Connections. Both unset: `webhooks dev` starts the embedded default.
     mongodb_url: str | None = None
@@ -60,7 +79,7 @@ class Settings(BaseSettings):
     worker_max_in_flight: int = Field(default=500, ge=1)
     breaker_open_after: int = Field(default=5, ge=1)
     user_agent: str = "HatchBeacon-Webhooks/1.0"
-    queue_name: str = "webhooks:deliveries"
+    queue_name: str = Field(default="webhooks:deliveries", min_length=1)
     # Seconds a new event is also kept in Redis for the worker's first attempts (webhooks.handoff); 0: off.
     event_handoff_ttl: float = Field(default=120.0, ge=0)
 
@@ -117,16 +136,72 @@ class Settings(BaseSettings):
                 delays = tuple(float(v) for v in value)
             except (TypeError, ValueError) as exc:
                 raise ValueError("retry schedule must be comma-separated seconds, e.g. 0,1,2,4,8,16") from exc
-            if not delays or any(d < 0 for d in delays):
-                raise ValueError("retry schedule needs at least one delay and no negative delays")
+            if not delays or any(d < 0 or not math.isfinite(d) for d in delays):
+                raise ValueError("retry schedule needs at least one delay, each finite seconds ≥ 0")
             return delays
         return value
 
-    @field_validator("egress_proxy", mode="before")
+    @field_validator("egress_proxy", "mongodb_url", "redis_url", "public_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        """An empty variable (common in templated deployments) means no proxy, not an empty one."""
+        """An empty variable (common in templated deployments) means unset, not an empty URL."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("mongodb_database")
+    @classmethod
+    def _database_name(cls, value: str) -> str:
+        if not 0 < len(value) < 64 or any(c in value for c in '/\\. "$\x00'):
+            raise ValueError('must be 1 to 63 characters, none of them / \\ . " $ or a space')
+        return value
+
+    @field_validator("user_agent")
+    @classmethod
+    def _header_value(cls, value: str) -> str:
+        if not value or not all(" " <= c <= "~" for c in value):
+            raise ValueError("must be printable ASCII (it is sent as a header)")
+        return value
+
+    @field_validator("mongodb_url")
+    @classmethod
+    def _mongodb_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must be a mongodb:// or mongodb+srv:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(value, ("redis", "rediss", "unix"), "a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("egress_proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(value, ("http", "https"), "an http:// or https:// proxy URL")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(
+                value, ("http", "https"), "an http:// or https:// base URL, e.g. https://webhooks.example.com"
+            )
+        return value
+
+    @field_validator("secret_keys")
+    @classmethod
+    def _fernet_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for number, key in enumerate(value, 1):
+            try:
+                ok = len(urlsafe_b64decode(key.encode("ascii"))) == 32
+            except (UnicodeEncodeError, binascii.Error, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"key {number} is not a Fernet key (32 url-safe base64-encoded bytes)")
+        return value
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod
@@ -142,6 +217,21 @@ class Settings(BaseSettings):
         return tuple(value) if isinstance(value, list) else value
 
 
+def _check_url(value: str, schemes: tuple[str, ...], what: str) -> None:
+    """Raise (without quoting the URL: it may hold a password) unless it has one of ``schemes`` and a host."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"must be {what} (it does not parse)") from None
+    if parts.scheme not in schemes or (parts.scheme != "unix" and not parts.hostname):
+        raise ValueError(f"must be {what}")
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The environment's settings; a bad value raises :class:`SettingsError` naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError.of(exc) from None

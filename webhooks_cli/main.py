@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from webhooks.settings import Settings, get_settings
+from webhooks.settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger("webhooks")
 
@@ -130,6 +130,24 @@ def cmd_rotate_encryption_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_stores(settings: Settings, *, mongodb: bool = True) -> None:
+    """Raise :class:`SettingsError` for store settings that are otherwise checked only once a connection
+    opens, inside the API's lifespan or the worker's start-up, where they would end in a traceback."""
+    from webhooks.redis_conn import RedisTarget
+
+    if mongodb and not settings.mongodb_url:
+        raise SettingsError(
+            "WEBHOOKS_MONGODB_URL is not set: use `webhooks dev` for the embedded default, "
+            "or point it at a MongoDB server"
+        )
+    try:
+        RedisTarget.of(settings).arq_settings()
+    except SettingsError:
+        raise
+    except ValueError as exc:
+        raise SettingsError(f"WEBHOOKS_REDIS_URL: {exc}") from None
+
+
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's options for the API (``webhooks serve``; the benchmark's server uses them too)."""
     return {
@@ -148,21 +166,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from graphql_api.app import create_app
 
     settings = get_settings()
+    check_stores(settings)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, **server_options(settings))
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    check_stores(settings, mongodb=not args.check)
     if args.check:
         from workers.health import check
 
-        healthy, message = asyncio.run(check(get_settings()))
+        healthy, message = asyncio.run(check(settings))
         print(message, file=sys.stdout if healthy else sys.stderr)
         return 0 if healthy else 1
 
     from workers.worker import run_worker
 
-    run_worker(get_settings())
+    run_worker(settings)
     return 0
 
 
@@ -241,12 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     from webhooks.logging_setup import configure_logging
 
     args = build_parser().parse_args(argv)
-    configure_logging(
-        json_lines=False if args.command in ("dev", "create-account", "export-schema") else None
-    )
     try:
+        configure_logging(
+            json_lines=False if args.command in ("dev", "create-account", "export-schema") else None
+        )
         return int(args.run(args))
-    except RuntimeError as exc:
+    except (RuntimeError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,75 @@
+"""A bad WEBHOOKS_* value stops every command with one line naming the variable: real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from webhooks_cli.embedded import free_port
+
+COMMANDS = {
+    "export-schema": ["export-schema"],
+    "create-account": ["create-account", "Acme"],
+    "serve": ["serve", "--port", "{port}"],
+    "worker": ["worker"],
+    "worker --check": ["worker", "--check"],
+}
+
+# (command, variable, bad value): wrong types, out of range, not finite, empty, malformed URLs and keys.
+CASES = [
+    ("export-schema", "WEBHOOKS_DELIVERY_TIMEOUT", "ten"),
+    ("create-account", "WEBHOOKS_MAX_TOKENS", "5"),
+    ("serve", "WEBHOOKS_LOG_LEVEL", "verbose"),
+    ("worker", "WEBHOOKS_ALLOW_HTTP", "maybe"),
+    ("worker", "WEBHOOKS_RETRY_SCHEDULE", "0,1,nan"),
+    ("worker", "WEBHOOKS_DELIVERY_TIMEOUT", "inf"),
+    ("serve", "WEBHOOKS_EVENT_HANDOFF_TTL", "inf"),
+    ("serve", "WEBHOOKS_REDIS_URL", "not-a-url"),
+    ("serve", "WEBHOOKS_REDIS_URL", ""),
+    ("worker --check", "WEBHOOKS_REDIS_URL", "not-a-url"),
+    ("serve", "WEBHOOKS_MONGODB_URL", "http://127.0.0.1:27017/"),
+    ("create-account", "WEBHOOKS_MONGODB_DATABASE", ""),
+    ("worker", "WEBHOOKS_SECRET_KEYS", "not-a-fernet-key"),
+    ("serve", "WEBHOOKS_SECRET_KEYS", "not-a-fernet-key"),
+    ("serve", "WEBHOOKS_REDIS_SENTINELS", "sentinel-0:26379"),
+    ("worker", "WEBHOOKS_EGRESS_PROXY", "not a url"),
+    ("serve", "WEBHOOKS_PORTAL_FRAME_ANCESTORS", "javascript:x"),
+    ("serve", "WEBHOOKS_ALLOWED_ORIGINS", "app.example.com"),
+    ("serve", "WEBHOOKS_PUBLIC_URL", "webhooks.example.com"),
+]
+
+
+@pytest.mark.parametrize(("command", "variable", "value"), CASES, ids=[f"{c}-{v}={x}" for c, v, x in CASES])
+def test_a_bad_setting_stops_the_command_with_one_line_naming_it(
+    command: str, variable: str, value: str, mongodb_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    # given working stores, and one setting with a bad value
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
+    env |= {
+        "WEBHOOKS_MONGODB_URL": mongodb_url,
+        "WEBHOOKS_REDIS_URL": redis_url,
+        "WEBHOOKS_DATA_DIR": str(tmp_path),
+        "WEBHOOKS_QUEUE_NAME": f"settings-errors:{tmp_path.name}",
+        variable: value,
+    }
+    args = [a.format(port=free_port()) for a in COMMANDS[command]]
+    # when the command starts
+    result = subprocess.run(
+        [sys.executable, "-m", "webhooks_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    # then it exits non-zero before doing anything, with one line on stderr that names the variable,
+    # no traceback, and never a key's value
+    assert result.returncode != 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert variable in lines[0], lines[0]
+    if variable == "WEBHOOKS_SECRET_KEYS":
+        assert value not in result.stderr
