@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,47 @@ def test_a_bad_setting_stops_the_command_with_one_line_naming_it(
     assert variable in lines[0], lines[0]
     if variable == "WEBHOOKS_SECRET_KEYS":
         assert value not in result.stderr
+
+
+def test_a_worker_whose_metrics_port_is_taken_stops_with_one_line_naming_it(
+    mongodb_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    # given working stores, and WEBHOOKS_WORKER_METRICS_PORT on a port another process listens on
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
+        env |= {
+            "WEBHOOKS_MONGODB_URL": mongodb_url,
+            "WEBHOOKS_REDIS_URL": redis_url,
+            "WEBHOOKS_DATA_DIR": str(tmp_path),
+            "WEBHOOKS_QUEUE_NAME": f"settings-errors:{tmp_path.name}",
+            "WEBHOOKS_LOG_FORMAT": "text",
+            "WEBHOOKS_WORKER_METRICS_PORT": str(port),
+        }
+        # when a worker starts
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "webhooks_cli", "worker"],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        try:
+            assert proc.stderr is not None
+            lines = []
+            for line in proc.stderr:  # until it exits, or says it started (then it runs without its metrics)
+                lines.append(line.rstrip("\n"))
+                if "worker started" in line:
+                    break
+            started = any("worker started" in line for line in lines)
+            returncode = None if started else proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+    # then it does not start: it exits non-zero with one line naming the setting, not as a lost Redis
+    assert returncode not in (None, 0), "\n".join(lines)
+    assert lines == [lines[-1]] and lines[-1].startswith("error: "), "\n".join(lines)
+    assert "WEBHOOKS_WORKER_METRICS_PORT" in lines[-1]

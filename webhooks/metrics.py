@@ -267,17 +267,17 @@ _served: set[int] = set()
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Expose this process's metrics on ``port`` (the worker's optional metrics endpoint), once per process:
-    a worker that starts again after losing Redis keeps the server it had (a second one cannot bind)."""
+    """Expose this process's metrics on ``port`` (the worker's optional metrics endpoint), once per process
+    (a second server could not bind). ``OSError`` when the port cannot be bound (another process has it)."""
     if port in _served:
         return
-    _served.add(port)
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         start_http_server(port, addr=addr, registry=registry)
     else:
         start_http_server(port, addr=addr)
+    _served.add(port)
 
 
 def process_exited(pid: int) -> None:

@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from webhooks import heap, metrics
 from webhooks.core import Core, open_core
 from webhooks.queue import SWEEP_JOB, redis_settings
-from webhooks.settings import Settings
+from webhooks.settings import Settings, SettingsError
 from workers.dispatcher import Dispatcher
 from workers.engine import DeliveryEngine
 from workers.health import heartbeat_loop
@@ -110,9 +110,6 @@ def build_worker(settings: Settings, *, sweeper: bool = True, handle_signals: bo
         ctx["dispatcher"] = dispatcher
         ctx["dispatch_task"] = asyncio.create_task(dispatcher.run())
         ctx["heartbeat"] = asyncio.create_task(heartbeat_loop(ctx["redis"], settings))
-        if settings.worker_metrics_port:
-            metrics.serve(settings.worker_metrics_port)
-            log.info("worker metrics on port %d", settings.worker_metrics_port)
         heap.settle()
         log.info("worker started")
 
@@ -180,6 +177,15 @@ def run_worker(settings: Settings) -> None:
     arq's poll loop ends on a Redis connection error; the lanes, slots and sweeper rebuild everything from
     MongoDB, so a fresh worker in the same process is the whole recovery.
     """
+    if settings.worker_metrics_port:  # the process's, kept across restarts; taken: stop, naming the setting
+        try:
+            metrics.serve(settings.worker_metrics_port)
+        except OSError as exc:
+            raise SettingsError(
+                f"WEBHOOKS_WORKER_METRICS_PORT: cannot serve metrics on port {settings.worker_metrics_port} "
+                f"({exc.strerror or exc})"
+            ) from None
+        log.info("worker metrics on port %d", settings.worker_metrics_port)
     wait = RESTART_FIRST_WAIT
     while True:
         started = time.monotonic()
