@@ -71,12 +71,16 @@ class OperationObservability(SchemaExtension):
 
     def on_operation(self) -> Iterator[None]:
         started = time.perf_counter()
+        refused = False
         try:
             yield
+        except Exception:  # refused before it ran, e.g. an operationName its document lacks
+            refused = True
+            raise
         finally:
-            self._report(time.perf_counter() - started)
+            self._report(time.perf_counter() - started, refused)
 
-    def _report(self, seconds: float) -> None:
+    def _report(self, seconds: float, refused: bool = False) -> None:
         ctx = self.execution_context
         try:
             kind = ctx.operation_type.value
@@ -88,7 +92,7 @@ class OperationObservability(SchemaExtension):
             name = None
         result = ctx.result
         errors = list(ctx.pre_execution_errors or []) + list(getattr(result, "errors", None) or [])
-        outcome = "error" if errors else "ok"
+        outcome = "error" if errors or refused else "ok"
         shown = _loggable_name(name)
         metrics.graphql_operation(name, kind, outcome, seconds)
         fields: dict[str, object] = {
@@ -99,12 +103,12 @@ class OperationObservability(SchemaExtension):
             "account_id": _account_id(ctx.context),
             "request_id": _request_id(ctx.context),
         }
-        if errors:
-            codes = sorted({str((e.extensions or {}).get("code", "ERROR")) for e in errors})
+        if errors or refused:
+            codes = sorted({str((e.extensions or {}).get("code", "ERROR")) for e in errors}) or ["ERROR"]
             fields["error_codes"] = codes
         # one line per operation; a client's mistake is a warning, never its query, variables or values
         log.log(
-            logging.WARNING if errors else logging.INFO,
+            logging.WARNING if outcome == "error" else logging.INFO,
             "graphql %s %s %s in %.1f ms",
             kind,
             shown,

@@ -289,6 +289,27 @@ async def test_a_scrape_shows_the_api_processs_garbage_collector_pauses(
         assert await full_passes() >= before + 1
 
 
+async def test_a_request_naming_an_operation_its_document_lacks_counts_as_an_error(
+    http: httpx.AsyncClient,
+) -> None:
+    # given the API, and a client that names an operation its document does not have
+    def counted(text: str, outcome: str) -> float:
+        return sample(
+            text, "webhooks_graphql_operations_total", operation="NotInTheDocument", outcome=outcome
+        )
+
+    before = (await http.get("/metrics")).text
+    # when it sends the request
+    answer = await http.post(
+        "/graphql", json={"query": "{ eventTypes { name } }", "operationName": "NotInTheDocument"}
+    )
+    # then it is refused, and the operation metrics count an error, not a success
+    assert answer.json()["errors"], answer.text
+    after = (await http.get("/metrics")).text
+    assert counted(after, "error") == counted(before, "error") + 1
+    assert counted(after, "ok") == counted(before, "ok")
+
+
 def test_operation_label_is_bounded() -> None:
     from webhooks import metrics
 
