@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import os
 import re
@@ -334,3 +335,44 @@ async def test_an_operator_can_add_a_publish_only_key_and_revoke_a_leaked_one(
     assert again.returncode == 1 and "no active API key" in again.stderr
     unknown = _cli(settings, "create-api-key", "0123456789abcdef01234567")
     assert unknown.returncode == 1 and "no account" in unknown.stderr
+
+
+def test_dev_on_a_port_another_server_holds_stops_before_starting_and_sends_it_nothing(
+    tmp_path: Path,
+) -> None:
+    # given another HTTP server already listening on the port, recording what it is sent
+    seen: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(404)
+            self.end_headers()
+
+        do_GET = do_POST
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    port = other.server_address[1]
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
+        # when `webhooks dev` is started on that port
+        result = subprocess.run(
+            [sys.executable, "-m", "webhooks_cli", "dev", "--port", str(port), "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        other.shutdown()
+        other.server_close()
+    # then it says the port is taken and exits non-zero, without claiming to run or sending the other
+    # server anything (the dev API key least of all)
+    assert result.returncode != 0
+    assert "is running" not in result.stdout, result.stdout
+    assert "error:" in result.stderr and f"{port}" in result.stderr, result.stderr
+    assert seen == []

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -137,12 +138,34 @@ def missing_stores_message(missing: Sequence[str]) -> str:
     )
 
 
+def port_in_use(host: str, port: int) -> OSError | None:
+    """Why the API could not listen on ``host:port`` (e.g. another server has it), or None when it can.
+
+    Checked before anything starts: the start-up waits for *something* to answer on the port, and would
+    otherwise take another server for the API and send it the dev API key."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds it
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc
+    return None
+
+
 def run_dev(args: argparse.Namespace) -> int:
     from webhooks.crypto import load_secret_box
 
     missing = missing_packages()
     if missing:
         print(missing_stores_message(missing), file=sys.stderr)
+        return 1
+    if (taken := port_in_use(args.host, args.port)) is not None:
+        print(
+            f"error: cannot serve the API on {args.host}:{args.port} ({taken.strerror or taken}); "
+            "stop what uses it or choose another --port",
+            file=sys.stderr,
+        )
         return 1
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
