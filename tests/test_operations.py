@@ -25,15 +25,17 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError
+from websockets import Subprotocol
 
 from graphql_api.request_ids import new_request_id
 from tests.conftest import make_settings
 from tests.delivery_support import create_webhook, publish, wait_for_status
 from tests.receiver import run_receiver, status
-from tests.support import run_stack, service_env
+from tests.support import GraphQLClient, run_stack, service_env
 from webhooks.logging_setup import JsonFormatter, configure_logging
 from webhooks.settings import Settings
 from webhooks_cli.embedded import free_port, spawn, stop, valkey_binary, wait_for_port
@@ -75,6 +77,18 @@ def start_worker(env: dict[str, str], log_path: Path | None = None) -> subproces
     finally:
         if log_path is not None:
             out.close()  # type: ignore[union-attr]
+
+
+def start_api(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "webhooks_cli", "serve", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def unique_settings(mongodb_url: str, tmp_path: Path, **overrides: object) -> Settings:
@@ -446,6 +460,58 @@ async def test_json_logs_parse_and_hold_no_secret(
     everything = captured_json_logs.getvalue() + worker_text
     for secret_value in (account.api_key, secret, secret.removeprefix("whsec_"), *signature_values):
         assert secret_value not in everything
+
+
+async def test_debug_logs_of_the_api_and_the_worker_hold_no_customer_data(
+    mongodb_url: str, tmp_path: Path
+) -> None:
+    # given `webhooks serve` and `webhooks worker` processes at WEBHOOKS_LOG_LEVEL=DEBUG
+    settings = unique_settings(mongodb_url, tmp_path)
+    env = worker_env(settings, WEBHOOKS_LOG_LEVEL="DEBUG")
+    created = cli("create-account", "Debug logs", env=env)
+    assert created.returncode == 0, created.stderr
+    api_key = json.loads(created.stdout)["apiKey"]
+    port = free_port()
+    api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
+    api = start_api(env, port, api_log)
+    worker = start_worker(env, worker_log)
+    try:
+        wait_for_port(port, api, "the API", timeout=60)
+        async with (
+            run_receiver() as receiver,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+        ):
+            gql = GraphQLClient(http, api_key)
+            # when a customer creates a webhook, publishes an event and opens the live feed with its key
+            await create_webhook(gql, receiver.url("/customer-path-7f3a"), name="Customer name 7f3a")
+            async with websockets.connect(
+                f"ws://127.0.0.1:{port}/graphql", subprotocols=[Subprotocol("graphql-transport-ws")]
+            ) as ws:
+                init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {api_key}"}}
+                await ws.send(json.dumps(init))
+                assert json.loads(await ws.recv())["type"] == "connection_ack"
+                query = "subscription { deliveryAttempts { id } }"
+                await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+                payload = await publish(gql, details={"candidateName": "Candidate 7f3a"})
+                delivery_id = payload["event"]["deliveries"][0]["id"]
+                await wait_for_status(gql, delivery_id, "SUCCEEDED", timeout=60)
+                assert json.loads(await ws.recv())["type"] == "next"
+    finally:
+        for proc in (api, worker):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (api, worker):
+            await asyncio.to_thread(proc.wait, 30)
+            stop(proc)
+    # then the logs have their lines (both processes logged at DEBUG, and the attempt was logged) ...
+    logs = api_log.read_text() + worker_log.read_text()
+    assert '"level": "debug"' in logs and delivery_id in logs
+    # ... but nothing the customer typed or holds: URL, names, payload values, the key or any 16 of its
+    # characters (a DEBUG trace of a WebSocket frame quotes the start and end of the frame)
+    for typed in ("customer-path-7f3a", "Customer name 7f3a", "Candidate 7f3a"):
+        assert typed not in logs, typed
+    secret_part = api_key.removeprefix("hbk_")
+    for start in range(len(secret_part) - 16):
+        assert secret_part[start : start + 16] not in logs
 
 
 async def test_a_store_error_is_logged_without_the_documents_it_quotes(

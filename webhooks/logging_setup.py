@@ -91,6 +91,13 @@ def _store_error_summary(exc: BaseException) -> str | None:
     return None
 
 
+# Libraries whose DEBUG lines quote what customers sent or stored: PyMongo's command log (every document
+# written and read: webhook URLs and names, event payloads, receivers' responses) and uvicorn's protocol
+# trace (request headers and WebSocket frames: API keys, queries). They log at INFO at most, whatever
+# WEBHOOKS_LOG_LEVEL says; their INFO lines and above are kept.
+DATA_LOGGERS = ("pymongo.command", "uvicorn.error", "websockets")
+
+
 def configure_logging(json_lines: bool | None = None, settings: Settings | None = None) -> None:
     """Configure the root logger from ``settings`` (default: the environment's); ``json_lines`` overrides."""
     settings = settings or get_settings()
@@ -106,6 +113,9 @@ def configure_logging(json_lines: bool | None = None, settings: Settings | None 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    data_level = max(logging.getLevelNamesMapping()[settings.log_level], logging.INFO)
+    for name in DATA_LOGGERS:
+        logging.getLogger(name).setLevel(data_level)
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, DropQueryStrings) for f in access.filters):
         access.addFilter(DropQueryStrings())
