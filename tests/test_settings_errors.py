@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from webhooks_cli.embedded import free_port
 
@@ -18,6 +19,7 @@ COMMANDS = {
     "serve": ["serve", "--port", "{port}"],
     "worker": ["worker"],
     "worker --check": ["worker", "--check"],
+    "rotate-encryption-key": ["rotate-encryption-key"],
 }
 
 # (command, variable, bad value): wrong types, out of range, not finite, empty, malformed URLs and keys.
@@ -41,6 +43,9 @@ CASES = [
     ("serve", "WEBHOOKS_PORTAL_FRAME_ANCESTORS", "javascript:x"),
     ("serve", "WEBHOOKS_ALLOWED_ORIGINS", "app.example.com"),
     ("serve", "WEBHOOKS_PUBLIC_URL", "webhooks.example.com"),
+    # well formed, but nothing answers there
+    ("create-account", "WEBHOOKS_MONGODB_URL", "mongodb://127.0.0.1:1/?directConnection=true"),
+    ("rotate-encryption-key", "WEBHOOKS_MONGODB_URL", "mongodb://127.0.0.1:1/?directConnection=true"),
 ]
 
 
@@ -55,6 +60,7 @@ def test_a_bad_setting_stops_the_command_with_one_line_naming_it(
         "WEBHOOKS_REDIS_URL": redis_url,
         "WEBHOOKS_DATA_DIR": str(tmp_path),
         "WEBHOOKS_QUEUE_NAME": f"settings-errors:{tmp_path.name}",
+        "WEBHOOKS_SECRET_KEYS": Fernet.generate_key().decode(),
         variable: value,
     }
     args = [a.format(port=free_port()) for a in COMMANDS[command]]

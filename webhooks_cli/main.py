@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pymongo.errors import ConnectionFailure
+
 from webhooks.settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger("webhooks")
@@ -269,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args))
     except (RuntimeError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ConnectionFailure as exc:  # e.g. nothing answers at WEBHOOKS_MONGODB_URL (after 10 s)
+        reason = str(exc).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0][:300]
+        print(f"error: cannot reach MongoDB at WEBHOOKS_MONGODB_URL: {reason}", file=sys.stderr)
         return 1
 
 
