@@ -43,6 +43,9 @@ CASES = [
     ("serve", "WEBHOOKS_PORTAL_FRAME_ANCESTORS", "javascript:x"),
     ("serve", "WEBHOOKS_ALLOWED_ORIGINS", "app.example.com"),
     ("serve", "WEBHOOKS_PUBLIC_URL", "webhooks.example.com"),
+    # no WEBHOOKS_SECRET_KEYS, and a data directory where the generated key cannot be kept
+    ("worker", "WEBHOOKS_DATA_DIR", "/proc/no-such-dir"),
+    ("serve", "WEBHOOKS_DATA_DIR", "/proc/no-such-dir"),
     # well formed, but nothing answers there
     ("create-account", "WEBHOOKS_MONGODB_URL", "mongodb://127.0.0.1:1/?directConnection=true"),
     ("rotate-encryption-key", "WEBHOOKS_MONGODB_URL", "mongodb://127.0.0.1:1/?directConnection=true"),
@@ -63,6 +66,8 @@ def test_a_bad_setting_stops_the_command_with_one_line_naming_it(
         "WEBHOOKS_SECRET_KEYS": Fernet.generate_key().decode(),
         variable: value,
     }
+    if variable == "WEBHOOKS_DATA_DIR":
+        del env["WEBHOOKS_SECRET_KEYS"]  # the key is then generated there
     args = [a.format(port=free_port()) for a in COMMANDS[command]]
     # when the command starts
     result = subprocess.run(
@@ -96,6 +101,7 @@ def test_a_worker_whose_metrics_port_is_taken_stops_with_one_line_naming_it(
             "WEBHOOKS_REDIS_URL": redis_url,
             "WEBHOOKS_DATA_DIR": str(tmp_path),
             "WEBHOOKS_QUEUE_NAME": f"settings-errors:{tmp_path.name}",
+            "WEBHOOKS_SECRET_KEYS": Fernet.generate_key().decode(),
             "WEBHOOKS_LOG_FORMAT": "text",
             "WEBHOOKS_WORKER_METRICS_PORT": str(port),
         }

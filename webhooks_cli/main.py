@@ -150,6 +150,25 @@ def check_stores(settings: Settings, *, mongodb: bool = True) -> None:
         raise SettingsError(f"WEBHOOKS_REDIS_URL: {exc}") from None
 
 
+def check_secret_keys(settings: Settings) -> None:
+    """Raise :class:`SettingsError` if the encryption keys cannot be loaded: without WEBHOOKS_SECRET_KEYS, a
+    key file that cannot be made or read in WEBHOOKS_DATA_DIR (else the worker took the OSError for a lost
+    Redis and started again forever, and the API failed in its lifespan)."""
+    from webhooks.crypto import KEY_FILE_NAME, load_secret_box
+
+    try:
+        load_secret_box(settings)
+    except OSError as exc:
+        raise SettingsError(
+            f"WEBHOOKS_DATA_DIR: cannot keep the generated encryption key in {settings.data_dir} "
+            f"({exc.strerror or exc}); set WEBHOOKS_SECRET_KEYS, or a writable WEBHOOKS_DATA_DIR"
+        ) from None
+    except ValueError:
+        raise SettingsError(
+            f"WEBHOOKS_DATA_DIR: {settings.data_dir}/{KEY_FILE_NAME} does not hold Fernet keys"
+        ) from None
+
+
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's options for the API (``webhooks serve``; the benchmark's server uses them too)."""
     return {
@@ -169,6 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     check_stores(settings)
+    check_secret_keys(settings)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, **server_options(settings))
     return 0
 
@@ -185,6 +205,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from workers.worker import run_worker
 
+    check_secret_keys(settings)
     run_worker(settings)
     return 0
 
