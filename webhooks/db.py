@@ -147,11 +147,14 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     "events": [
+        # partial on a range, not ``$type: "string"``: a query's equality implies a range (MongoDB's
+        # planner proves that, and so does SecantusDB's), but never a ``$type``, so a partial index on one
+        # served no lookup and each keyed publish read every event stored. Keys are never empty.
         IndexModel(
             [("account_id", ASCENDING), ("idempotency_key", ASCENDING)],
             unique=True,
-            partialFilterExpression={"idempotency_key": {"$type": "string"}},
-            name="account_idempotency_key",
+            partialFilterExpression={"idempotency_key": {"$gt": ""}},
+            name="account_idempotency_key_set",
         ),
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="retention_ttl"),
         # the outbox: events whose planned deliveries are not all written yet (partial: few entries)
@@ -187,7 +190,8 @@ INDEXES: dict[str, list[IndexModel]] = {
 OBSOLETE_INDEXES: dict[str, list[str]] = {
     "deliveries": ["sweeper_due"],
     # one entry per planned delivery of every open event: EventRepository.planning reads by time instead
-    "events": ["open_planned_delivery"],
+    # (and the idempotency key index partial on ``$type``, which no lookup could use)
+    "events": ["open_planned_delivery", "account_idempotency_key"],
 }
 
 
