@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from tests.conftest import make_settings
 from tests.support import Stack, run_stack
 from webhooks.core import Core
 from webhooks.db import Collections, Doc, raw_collections
+from webhooks.models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, Event, Planned
+from webhooks.repositories.deliveries import MAX_KEPT_ATTEMPTS, Recorded
 from webhooks.repositories.expiry import ExpiryRepository
 from webhooks.timeutil import utcnow
 
@@ -82,3 +85,55 @@ async def test_a_tick_deletes_at_most_its_budget_and_the_next_goes_on(core: Core
     assert await repo.expire(utcnow(), 120) == 120
     assert await repo.expire(utcnow(), 120) == 10
     assert await ids(docs, cols, "deliveries") == set()
+
+
+def _attempt(delivery: Delivery, number: int, now: datetime) -> Attempt:
+    """A failed attempt as a receiver answered it: 4 KiB of body, 8 KiB of headers (the most kept of each)."""
+    return Attempt(
+        id=ObjectId(),
+        delivery_id=delivery.id,
+        account_id=delivery.account_id,
+        webhook_id=delivery.webhook_id,
+        event=delivery.event,
+        number=number,
+        trigger=AttemptTrigger.MANUAL,
+        started_at=now,
+        duration_ms=5,
+        status_code=500,
+        response_headers={f"x-h{i}": "v" * 500 for i in range(16)},
+        response_body="e" * 4096,
+        error_class=None,
+        error=None,
+        delivery_status=DeliveryStatus.FAILED,
+        next_attempt_at=None,
+    )
+
+
+async def test_a_delivery_retried_again_and_again_keeps_a_bounded_attempt_log(core: Core) -> None:
+    """Manual retries are not limited, and each appends to the one delivery document: unbounded, it would
+    reach MongoDB's 16 MiB document limit (~1,300 such attempts), and that refused append would fail its
+    whole record batch, other accounts' attempts with it, again at every sweep."""
+    now = utcnow()
+    event = Event(
+        ObjectId(), ObjectId(), "candidate_hired", b"{}", now, (Planned(ObjectId(), ObjectId(), held=False),)
+    )
+    delivery = event.pending_delivery(event.planned[0])
+    retention = timedelta(days=1)
+    # given a delivery written by its first attempt
+    first = _attempt(delivery, 1, now)
+    took = await core.delivery_repo.record_outcomes(
+        [Recorded(delivery, first, DeliveryStatus.PENDING, now, now, first=True)], retention
+    )
+    assert took == [True]
+    # when it is retried far more often than the attempt log keeps
+    total = MAX_KEPT_ATTEMPTS + 5
+    for number in range(2, total + 1):
+        state = replace(delivery, attempt_count=number - 1)
+        attempt = _attempt(delivery, number, now)
+        recorded = Recorded(state, attempt, DeliveryStatus.PENDING, now, now, first=False)
+        assert await core.delivery_repo.record_outcomes([recorded], retention) == [True]
+    # then it counts every attempt, and its document holds the newest ones only, up to the bound
+    stored = await core.delivery_repo.stored_by_ids([delivery.id])
+    assert stored[delivery.id].attempt_count == total
+    kept = (await core.delivery_repo.attempts_of([delivery.id]))[delivery.id]
+    assert [a.number for a in kept] == list(range(total - MAX_KEPT_ATTEMPTS + 1, total + 1))

@@ -33,6 +33,12 @@ FIRST_WINDOW = timedelta(hours=1)
 RESTART_BATCH = 500  # updates per bulk write of a recovery
 WINDOW_GROWTH = 8
 CLOCK_SKEW = timedelta(minutes=1)
+# A delivery document keeps its newest attempts up to this many (``attempt_count`` counts them all). The
+# schedule bounds an automatic run, but manual retries are not limited, and each appends to the one document:
+# at up to ~13 KiB an attempt (4 KiB of body, 8 KiB of headers), about 1,300 of them reach MongoDB's 16 MiB
+# document limit, and that refused append would fail its whole record batch (other accounts' attempts too),
+# again every time the sweeper re-queued it. 100 attempts stay under ~1.5 MiB.
+MAX_KEPT_ATTEMPTS = 100
 
 
 def delivery_doc(delivery: Delivery, *, expires_at: datetime, attempts: Sequence[Attempt] = ()) -> Doc:
@@ -123,7 +129,9 @@ class DeliveryRepository:
                                     "next_attempt_at": r.next_attempt_at,
                                     "updated_at": r.now,
                                 },
-                                "$push": {"attempts": r.attempt.to_doc()},
+                                "$push": {
+                                    "attempts": {"$each": [r.attempt.to_doc()], "$slice": -MAX_KEPT_ATTEMPTS}
+                                },
                             },
                         ),
                     )
