@@ -29,6 +29,7 @@ mutation($id: ID!, $input: UpdateWebhookInput!) {{
 }}"""
 GET = f"query($id: ID!) {{ webhook(id: $id) {{ {WEBHOOK_FIELDS} }} }}"
 COUNT = "{ webhooks(first: 100) { edges { node { id } } } }"
+DELETE = "mutation($id: ID!) { deleteWebhook(id: $id) { deletedId errors { code } } }"
 DELIVERIES = "query($id: ID) { deliveries(webhookId: $id) { edges { node { id event } } } }"
 
 
@@ -404,3 +405,30 @@ async def test_rotating_the_encryption_key_re_encrypts_custom_header_values(
         assert found is not None
         assert decrypted_headers(found, core.box) == {"Authorization": "Bearer t0k3n"}
         assert found.headers[0].masked_value == "••••••••"
+
+
+async def test_deleting_an_ordered_webhook_drops_its_sequence_counters(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given two ordered webhooks of an account, each with counters for three resources
+    account = await stack.account()
+    gone = (await create(account.gql, receiver.url(path()), ordering="PER_RESOURCE"))["webhook"]["id"]
+    kept = (await create(account.gql, receiver.url(path()), ordering="PER_RESOURCE"))["webhook"]["id"]
+    resources = [f"{uuid.uuid4().hex[:24]}" for _ in range(3)]
+    for resource in resources:
+        log = audit_log(resourceId=resource)
+        published = await account.gql.execute(PUBLISH, {"input": publish_input(log=log)})
+        assert not published["publishEvent"]["errors"]
+    sequences = raw_collections(stack.core).sequences
+
+    async def counters(webhook_id: str) -> set[str]:
+        prefix = f"{webhook_id}:"
+        return {d["_id"][len(prefix) :] async for d in sequences.find({"_id": {"$regex": f"^{prefix}"}})}
+
+    assert await counters(gone) == await counters(kept) == set(resources)
+    # when one of them is deleted
+    deleted = await account.gql.execute(DELETE, {"id": gone})
+    assert deleted["deleteWebhook"]["deletedId"] == gone
+    # then its counters are gone with it, and the other webhook's stay
+    assert await counters(gone) == set()
+    assert await counters(kept) == set(resources)

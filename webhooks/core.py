@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
+from bson import ObjectId
 from pymongo import AsyncMongoClient
 
 from webhooks.crypto import SecretBox, load_secret_box
@@ -80,6 +81,7 @@ class Core:
                 url, allow_private=settings.allow_private_destinations, resolver=resolver
             )
 
+        sequences = SequenceRepository(cols)
         deliveries = DeliveryService(
             settings,
             webhook_repo,
@@ -87,9 +89,14 @@ class Core:
             event_repo,
             delivery_repo,
             lanes,
-            SequenceRepository(cols),
+            sequences,
             handoff,
         )
+
+        async def forget(webhook_id: ObjectId, _account_id: ObjectId) -> None:
+            """A deleted webhook: its lane state (limit, breaker) and its sequence counters go."""
+            await lanes.forget(str(webhook_id))
+            await sequences.forget(webhook_id)
 
         async def status_changed(webhook: Webhook) -> None:
             """A user enabled or disabled a webhook: the live feed, and ``webhook.disabled`` to the others."""
@@ -134,7 +141,7 @@ class Core:
                     str(w.id), w.in_flight_limit(settings.webhook_max_in_flight)
                 ),
                 changed=webhook_cache.changed,
-                forget=lambda webhook_id, _account: lanes.forget(str(webhook_id)),
+                forget=forget,
             ),
             deliveries=deliveries,
             resolver=resolver,

@@ -3,7 +3,7 @@
 Allocated at publish, before the event is written, with one atomic ``$inc`` per ordered webhook, and
 stored with the planned delivery: so the number survives a Redis flush, and numbers grow by one per
 delivery. (A publish that dies between the two writes, or loses an idempotency-key race, leaves a gap:
-the receiver sees a number skipped, never one used twice.)
+the receiver sees a number skipped, never one used twice.) A deleted webhook's counters go with it.
 """
 
 from __future__ import annotations
@@ -37,3 +37,11 @@ class SequenceRepository:
                     {"_id": key}, {"$setOnInsert": {"seq": 0, "webhook_id": webhook_id}}, upsert=True
                 )
         raise RuntimeError(f"the sequence counter {key} could not be created")
+
+    async def forget(self, webhook_id: ObjectId) -> int:
+        """Drop a deleted webhook's counters (one per resource it ever ordered); how many went. Their ids
+        start with the webhook's (``next``), so this is a range of the ``_id`` index."""
+        prefix = f"{webhook_id}:"
+        end = prefix[:-1] + chr(ord(":") + 1)
+        result = await self._col.delete_many({"_id": {"$gte": prefix, "$lt": end}})
+        return result.deleted_count

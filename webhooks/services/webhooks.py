@@ -74,7 +74,7 @@ class WebhookService:
         changed: ChangeNotifier | None = None,
         forget: ChangeNotifier | None = None,
     ) -> None:
-        self._forget = forget  # drops a deleted webhook's state in the lanes (limit, breaker)
+        self._forget = forget  # drops a deleted webhook's state: lanes (limit, breaker), sequence counters
         self._apply_limit = apply_limit  # tells the lanes about a changed ``maxInFlight`` at once
         self._changed = changed  # drops cached copies in every process (``webhooks.invalidation``)
         self._repo = repo
@@ -217,7 +217,7 @@ class WebhookService:
             try:
                 await self._forget(oid, who.account_id)
             except Exception as exc:  # deleted all the same; a breaker left behind expires within a day
-                log.warning("could not drop the lane state of webhook %s (%s)", oid, type(exc).__name__)
+                log.warning("could not drop the state of deleted webhook %s (%s)", oid, type(exc).__name__)
         return oid
 
     async def rotate_secret(
