@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from bson import ObjectId
 from pymongo import AsyncMongoClient, monitoring
 
-from webhooks.db import Collections, ensure_indexes
-from webhooks.models import Event
+from webhooks.db import Collections, Doc, ensure_indexes
+from webhooks.ids import id_at
+from webhooks.models import Delivery, DeliveryStatus, Event
+from webhooks.repositories.deliveries import DeliveryRepository, delivery_doc
 from webhooks.repositories.events import EventRepository
 from webhooks.timeutil import utcnow
 
@@ -60,12 +62,14 @@ def _event(account_id: ObjectId, created_at: Any) -> Event:
 
 
 async def _examined(cols: Collections, name: str, command: dict[str, Any]) -> int:
-    """Documents the store examines for this command's filter (a find's, or an update's ``q``)."""
-    query = command["filter"] if name == "find" else command["updates"][0]["q"]
-    collection = cols.events.name
-    plan = await cols.events.database.command(
-        {"explain": {"find": collection, "filter": query}, "verbosity": "executionStats"}
-    )
+    """Documents the store examines for this command's filter (a find's, with its sort and limit, or an
+    update's ``q``)."""
+    find: dict[str, Any] = {"find": command[name]}
+    if name == "find":
+        find |= {k: command[k] for k in ("filter", "sort", "limit") if k in command}
+    else:
+        find["filter"] = command["updates"][0]["q"]
+    plan = await cols.events.database.command({"explain": find, "verbosity": "executionStats"})
     return int(plan["executionStats"]["totalDocsExamined"])
 
 
@@ -125,3 +129,57 @@ async def test_start_up_replaces_the_earlier_idempotency_key_index(mongodb_url: 
     finally:
         await client.drop_database(cols.events.database.name)
         await client.aclose()
+
+
+def _delivery_doc(account_id: ObjectId, webhook_id: ObjectId, status: DeliveryStatus, at: datetime) -> Doc:
+    delivery = Delivery(
+        id=ObjectId(id_at(at).binary[:4] + ObjectId().binary[4:]),
+        account_id=account_id,
+        webhook_id=webhook_id,
+        event_id=ObjectId(),
+        event="candidate_hired",
+        status=status,
+        test=False,
+        attempt_count=1,
+        next_attempt_at=None,
+        created_at=at,
+        updated_at=at,
+    )
+    return delivery_doc(delivery, expires_at=at + timedelta(days=30))
+
+
+async def test_the_delivery_log_filtered_by_an_unsuccessful_status_reads_only_those_deliveries(
+    store: tuple[Collections, Commands],
+) -> None:
+    cols, commands = store
+    deliveries = DeliveryRepository(cols, EventRepository(cols))
+    account_id, webhook_id = ObjectId(), ObjectId()
+    now = utcnow()
+    # given an account whose deliveries mostly succeeded, a few failed and one is held, over the past day
+    statuses = [DeliveryStatus.SUCCEEDED] * STORED + [DeliveryStatus.FAILED] * 3 + [DeliveryStatus.HELD]
+    docs = [
+        _delivery_doc(account_id, webhook_id, status, now - timedelta(minutes=5 * i))
+        for i, status in enumerate(statuses[::-1])
+    ]
+    await cols.deliveries.insert_many(docs)
+    # when its delivery log is filtered by each status that is not SUCCEEDED, for the account and the webhook
+    commands.sent.clear()
+    found = {}
+    for status in (DeliveryStatus.FAILED, DeliveryStatus.HELD, DeliveryStatus.PENDING):
+        for webhook in (None, webhook_id):
+            page = await deliveries.page(
+                account_id,
+                webhook_id=webhook,
+                status=status,
+                event=None,
+                first=20,
+                after=None,
+                oldest=now - timedelta(days=30),
+            )
+            found[status, webhook] = len(page.items)
+    sent = [(name, c) for name, c in commands.sent if name == "find" and c["find"] == cols.deliveries.name]
+    # then each finds its deliveries
+    assert found == {(s, w): {"FAILED": 3, "HELD": 1, "PENDING": 0}[s.value] for s, w in found}
+    # and each read examined those only, not every delivery of the account
+    examined = [(await _examined(cols, name, c), c["filter"]) for name, c in sent]
+    assert max(n for n, _ in examined) <= 3, max(examined, key=lambda e: e[0])
