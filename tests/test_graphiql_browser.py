@@ -167,6 +167,38 @@ async def test_graphiql_runs_a_subscription_over_a_websocket(browser_api: Api, r
         assert requests.urls and not requests.foreign(origin), requests.foreign(origin)
 
 
+async def test_graphiql_runs_a_subscription_typed_over_a_query_at_once(browser_api: Api) -> None:
+    """GraphiQL re-parses the editor 100 ms after an edit (debounced) and hands the fetcher that parse as
+    ``documentAST``: a subscription pasted over a query and run at once (Ctrl-Enter) must still go over the
+    WebSocket, as the text being sent says, not be POSTed because the previous query's parse says "query"."""
+    api = browser_api
+    account = await api.account()
+    auth = {"Authorization": f"Bearer {account.api_key}"}
+    async with chromium() as browser:
+        page = await browser.new_page(viewport=VIEWPORT)
+        posted: list[str] = []
+        page.on("request", lambda r: posted.append(r.post_data or "") if r.method == "POST" else None)
+        await open_graphiql(page, api.url)
+        # given GraphiQL has run a query (its parse of the editor is that query's)
+        await run_in_graphiql(page, "{ eventTypes { name } }", auth)
+        await result_containing(page, "job_application_created")
+        # when a subscription replaces it in the editor and runs in the same moment (one page task)
+        headers, query = json.dumps(json.dumps(auth)), json.dumps(SUBSCRIPTION)
+        set_editors = SET_EDITORS % {"headers": headers, "query": query}
+        await page.evaluate(f"({set_editors.strip()}) && ({RUN})")
+        # then the subscription reaches the live feed over the WebSocket, and was never POSTed
+        await wait_until(
+            lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 1,
+            what="the subscription to reach the server",
+        )
+        assert not [body for body in posted if "deliveryAttempts" in body], posted
+        await page.evaluate(RUN)  # stop it
+        await wait_until(
+            lambda: api.feed.subscriber_count(ATTEMPTS_CHANNEL, account.id) == 0,
+            what="the subscription to end on the server",
+        )
+
+
 async def test_graphiql_subscription_with_a_refused_key_fails_at_once(browser_api: Api) -> None:
     origin = browser_api.url
     async with chromium() as browser:
