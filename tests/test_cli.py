@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -130,6 +131,26 @@ def test_dev_starts_everything_answers_a_query_and_stops_cleanly_on_ctrl_c(tmp_p
             timeout=30,
         )
         assert session.json()["data"]["portalSession"]["expiresAt"]
+        # and the settings that point the other commands at its stores, which create-account then uses
+        exports = re.search(r"CLI:\s+export (.+)", output)
+        assert exports is not None, output
+        cli_env = {**env, **dict(pair.split("=", 1) for pair in shlex.split(exports.group(1)))}
+        created = subprocess.run(
+            [sys.executable, "-m", "webhooks_cli", "create-account", "Acme"],
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        other_key = json.loads(created.stdout)["apiKey"]
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/graphql",
+            json={"query": "{ webhooks { edges { cursor } } }"},
+            headers={"Authorization": f"Bearer {other_key}"},
+            timeout=30,
+        )
+        assert answer.json()["data"]["webhooks"]["edges"] == []
         # when the user presses Ctrl-C
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -153,6 +154,12 @@ def port_in_use(host: str, port: int) -> OSError | None:
     return None
 
 
+def _cli_env(service_env: dict[str, str], data_dir: Path) -> str:
+    """The settings that point the other ``webhooks`` commands (create-account, …) at these stores."""
+    names = {**service_env, "WEBHOOKS_DATA_DIR": str(data_dir)}
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in names.items() if k != "WEBHOOKS_RETENTION_SWEEP")
+
+
 def run_dev(args: argparse.Namespace) -> int:
     from webhooks.crypto import load_secret_box
 
@@ -209,6 +216,8 @@ def run_dev(args: argparse.Namespace) -> int:
         portal_url = _portal_session_url(f"http://{host}:{args.port}", account["apiKey"])
         if portal_url:
             print(f"  Portal:    {portal_url}  (Settings → Webhooks; a fresh 60-minute session)", flush=True)
+        print(f"  CLI:       export {_cli_env(stores.service_env(), data_dir)}", flush=True)
+        print('             (then, in that shell: webhooks create-account "Acme", webhooks create-api-key …)')
         print("Press Ctrl-C to stop.", flush=True)
         while not stopping:
             if api.poll() is not None:
