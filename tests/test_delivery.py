@@ -8,6 +8,7 @@ import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -258,6 +259,29 @@ async def test_retry_after_lengthens_the_wait_up_to_the_cap(stack: Stack, receiv
     await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
     first, second = receiver.received[p]
     assert second.at - first.at >= 0.95  # the receiver's 1 s, not the schedule's 0.2 s
+
+
+def seconds_between(earlier: str, later: str) -> float:
+    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
+
+
+async def test_retry_after_counts_even_when_the_answer_has_more_headers_than_the_log_keeps(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a receiver that answers 503 with 60 headers of its own before its Retry-After of 3 s (the
+    # delivery log keeps the first 50 response headers only), then 200
+    account = await stack.account()
+    p = path()
+    crowded = {f"X-Receiver-{i:02}": "v" for i in range(60)} | {"Retry-After": "3"}
+    await create_webhook(account.gql, receiver.url(p, sequence(status(503, crowded), status(200))))
+    # when an event is published
+    published = await publish(account.gql)
+    done = await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
+    # then the first attempt's log leaves Retry-After out, and its retry was still planned 3 s later, not
+    # after the schedule's 0.2 s
+    first = done["attempts"][0]
+    assert (first["statusCode"], "Retry-After" in first["responseHeaders"]) == (503, False)
+    assert seconds_between(first["startedAt"], first["nextAttemptAt"]) >= 3
 
 
 async def test_the_response_is_recorded_with_at_most_4_kib_of_body(stack: Stack, receiver: Receiver) -> None:

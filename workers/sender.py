@@ -38,6 +38,8 @@ class SendResult:
     response_headers: dict[str, str] = field(default_factory=dict)
     response_body: str | None = None
     error: str | None = None
+    # read from the whole answer: the recorded ``response_headers`` may leave it out (too many headers)
+    retry_after: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -121,6 +123,7 @@ class Sender:
                         response_headers=_printable_headers(resp.headers),
                         response_body=chunk.decode("utf-8", errors="replace"),
                         error=None if 200 <= resp.status < 300 else _status_error(resp.status),
+                        retry_after=resp.headers.get("Retry-After"),
                     )
         except TimeoutError:
             return SendResult(
