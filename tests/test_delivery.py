@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import itertools
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -282,6 +284,26 @@ async def test_retry_after_counts_even_when_the_answer_has_more_headers_than_the
     first = done["attempts"][0]
     assert (first["statusCode"], "Retry-After" in first["responseHeaders"]) == (503, False)
     assert seconds_between(first["startedAt"], first["nextAttemptAt"]) >= 3
+
+
+async def test_retry_after_as_an_http_date_lengthens_the_wait_too(stack: Stack, receiver: Receiver) -> None:
+    # given a receiver that answers 429 with Retry-After in its other form, a date 5 s after its answer (RFC
+    # 9110: an IMF-fixdate, whole seconds), then 200
+    async def busy_until(request: web.Request, n: int) -> web.StreamResponse:
+        until = email.utils.formatdate(time.time() + 5, usegmt=True)
+        return web.Response(status=429, text="busy", headers={"Retry-After": until})
+
+    account = await stack.account()
+    p = path()
+    await create_webhook(account.gql, receiver.url(p, sequence(busy_until, status(200))))
+    # when an event is published
+    published = await publish(account.gql)
+    done = await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
+    # then the retry was planned for that date (at least 4 s after the attempt started: the date drops the
+    # fraction of its second), not after the schedule's 0.2 s
+    first = done["attempts"][0]
+    assert first["statusCode"] == 429
+    assert seconds_between(first["startedAt"], first["nextAttemptAt"]) >= 3.9
 
 
 async def test_the_response_is_recorded_with_at_most_4_kib_of_body(stack: Stack, receiver: Receiver) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from datetime import UTC, datetime
 
 import pytest
 from standardwebhooks import Webhook as StandardWebhook
@@ -43,17 +44,36 @@ def test_everything_else_is_an_http_status_failure(code: int) -> None:
 # -- parse_retry_after -------------------------------------------------------------------------------
 
 
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [("0", 0.0), ("1", 1.0), (" 30 ", 30.0), ("2.5", 2.5), ("120", 120.0)],
 )
 def test_retry_after_in_seconds_is_parsed(value: str, seconds: float) -> None:
-    assert parse_retry_after(value) == seconds
+    assert parse_retry_after(value, NOW) == seconds
 
 
-@pytest.mark.parametrize("value", [None, "", "soon", "-1", "Wed, 21 Oct 2015 07:28:00 GMT"])
-def test_retry_after_that_is_missing_negative_or_a_date_is_ignored(value: str | None) -> None:
-    assert parse_retry_after(value) is None
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("Sun, 01 Mar 2026 12:00:30 GMT", 30.0),  # IMF-fixdate
+        ("Sunday, 01-Mar-26 12:01:00 GMT", 60.0),  # the obsolete RFC 850 form
+        ("Sun Mar  1 12:00:05 2026", 5.0),  # the obsolete asctime form
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # passed: no wait of its own
+    ],
+)
+def test_retry_after_as_an_http_date_is_the_time_until_it(value: str, seconds: float) -> None:
+    assert parse_retry_after(value, NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "", "soon", "-1", "nan", "Wed, 32 Foo 2015 07:28:00 GMT", "Wed, 21 Oct 99999 07:28:00 GMT"],
+)
+def test_retry_after_that_is_missing_negative_or_garbage_is_ignored(value: str | None) -> None:
+    assert parse_retry_after(value, NOW) is None
 
 
 # -- next_delay --------------------------------------------------------------------------------------

@@ -476,7 +476,7 @@ class DeliveryEngine:
                 self._settings.retry_schedule,
                 delivery.attempt_in_run(p.number),
                 status=result.status_code,
-                retry_after=parse_retry_after(result.retry_after),
+                retry_after=parse_retry_after(result.retry_after, now),
                 retry_after_cap=self._settings.retry_after_cap,
             )
         if result.ok:
