@@ -52,20 +52,25 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("command", "variable", "value"), CASES, ids=[f"{c}-{v}={x}" for c, v, x in CASES])
-def test_a_bad_setting_stops_the_command_with_one_line_naming_it(
-    command: str, variable: str, value: str, mongodb_url: str, redis_url: str, tmp_path: Path
-) -> None:
-    # given working stores, and one setting with a bad value
+def working_env(mongodb_url: str, redis_url: str, tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The environment of a command with working stores and its own key, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
-    env |= {
+    return env | {
         "WEBHOOKS_MONGODB_URL": mongodb_url,
         "WEBHOOKS_REDIS_URL": redis_url,
         "WEBHOOKS_DATA_DIR": str(tmp_path),
         "WEBHOOKS_QUEUE_NAME": f"settings-errors:{tmp_path.name}",
         "WEBHOOKS_SECRET_KEYS": Fernet.generate_key().decode(),
-        variable: value,
+        **settings,
     }
+
+
+@pytest.mark.parametrize(("command", "variable", "value"), CASES, ids=[f"{c}-{v}={x}" for c, v, x in CASES])
+def test_a_bad_setting_stops_the_command_with_one_line_naming_it(
+    command: str, variable: str, value: str, mongodb_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    # given working stores, and one setting with a bad value
+    env = working_env(mongodb_url, redis_url, tmp_path, **{variable: value})
     if variable == "WEBHOOKS_DATA_DIR":
         del env["WEBHOOKS_SECRET_KEYS"]  # the key is then generated there
     args = [a.format(port=free_port()) for a in COMMANDS[command]]
@@ -95,16 +100,13 @@ def test_a_worker_whose_metrics_port_is_taken_stops_with_one_line_naming_it(
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
-        env |= {
-            "WEBHOOKS_MONGODB_URL": mongodb_url,
-            "WEBHOOKS_REDIS_URL": redis_url,
-            "WEBHOOKS_DATA_DIR": str(tmp_path),
-            "WEBHOOKS_QUEUE_NAME": f"settings-errors:{tmp_path.name}",
-            "WEBHOOKS_SECRET_KEYS": Fernet.generate_key().decode(),
-            "WEBHOOKS_LOG_FORMAT": "text",
-            "WEBHOOKS_WORKER_METRICS_PORT": str(port),
-        }
+        env = working_env(
+            mongodb_url,
+            redis_url,
+            tmp_path,
+            WEBHOOKS_LOG_FORMAT="text",
+            WEBHOOKS_WORKER_METRICS_PORT=str(port),
+        )
         # when a worker starts
         proc = subprocess.Popen(
             [sys.executable, "-m", "webhooks_cli", "worker"],
