@@ -89,11 +89,8 @@ async def test_idempotency_key_lookups_read_one_event_however_many_are_stored(
     # when a publish looks up a key in use, a key never used, and a key used before the window
     commands.sent.clear()
     found = await events.by_idempotency_key(account_id, "key-7", now - window)
-    await events.release_idempotency_key(account_id, "key-7", now - window)
     assert await events.by_idempotency_key(account_id, "new-key", now - window) is None
-    await events.release_idempotency_key(account_id, "new-key", now - window)
     assert await events.by_idempotency_key(account_id, "old-key", now - window) is None
-    await events.release_idempotency_key(account_id, "old-key", now - window)
     sent = [(name, c) for name, c in commands.sent if name in ("find", "update")]
 
     # then the lookups answer as before: the key in use names its event, the old key may be used again

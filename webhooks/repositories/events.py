@@ -157,21 +157,18 @@ class EventRepository:
         return [e if took[i] else None for i, e in enumerate(stored)]
 
     async def by_idempotency_key(self, account_id: ObjectId, key: str, since: datetime) -> Event | None:
-        doc = await self._holding_key(account_id, key)
-        return Event.from_doc(doc) if doc is not None and as_utc(doc["created_at"]) >= since else None
-
-    async def release_idempotency_key(self, account_id: ObjectId, key: str, before: datetime) -> None:
-        """An expired key (older than the window) may be used again."""
-        doc = await self._holding_key(account_id, key)
-        if doc is not None and as_utc(doc["created_at"]) < before:
-            # by id: nothing but this moves an event's key or its time, so the event read is the one
-            await self._col.update_one({"_id": doc["_id"]}, {"$unset": {"idempotency_key": ""}})
-
-    async def _holding_key(self, account_id: ObjectId, key: str) -> Doc | None:
-        """The event holding the key, read through ``account_idempotency_key_set`` (unique: at most one, so
-        the window is checked here, and the filter is exactly the index's key, which ``explain`` on
-        SecantusDB reports plainly; it reports a scan for a filter with more fields)."""
-        return await self._col.find_one({"account_id": account_id, "idempotency_key": key})
+        """The event holding the key if it was stored ``since`` then; an older holder gives the key up (it
+        may be used again). Read through ``account_idempotency_key_set`` (unique: at most one holder, so the
+        window is checked here, and the filter is exactly the index's key, which ``explain`` on SecantusDB
+        reports plainly; it reports a scan for a filter with more fields)."""
+        doc = await self._col.find_one({"account_id": account_id, "idempotency_key": key})
+        if doc is None:
+            return None
+        if as_utc(doc["created_at"]) >= since:
+            return Event.from_doc(doc)
+        # by id: nothing but this moves an event's key or its time, so the event read is the one
+        await self._col.update_one({"_id": doc["_id"]}, {"$unset": {"idempotency_key": ""}})
+        return None
 
     async def get_many(self, ids: list[ObjectId]) -> dict[ObjectId, Event]:
         """Events with their bodies (internal, worker side: not account-scoped)."""

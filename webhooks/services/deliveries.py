@@ -119,7 +119,6 @@ class DeliveryService:
             earlier = await self._events.by_idempotency_key(who.account_id, idempotency_key, window_start)
             if earlier is not None:
                 return await self._replay(earlier, event.value, body, log.timestamp is not None)
-            await self._events.release_idempotency_key(who.account_id, idempotency_key, window_start)
         targets = await self._webhook_cache.subscribed(who.account_id, event.value)
         targets = [w for w in targets if w.accepts(body)]  # payload filters (webhooks.filters)
         planned = await self._plan(targets, body)
