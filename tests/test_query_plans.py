@@ -66,7 +66,7 @@ async def _examined(cols: Collections, name: str, command: dict[str, Any]) -> in
     update's ``q``)."""
     find: dict[str, Any] = {"find": command[name]}
     if name == "find":
-        find |= {k: command[k] for k in ("filter", "sort", "limit") if k in command}
+        find |= {k: command[k] for k in ("filter", "sort", "limit", "hint") if k in command}
     else:
         find["filter"] = command["updates"][0]["q"]
     plan = await cols.events.database.command({"explain": find, "verbosity": "executionStats"})
