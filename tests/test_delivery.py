@@ -306,6 +306,22 @@ async def test_retry_after_as_an_http_date_lengthens_the_wait_too(stack: Stack, 
     assert seconds_between(first["startedAt"], first["nextAttemptAt"]) >= 3.9
 
 
+async def test_a_retry_after_date_beyond_any_calendar_is_ignored_not_fatal(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given a receiver that answers 503 with a Retry-After date whose year no calendar holds, then 200
+    account = await stack.account()
+    p = path()
+    absurd = {"Retry-After": "Sun, 06 Nov 99999999999999999999 08:49:37 GMT"}
+    await create_webhook(account.gql, receiver.url(p, sequence(status(503, absurd), status(200))))
+    # when an event is published
+    published = await publish(account.gql)
+    # then the 503 is recorded and retried on the schedule (the date unreadable, as any other), and the
+    # retry succeeds: the header cannot stop the attempt's record (nor its batch's)
+    done = await wait_for_status(account.gql, published["event"]["deliveries"][0]["id"], "SUCCEEDED")
+    assert [a["statusCode"] for a in done["attempts"]] == [503, 200]
+
+
 async def test_the_response_is_recorded_with_at_most_4_kib_of_body(stack: Stack, receiver: Receiver) -> None:
     from aiohttp import web
 

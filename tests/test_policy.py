@@ -70,7 +70,19 @@ def test_retry_after_as_an_http_date_is_the_time_until_it(value: str, seconds: f
 
 @pytest.mark.parametrize(
     "value",
-    [None, "", "soon", "-1", "nan", "Wed, 32 Foo 2015 07:28:00 GMT", "Wed, 21 Oct 99999 07:28:00 GMT"],
+    [
+        None,
+        "",
+        "soon",
+        "-1",
+        "nan",
+        "Wed, 32 Foo 2015 07:28:00 GMT",
+        "Wed, 21 Oct 99999 07:28:00 GMT",
+        # numbers no datetime holds (OverflowError inside the stdlib parser, not ValueError)
+        "Sun, 06 Nov 99999999999999999999 08:49:37 GMT",
+        "Sun, 06 Nov 1994 99999999999999999999:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49:37 +99999999999999999999",
+    ],
 )
 def test_retry_after_that_is_missing_negative_or_garbage_is_ignored(value: str | None) -> None:
     assert parse_retry_after(value, NOW) is None

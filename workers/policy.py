@@ -23,7 +23,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
 def _seconds_until(value: str, now: datetime) -> float | None:
     try:
         when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year or offset no datetime holds
         return None
     if when.tzinfo is None:  # "-0000": UTC as well
         when = when.replace(tzinfo=UTC)
