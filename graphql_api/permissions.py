@@ -92,13 +92,24 @@ class SelectionNeeds(FieldExtension):
 
 
 def _names_below(node: Selection) -> set[str]:
-    """The names of every field selected under ``node`` (through fragments too)."""
+    """The names of every field selected under ``node`` (through fragments too), leaving out what
+    ``@skip`` / ``@include`` leave out: such a field is not resolved, so it needs no scope."""
     names: set[str] = set()
     for child in node.selections:
+        if not _included(child):
+            continue
         if isinstance(child, SelectedField):
             names.add(child.name)
         names |= _names_below(child)
     return names
+
+
+def _included(node: Selection) -> bool:
+    """False when ``@skip(if: true)`` or ``@include(if: false)`` leaves ``node`` out (their variables are
+    already substituted)."""
+    skip = node.directives.get("skip", {}).get("if", False)
+    include = node.directives.get("include", {}).get("if", True)
+    return not skip and bool(include)
 
 
 def _guard(scope: Scope) -> PermissionExtension:

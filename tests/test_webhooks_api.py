@@ -414,3 +414,40 @@ async def test_a_key_without_the_scope_is_forbidden(core: Core, http: Any) -> No
     body = await publisher.gql.raw(CREATE, {"input": webhook_input()})
     assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     assert "webhooks:manage" in body["errors"][0]["message"]
+
+
+async def test_a_publish_only_key_may_publish_with_attempts_left_out_by_a_directive(
+    core: Core, http: Any
+) -> None:
+    # given a publish-only key of an account with one webhook, and one document for every key that selects
+    # the attempts only when asked to (@include / @skip)
+    manager = await new_account(core, http)
+    await create_ok(manager.gql)
+    who = await core.api_keys.authenticate(manager.api_key)
+    assert who is not None
+    key = await core.api_keys.issue(who.account_id, frozenset({Scope.PUBLISH_EVENTS}))
+    publisher = GraphQLClient(http, key)
+    publish = """mutation($input: PublishEventInput!, $withAttempts: Boolean!) { publishEvent(input: $input) {
+      event { deliveries { id status attempts @include(if: $withAttempts) { statusCode }
+                           ... on Delivery @skip(if: true) { attempts { responseBody } } } }
+      errors { code } } }"""
+    log = {
+        "action": "hire",
+        "resourceType": "candidate",
+        "resourceId": str(ObjectId()),
+        "userId": str(ObjectId()),
+        "userName": "Jo",
+        "userEmail": "jo@example.com",
+    }
+    variables = {"input": {"event": "CANDIDATE_HIRED", "log": log}, "withAttempts": False}
+    # when it publishes without asking for the attempts
+    body = await publisher.execute(publish, variables)
+    # then the event is published: the attempts it left out need no other scope
+    made = body["publishEvent"]["event"]["deliveries"]
+    assert [d["status"] for d in made] == ["PENDING"]
+    assert all("attempts" not in d for d in made)
+    # and asking for them is still refused, before anything is stored
+    asked = await publisher.raw(publish, {**variables, "withAttempts": True})
+    assert asked["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    listed = await manager.gql.execute("{ deliveries { edges { node { id } } } }")
+    assert [e["node"]["id"] for e in listed["deliveries"]["edges"]] == [d["id"] for d in made]
