@@ -132,3 +132,29 @@ def test_a_worker_whose_metrics_port_is_taken_stops_with_one_line_naming_it(
     assert returncode not in (None, 0), "\n".join(lines)
     assert lines == [lines[-1]] and lines[-1].startswith("error: "), "\n".join(lines)
     assert "WEBHOOKS_WORKER_METRICS_PORT" in lines[-1]
+
+
+def test_a_sentinel_deployments_redis_url_without_a_host_is_accepted(
+    mongodb_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    # given a Redis Sentinel deployment whose WEBHOOKS_REDIS_URL lends only its password and database (the
+    # host is ignored with sentinels, so it names none; redis-py and arq read no host as localhost)
+    env = working_env(
+        mongodb_url,
+        redis_url,
+        tmp_path,
+        WEBHOOKS_REDIS_URL="redis://:sentinel-password@/2",
+        WEBHOOKS_REDIS_SENTINELS="127.0.0.1:26379,127.0.0.1:26380",
+        WEBHOOKS_REDIS_SENTINEL_MASTER="mymaster",
+    )
+    # when an operator runs a command
+    result = subprocess.run(
+        [sys.executable, "-m", "webhooks_cli", "create-account", "Acme"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    # then the settings are accepted and the command does its work
+    assert result.returncode == 0, result.stderr
+    assert "accountId" in result.stdout or "apiKey" in result.stdout, result.stdout

@@ -218,13 +218,16 @@ class Settings(BaseSettings):
 
 
 def _check_url(value: str, schemes: tuple[str, ...], what: str) -> None:
-    """Raise (without quoting the URL: it may hold a password) unless it has one of ``schemes`` and a host."""
+    """Raise (without quoting the URL: it may hold a password) unless it has one of ``schemes`` and a host.
+    A redis:// or rediss:// URL may name no host: redis-py and arq read it as localhost, and with Redis
+    Sentinel the URL lends only its database and credentials (e.g. ``redis://:PASSWORD@/0``)."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises on a port that is not a number in range
     except ValueError:
         raise ValueError(f"must be {what} (it does not parse)") from None
-    if parts.scheme not in schemes or (parts.scheme != "unix" and not parts.hostname):
+    hostless = parts.scheme in ("unix", "redis", "rediss")
+    if parts.scheme not in schemes or (not hostless and not parts.hostname):
         raise ValueError(f"must be {what}")
 
 
