@@ -157,8 +157,10 @@ class Settings(BaseSettings):
     @field_validator("user_agent")
     @classmethod
     def _header_value(cls, value: str) -> str:
-        if not value or not all(" " <= c <= "~" for c in value):
-            raise ValueError("must be printable ASCII (it is sent as a header)")
+        # a header value may hold any octet but controls (RFC 9110: VCHAR, obs-text, SP, HTAB); aiohttp sends
+        # non-ASCII letters as UTF-8, as deliveries always carried them; a line break would split the header
+        if not value.strip() or any((c < " " and c != "\t") or c == "\x7f" for c in value):
+            raise ValueError("must be printable, with no control characters (it is sent as a header)")
         return value
 
     @field_validator("mongodb_url")
