@@ -52,6 +52,17 @@ CASES = [
 ]
 
 
+def create_account(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``webhooks create-account Acme`` run as an operator would, with ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "webhooks_cli", "create-account", "Acme"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
 def working_env(mongodb_url: str, redis_url: str, tmp_path: Path, **settings: str) -> dict[str, str]:
     """The environment of a command with working stores and its own key, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
@@ -148,13 +159,7 @@ def test_a_sentinel_deployments_redis_url_without_a_host_is_accepted(
         WEBHOOKS_REDIS_SENTINEL_MASTER="mymaster",
     )
     # when an operator runs a command
-    result = subprocess.run(
-        [sys.executable, "-m", "webhooks_cli", "create-account", "Acme"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    result = create_account(env)
     # then the settings are accepted and the command does its work
     assert result.returncode == 0, result.stderr
     assert "accountId" in result.stdout or "apiKey" in result.stdout, result.stdout
@@ -167,13 +172,7 @@ def test_a_user_agent_with_non_ascii_letters_is_accepted(
     # UTF-8, which a header value may carry: RFC 9110 obs-text), as deliveries carried it before
     env = working_env(mongodb_url, redis_url, tmp_path, WEBHOOKS_USER_AGENT="Société-Générale-Hooks/1.0")
     # when an operator runs a command
-    result = subprocess.run(
-        [sys.executable, "-m", "webhooks_cli", "create-account", "Acme"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    result = create_account(env)
     # then the setting is accepted
     assert result.returncode == 0, result.stderr
 
@@ -184,12 +183,6 @@ def test_a_user_agent_that_would_split_the_header_is_refused(
     # given a WEBHOOKS_USER_AGENT holding a line break
     env = working_env(mongodb_url, redis_url, tmp_path, WEBHOOKS_USER_AGENT="Hooks/1.0\r\nX-Evil: 1")
     # when an operator runs a command
-    result = subprocess.run(
-        [sys.executable, "-m", "webhooks_cli", "create-account", "Acme"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    result = create_account(env)
     # then it stops with one line naming the variable
     assert result.returncode == 1 and "WEBHOOKS_USER_AGENT" in result.stderr, result.stderr
