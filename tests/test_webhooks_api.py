@@ -372,14 +372,19 @@ async def test_a_revoked_key_is_unauthenticated(core: Core, http: Any) -> None:
     assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
 
 
-async def test_a_publish_only_key_does_not_see_what_receivers_answered(core: Core, http: Any) -> None:
-    # given a key that may only publish, for an account with one webhook
+async def with_publish_only_key(core: Core, http: Any) -> tuple[Account, GraphQLClient]:
+    """An account with one webhook (its manager's client), and a client with a publish-only key of it."""
     manager = await new_account(core, http)
     await create_ok(manager.gql)
     who = await core.api_keys.authenticate(manager.api_key)
     assert who is not None
     key = await core.api_keys.issue(who.account_id, frozenset({Scope.PUBLISH_EVENTS}))
-    publisher = GraphQLClient(http, key)
+    return manager, GraphQLClient(http, key)
+
+
+async def test_a_publish_only_key_does_not_see_what_receivers_answered(core: Core, http: Any) -> None:
+    # given a key that may only publish, for an account with one webhook
+    manager, publisher = await with_publish_only_key(core, http)
     publish = """mutation($input: PublishEventInput!) { publishEvent(input: $input) {
       event { deliveries { id webhookId status ATTEMPTS } } errors { code } } }"""
     variables = {
@@ -421,12 +426,7 @@ async def test_a_publish_only_key_may_publish_with_attempts_left_out_by_a_direct
 ) -> None:
     # given a publish-only key of an account with one webhook, and one document for every key that selects
     # the attempts only when asked to (@include / @skip)
-    manager = await new_account(core, http)
-    await create_ok(manager.gql)
-    who = await core.api_keys.authenticate(manager.api_key)
-    assert who is not None
-    key = await core.api_keys.issue(who.account_id, frozenset({Scope.PUBLISH_EVENTS}))
-    publisher = GraphQLClient(http, key)
+    manager, publisher = await with_publish_only_key(core, http)
     publish = """mutation($input: PublishEventInput!, $withAttempts: Boolean!) { publishEvent(input: $input) {
       event { deliveries { id status attempts @include(if: $withAttempts) { statusCode }
                            ... on Delivery @skip(if: true) { attempts { responseBody } } } }
