@@ -101,13 +101,16 @@ def connect(settings: Settings) -> AsyncMongoClient[Doc]:
         )
     from webhooks import command_counts  # opt-in, for the benchmark only (WEBHOOKS_BENCH_COUNT_COMMANDS)
 
-    return AsyncMongoClient(
-        settings.mongodb_url,
-        tz_aware=True,
-        connect=False,
-        serverSelectionTimeoutMS=10_000,
-        event_listeners=command_counts.listeners(),
-    )
+    # 10 s to find a server unless the URL says otherwise (a keyword argument would override the URL's)
+    url = settings.mongodb_url
+    options: dict[str, Any] = {
+        "tz_aware": True,
+        "connect": False,
+        "event_listeners": command_counts.listeners(),
+    }
+    if "serverselectiontimeoutms=" not in url.lower():
+        options["serverSelectionTimeoutMS"] = 10_000
+    return AsyncMongoClient(url, **options)
 
 
 def collections(client: AsyncMongoClient[Doc], settings: Settings) -> Collections:
