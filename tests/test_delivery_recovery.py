@@ -24,7 +24,7 @@ from tests.delivery_support import (
     webhook_status,
 )
 from tests.receiver import Receiver, sleep, status
-from tests.support import GraphQLClient, Stack, require_tool, run_stack
+from tests.support import Account, GraphQLClient, Stack, require_tool, run_stack
 from webhooks.db import raw_collections
 from webhooks_cli.embedded import free_port, spawn, stop, wait_for_port
 
@@ -274,18 +274,27 @@ async def test_held_and_failed_deliveries_are_recovered_after_re_enabling(
     assert again["count"] == 0
 
 
-async def test_a_recovery_of_more_deliveries_than_one_read_holds_restarts_every_one(
-    stack: Stack, receiver: Receiver
-) -> None:
-    # given 60 deliveries held while their webhook was disabled (more than one chunk of the store's reads)
+async def held_then_enabled(
+    stack: Stack, receiver: Receiver, count: int
+) -> tuple[Account, str, str, datetime, list[str]]:
+    """An account whose webhook was disabled while ``count`` deliveries were published (all HELD), then
+    enabled again: the account, the receiver path, the webhook id, a time before them, their ids."""
     account = await stack.account()
     p = path()
     webhook_id, _ = await create_webhook(account.gql, receiver.url(p))
     since = datetime.now(UTC) - timedelta(seconds=1)
     await set_enabled(account.gql, webhook_id, False)
-    held = await publish_many(account.gql, 60)
+    held = await publish_many(account.gql, count)
     await all_final(account.gql, held, "HELD")
     await set_enabled(account.gql, webhook_id, True)
+    return account, p, webhook_id, since, held
+
+
+async def test_a_recovery_of_more_deliveries_than_one_read_holds_restarts_every_one(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # given 60 deliveries held while their webhook was disabled (more than one chunk of the store's reads)
+    account, p, webhook_id, since, held = await held_then_enabled(stack, receiver, 60)
     # when they are recovered
     variables = {"webhookId": webhook_id, "since": iso(since), "until": None, "dryRun": False}
     real = (await account.gql.execute(RECOVER, variables))["recoverDeliveries"]
@@ -300,14 +309,7 @@ async def test_a_recovery_larger_than_one_call_says_so_and_the_next_call_goes_on
 ) -> None:
     # given one call recovers at most 4 deliveries (scaled down from 10,000) and 6 are held
     monkeypatch.setattr("webhooks.services.deliveries.MAX_RECOVER", 4)
-    account = await stack.account()
-    p = path()
-    webhook_id, _ = await create_webhook(account.gql, receiver.url(p))
-    since = datetime.now(UTC) - timedelta(seconds=1)
-    await set_enabled(account.gql, webhook_id, False)
-    held = await publish_many(account.gql, 6)
-    await all_final(account.gql, held, "HELD")
-    await set_enabled(account.gql, webhook_id, True)
+    account, p, webhook_id, since, held = await held_then_enabled(stack, receiver, 6)
     variables = {"webhookId": webhook_id, "since": iso(since), "until": None}
     # when the user asks what a recovery would send
     dry = (await account.gql.execute(RECOVER, {**variables, "dryRun": True}))["recoverDeliveries"]
