@@ -199,3 +199,15 @@ def _start_serve(env: dict[str, str], port: int, log_path: Path | None) -> subpr
     args = [sys.executable, "-m", "webhooks_cli", "serve", "--port", str(port)]
     with open(log_path, "wb") if log_path else open(os.devnull, "wb") as out:
         return subprocess.Popen(args, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+
+
+async def read_http_message(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 request or response with a Content-Length, read whole from ``reader``; its head."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return head

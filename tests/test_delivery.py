@@ -28,7 +28,7 @@ from tests.delivery_support import (
     wait_for_status,
 )
 from tests.receiver import Receiver, sequence, status
-from tests.support import Stack, run_stack
+from tests.support import Stack, read_http_message, run_stack
 from webhooks.db import raw_collections
 from webhooks_cli.embedded import free_port
 
@@ -345,13 +345,7 @@ async def cut_short(answer: bytes) -> AsyncIterator[str]:
     announcing more body than follows) and closes the connection; yields its URL."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
+        await read_http_message(reader)
         writer.write(answer)
         await writer.drain()
         writer.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.support import served_api, service_env
+from tests.support import read_http_message, served_api, service_env
 from webhooks.settings import Settings
 
 UVICORN_DEFAULT_KEEP_ALIVE = 5.0
@@ -21,13 +21,7 @@ async def get_healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     writer.write(REQUEST)
     await writer.drain()
     async with asyncio.timeout(10):
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
+        head = await read_http_message(reader)
     return head.split(b"\r\n", 1)[0]
 
 
